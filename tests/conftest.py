@@ -1,0 +1,27 @@
+import pytest
+import torch
+
+from lmexport.modeling.config import LiquidMetalConfig
+from lmexport.modeling.model import LiquidMetalForCausalLM, init_random
+from lmexport.tiny import make_model_folder, tiny_config_dict
+
+
+def tiny_config(**overrides) -> LiquidMetalConfig:
+    return LiquidMetalConfig.from_dict(tiny_config_dict(overrides.pop("vocab_size", 97), **overrides))
+
+
+def tiny_model(seed: int = 0, **overrides) -> LiquidMetalForCausalLM:
+    return init_random(LiquidMetalForCausalLM(tiny_config(**overrides)), seed=seed).eval()
+
+
+@pytest.fixture
+def model_dir(tmp_path):
+    """A random tiny Liquid-Metal checkpoint folder with a tokenizer."""
+    return make_model_folder(tmp_path / "tiny-model", seed=0)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+    yield
