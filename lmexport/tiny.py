@@ -69,3 +69,21 @@ def make_model_folder(folder: str | Path, *, seed: int = 0, overwrite: bool = Fa
     save_checkpoint(model, folder, overwrite=overwrite)
     write_tokenizer_files(tok, folder)
     return folder
+
+
+def make_llama_folder(folder: str | Path, *, seed: int = 0, vocab_size: int = 384, **config_overrides) -> Path:
+    """A plain Hugging Face Llama checkpoint (transformers' own writer) with a tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = make_tokenizer(vocab_size)
+    cfg = tiny_config_dict(tok.get_vocab_size(), **config_overrides)
+    for key in ("token_mixing_kernel_size", "se_reduction", "context_mode"):
+        cfg.pop(key)
+    cfg["model_type"] = "llama"
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**{k: v for k, v in cfg.items() if k != "model_type"}))
+    folder = Path(folder)
+    model.save_pretrained(folder, safe_serialization=True)
+    write_tokenizer_files(tok, folder)
+    return folder

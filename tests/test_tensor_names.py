@@ -1,0 +1,60 @@
+"""The one name table: one-to-one, covering every parameter, with invertible layouts."""
+import numpy as np
+import pytest
+
+from lmexport.tensor_names import (TABLE, conv_squeeze, conv_unsqueeze, expected_tensors, from_gguf_layout,
+                                   iter_aliases, lookup, lookup_gguf, rope_permute, rope_unpermute,
+                                   to_gguf_layout)
+
+from conftest import tiny_config, tiny_model
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_table_covers_every_parameter_exactly(tied):
+    model = tiny_model(tie_word_embeddings=tied)
+    params = {n for n, _ in model.named_parameters()}
+    refs = expected_tensors(model.config)
+    assert {r.name for r in refs} == params
+    shapes = dict(model.named_parameters())
+    assert all(tuple(shapes[r.name].shape) == r.shape(model.config) for r in refs)
+
+
+def test_names_are_one_to_one_in_every_namespace():
+    refs = expected_tensors(tiny_config(num_hidden_layers=3))
+    for attr in ("name", "gguf_name", "onnx_name"):
+        names = [getattr(r, attr) for r in refs]
+        assert len(names) == len(set(names)), attr
+    assert all(len(r.gguf_name.encode()) < 64 for r in refs)
+    for r in refs:
+        assert lookup(r.name) == r
+        assert lookup_gguf(r.gguf_name) == r
+
+
+def test_aliases_map_to_their_canonical_entry_and_do_not_collide():
+    canonical = {e.name for e in TABLE}
+    aliases = list(iter_aliases())
+    assert len({a for a, _ in aliases}) == len(aliases)
+    for alias, target in aliases:
+        assert alias not in canonical
+        assert lookup(alias.format(bid=5)).name == target.format(bid=5)
+    assert lookup("model.layers.0.self_attn.rotary_emb.inv_freq") is None
+
+
+def test_llama_subset_is_the_plain_llama_tensor_set():
+    config = tiny_config()
+    llama = {r.entry.module for r in expected_tensors(config, llama_only=True)}
+    assert llama == {"embedding", "norm_in", "attention", "norm_post", "mlp", "final_norm", "lm_head"}
+
+
+def test_layout_transforms_invert():
+    rng = np.random.default_rng(0)
+    config = tiny_config(num_attention_heads=4, num_key_value_heads=2)
+    for ref in expected_tensors(config):
+        w = rng.standard_normal(ref.shape(config)).astype(np.float32)
+        back = from_gguf_layout(ref, to_gguf_layout(ref, w, config), config)
+        assert back.shape == w.shape and np.array_equal(back, w), ref.name
+    q = rng.standard_normal((8, 3))
+    assert not np.array_equal(rope_permute(q, 2), q)
+    assert np.array_equal(rope_unpermute(rope_permute(q, 2), 2), q)
+    c = rng.standard_normal((5, 1, 3))
+    assert conv_squeeze(c).shape == (5, 3) and np.array_equal(conv_unsqueeze(conv_squeeze(c)), c)
