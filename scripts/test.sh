@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command: set up (idempotent), then run the whole suite offline.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+. .venv/bin/activate
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+python -m pytest -q "$@"
