@@ -28,7 +28,6 @@ COMMANDS = {
     "parity": ("lmexport.commands.parity", "parity", "Compare an ONNX folder or GGUF file with PyTorch."),
     "perplexity": ("lmexport.commands.perplexity", "perplexity", "Perplexity of a model, ONNX folder or GGUF file."),
     "bench": ("lmexport.commands.bench", "bench", "Benchmark an ONNX folder or a PyTorch model."),
-    "info": ("lmexport.commands.info", "info", "Describe a model folder, ONNX folder or GGUF file."),
 }
 
 
