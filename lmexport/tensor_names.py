@@ -197,6 +197,14 @@ def conv_unsqueeze(w: np.ndarray) -> np.ndarray:
     return w.reshape(w.shape[0], 1, w.shape[-1])
 
 
+def gguf_layout_shape(ref: TensorRef, config: LiquidMetalConfig) -> tuple[int, ...]:
+    """The numpy shape a tensor has in GGUF (after ``to_gguf_layout``)."""
+    shape = ref.shape(config)
+    if ref.entry.gguf_layout == "conv_squeeze":
+        return (shape[0], shape[-1])
+    return shape
+
+
 def to_gguf_layout(ref: TensorRef, w: np.ndarray, config: LiquidMetalConfig) -> np.ndarray:
     layout = ref.entry.gguf_layout
     if layout == "rope_q":
