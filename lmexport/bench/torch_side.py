@@ -1,0 +1,63 @@
+"""The PyTorch reference model as a benchmark row: eager, with its explicit state.
+
+Each decode call feeds the previous call's key/value, convolution and context state
+back in, exactly as an exported graph is driven, so no prefix is recomputed.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..checkpoint import load_model
+from ..errors import DeviceError, InputError
+from .measure import BenchResult, Workload, run_protocol
+
+TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TorchStepper:
+    def __init__(self, model, device: torch.device):
+        self.model = model
+        self.device = device
+        self._state = None
+
+    def reset(self, batch: int) -> None:
+        self._state = None
+
+    @torch.inference_mode()
+    def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        kv, conv, ctx = self._state if self._state else (None, None, None)
+        to = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
+        out = self.model(to(ids), to(mask), to(positions), past_key_values=kv, past_conv=conv,
+                         past_context=ctx)
+        self._state = (out.present_key_values, out.present_conv, out.present_context)
+        return out.logits[:, -1, :].argmax(dim=-1).cpu().numpy()
+
+
+def resolve_torch_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("--device cuda was asked for, but this torch build sees no CUDA device",
+                          hint="use --device cpu or auto")
+    return torch.device(device)
+
+
+def bench_torch(model_dir: str, workload: Workload, *, device: str = "auto", threads: int | None = None,
+                torch_dtype: str = "fp32", progress=None) -> BenchResult:
+    if torch_dtype not in TORCH_DTYPES:
+        raise InputError(f"--torch-dtype must be one of {', '.join(TORCH_DTYPES)}, got {torch_dtype!r}")
+    dev = resolve_torch_device(device)
+    if torch_dtype == "fp16" and dev.type == "cpu":
+        raise InputError("--torch-dtype fp16 is for CUDA; on CPU use fp32 or bf16")
+    if threads:
+        torch.set_num_threads(threads)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+
+    def load():
+        model, ckpt = load_model(model_dir, dtype=TORCH_DTYPES[torch_dtype])
+        return TorchStepper(model.to(dev), dev), ckpt.config.vocab_size
+
+    return run_protocol(load, workload, artifact=str(model_dir), backend="pytorch", variant=torch_dtype,
+                        device=dev.type, threads=torch.get_num_threads() if dev.type == "cpu" else None,
+                        versions={"torch": torch.__version__}, sync=sync, progress=progress)
