@@ -1,0 +1,76 @@
+"""Numbers that say how far an artifact's logits are from PyTorch's (numpy only).
+
+Each comparison takes reference and artifact logits for the same positions,
+[N, V] (N = valid positions of one step, batch rows flattened).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+METRIC_NAMES = ("max_abs", "mean_abs", "rel", "cosine_min", "top1", "kl_mean", "kl_max")
+
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+@dataclass(frozen=True)
+class StepMetrics:
+    max_abs: float      # largest |ref - art|
+    mean_abs: float     # mean |ref - art|
+    rel: float          # max_abs / largest |ref|
+    cosine_min: float   # smallest cosine similarity of a row pair
+    top1: float         # fraction of rows whose argmax agrees
+    kl_mean: float      # mean KL(ref || art) of the next-token distributions, nats
+    kl_max: float
+    positions: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def compare_logits(ref: np.ndarray, art: np.ndarray) -> StepMetrics:
+    ref = np.asarray(ref, dtype=np.float64).reshape(-1, ref.shape[-1])
+    art = np.asarray(art, dtype=np.float64).reshape(-1, art.shape[-1])
+    if ref.shape != art.shape:
+        raise ValueError(f"logit shapes differ: {ref.shape} vs {art.shape}")
+    diff = np.abs(ref - art)
+    norms = np.linalg.norm(ref, axis=-1) * np.linalg.norm(art, axis=-1)
+    cosine = (ref * art).sum(-1) / np.maximum(norms, 1e-30)
+    lp, lq = _log_softmax(ref), _log_softmax(art)
+    kl = (np.exp(lp) * (lp - lq)).sum(-1)
+    return StepMetrics(
+        max_abs=float(diff.max()), mean_abs=float(diff.mean()),
+        rel=float(diff.max() / max(np.abs(ref).max(), 1e-30)),
+        cosine_min=float(cosine.min()), top1=float((ref.argmax(-1) == art.argmax(-1)).mean()),
+        kl_mean=float(kl.mean()), kl_max=float(max(kl.max(), 0.0)), positions=int(ref.shape[0]))
+
+
+def overall(steps: list[StepMetrics]) -> StepMetrics:
+    """Worst case over steps for the bounds, position-weighted means for the averages."""
+    n = sum(s.positions for s in steps)
+    return StepMetrics(
+        max_abs=max(s.max_abs for s in steps),
+        mean_abs=sum(s.mean_abs * s.positions for s in steps) / n,
+        rel=max(s.rel for s in steps),
+        cosine_min=min(s.cosine_min for s in steps),
+        top1=sum(s.top1 * s.positions for s in steps) / n,
+        kl_mean=sum(s.kl_mean * s.positions for s in steps) / n,
+        kl_max=max(s.kl_max for s in steps), positions=n)
+
+
+def greedy_agreement_length(ref_tokens: np.ndarray, art_tokens: np.ndarray) -> np.ndarray:
+    """Per row: how many greedy tokens agree before the first difference. [B, S] -> [B]."""
+    same = np.asarray(ref_tokens) == np.asarray(art_tokens)
+    first_diff = np.where(same.all(axis=1), same.shape[1], np.argmin(same, axis=1))
+    return first_diff.astype(int)
+
+
+def relative_difference(ref: np.ndarray, art: np.ndarray) -> float:
+    """max |ref - art| / max |ref|: the localisation yardstick for hidden states."""
+    ref = np.asarray(ref, dtype=np.float64)
+    return float(np.abs(ref - np.asarray(art, dtype=np.float64)).max() / max(np.abs(ref).max(), 1e-30))
