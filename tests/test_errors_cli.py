@@ -1,0 +1,151 @@
+"""Bad input through the real CLI: one table row per case, each asserting the message,
+the exit code and the state of the output path (issue: clear failures that lose nothing)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lmexport.checkpoint import save_checkpoint
+from lmexport.tiny import make_model_folder, write_tokenizer_files, make_tokenizer
+
+from conftest import tiny_model
+
+
+def run_cli(*args, env_extra=None, **kw):
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "lmexport.cli", *map(str, args)], capture_output=True,
+                           text=True, env=env, **kw)
+
+
+@dataclass
+class Case:
+    name: str
+    setup: Callable[[Path], list]      # tmp_path -> argv (after "lmexport")
+    code: int
+    message: str                       # substring of the single stderr line
+    output: str | None = None          # path (relative to tmp) that must not exist afterwards
+    env: dict | None = None
+    keep: str | None = None            # path whose previous content must be intact
+
+
+def _model(tmp: Path) -> Path:
+    return make_model_folder(tmp / "model", seed=0)
+
+
+def _edit_config(tmp, **changes):
+    folder = _model(tmp)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def _truncated(tmp):
+    folder = _model(tmp)
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+    return folder
+
+
+def _sharded(tmp, mutate):
+    model = tiny_model(seed=1, vocab_size=384)
+    folder = save_checkpoint(model, tmp / "model", max_shard_bytes=40_000)
+    write_tokenizer_files(make_tokenizer(), folder)
+    mutate(folder)
+    return folder
+
+
+def _drop_shard(folder):
+    sorted(folder.glob("model-*.safetensors"))[1].unlink()
+
+
+def _duplicate_across_shards(folder):
+    shards = sorted(folder.glob("model-*.safetensors"))
+    first = load_file(shards[0])
+    name = next(iter(first))
+    second = load_file(shards[1])
+    second[name] = first[name]
+    save_file(second, shards[1])
+
+
+def _wrong_shape(tmp):
+    folder = _model(tmp)
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.layers.1.mlp.up_proj.weight"] = torch.zeros(7, 64)
+    save_file(tensors, folder / "model.safetensors")
+    return folder
+
+
+def _bin_only(tmp):
+    folder = _model(tmp)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    return folder
+
+
+def _existing_output(tmp):
+    (tmp / "out").mkdir()
+    (tmp / "out" / "keep.txt").write_text("precious")
+    return _model(tmp)
+
+
+CONVERT_CASES = [
+    Case("missing folder", lambda t: ["convert", t / "nope", "-o", t / "out"], 2, "does not exist", "out"),
+    Case("folder without config.json", lambda t: (t / "empty").mkdir() or ["convert", t / "empty", "-o", t / "out"],
+         2, "has no config.json", "out"),
+    Case("config of another architecture",
+         lambda t: ["convert", _edit_config(t, model_type="mistral"), "-o", t / "out"], 2,
+         "'mistral' model, not a Liquid-Metal or Llama one", "out"),
+]
+
+EXPORT_INPUT_CASES = [
+    Case("truncated safetensors", lambda t: [_truncated(t)], 2, "not a readable safetensors file"),
+    Case("shard index naming a missing shard", lambda t: [_sharded(t, _drop_shard)], 2, "missing model-00002"),
+    Case("tensor of wrong shape", lambda t: [_wrong_shape(t)], 2,
+         "model.layers.1.mlp.up_proj.weight has shape (7, 64)"),
+    Case("duplicate tensor across shards", lambda t: [_sharded(t, _duplicate_across_shards)], 2, "is stored twice"),
+    Case(".bin-only checkpoint", lambda t: [_bin_only(t)], 2, "only pickle weights"),
+    Case("unsupported rope scaling", lambda t: [_edit_config(t, rope_scaling={"rope_type": "yarn", "factor": 4})],
+         2, "rope_scaling"),
+    Case("unsupported kernel size", lambda t: [_edit_config(t, token_mixing_kernel_size=40)], 2,
+         "token_mixing_kernel_size must be an integer in 2..16"),
+]
+
+
+def assert_one_clear_line(done, code, message):
+    assert done.returncode == code, done.stderr
+    lines = [l for l in done.stderr.splitlines() if l.strip() and not l.startswith(("Writing", "\r"))]
+    errors = [l for l in lines if l.startswith("error:")]
+    assert len(errors) == 1, done.stderr
+    assert message in errors[0], errors[0]
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("case", CONVERT_CASES, ids=lambda c: c.name)
+def test_convert_bad_input(case, tmp_path):
+    done = run_cli(*case.setup(tmp_path), env_extra=case.env)
+    assert_one_clear_line(done, case.code, case.message)
+    if case.output:
+        assert not (tmp_path / case.output).exists()
+
+
+WRITERS = {"onnx": lambda t: ["-o", t / "out"], "gguf": lambda t: ["-o", t / "out.gguf"]}
+
+
+@pytest.mark.parametrize("command", sorted(WRITERS))
+@pytest.mark.parametrize("case", EXPORT_INPUT_CASES, ids=lambda c: c.name)
+def test_export_bad_model_input(case, command, tmp_path):
+    argv = [command, *case.setup(tmp_path), *WRITERS[command](tmp_path)]
+    done = run_cli(*argv)
+    assert_one_clear_line(done, case.code, case.message)
+    assert not (tmp_path / "out").exists() and not (tmp_path / "out.gguf").exists()
+    assert not [p for p in tmp_path.iterdir() if "lmexport-tmp" in p.name]
