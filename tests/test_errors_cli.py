@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import time
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -149,3 +151,79 @@ def test_export_bad_model_input(case, command, tmp_path):
     assert_one_clear_line(done, case.code, case.message)
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.gguf").exists()
     assert not [p for p in tmp_path.iterdir() if "lmexport-tmp" in p.name]
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory):
+    return make_model_folder(tmp_path_factory.mktemp("errs") / "model", seed=0)
+
+
+def _previous_output(tmp_path, command):
+    """An existing output at the target, with content that must survive."""
+    target = WRITERS[command](tmp_path)[1]
+    if command == "onnx":
+        target.mkdir()
+        (target / "keep.txt").write_text("precious")
+        return target, lambda: (target / "keep.txt").read_text() == "precious"
+    target.write_bytes(b"precious")
+    return target, lambda: target.read_bytes() == b"precious"
+
+
+@pytest.mark.parametrize("command", sorted(WRITERS))
+def test_existing_output_is_kept_without_overwrite(command, model_folder, tmp_path):
+    target, intact = _previous_output(tmp_path, command)
+    done = run_cli(command, model_folder, *WRITERS[command](tmp_path))
+    assert_one_clear_line(done, 2, "already exists (pass --overwrite to replace it)")
+    assert intact()
+
+
+@pytest.mark.parametrize("command", sorted(WRITERS))
+def test_output_folder_not_writable(command, model_folder, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    argv = [command, model_folder, "-o", locked / ("out.gguf" if command == "gguf" else "out")]
+    # Drop root's permission override so the folder's mode applies (tests run as root in CI).
+    prefix = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"] if os.geteuid() == 0 else []
+    done = subprocess.run([*prefix, sys.executable, "-m", "lmexport.cli", *map(str, argv)],
+                          capture_output=True, text=True)
+    assert_one_clear_line(done, 2, "is not writable")
+    assert list(locked.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", sorted(WRITERS))
+def test_not_enough_disk_space(command, model_folder, tmp_path):
+    done = run_cli(command, model_folder, *WRITERS[command](tmp_path),
+                   env_extra={"LMEXPORT_FREE_SPACE_OVERRIDE": "1000"})
+    assert_one_clear_line(done, 2, "not enough disk space")
+    assert [p.name for p in tmp_path.iterdir()] == []
+
+
+@pytest.fixture(scope="module")
+def big_model_folder(tmp_path_factory):
+    """Large enough that writing it takes a moment, so an interrupt lands mid-write."""
+    return make_model_folder(tmp_path_factory.mktemp("big") / "model", seed=0, hidden_size=512,
+                             intermediate_size=1536, num_hidden_layers=6, num_attention_heads=8,
+                             num_key_value_heads=4)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("command", sorted(WRITERS))
+def test_interrupt_mid_write_leaves_previous_output_intact(command, sig, big_model_folder, tmp_path):
+    target, intact = _previous_output(tmp_path, command)
+    proc = subprocess.Popen([sys.executable, "-m", "lmexport.cli", command, str(big_model_folder),
+                             "-o", str(target), "--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if any(p.name.startswith(f".{target.name}") for p in tmp_path.iterdir()):
+            break   # a temporary output beside the target: the write is under way
+        time.sleep(0.02)
+    assert proc.poll() is None, "the export finished before it could be interrupted"
+    time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert intact()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
