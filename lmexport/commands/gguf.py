@@ -30,6 +30,9 @@ def gguf(model_dir, output, outtype, split_max_size, arch, name, allow_pickle, o
       lmexport gguf liquid-metal-1.1b -o lm.gguf --outtype q8_0
       lmexport gguf TinyLlama-1.1B -o tinyllama.gguf --arch llama --outtype f16
     """
+    from ..atomic import check_output_path
+
+    check_output_path(output.absolute(), overwrite)        # before importing torch
     from ..exporters.gguf import GGUFOptions, export_gguf, parse_size
 
     logging.getLogger("gguf").setLevel(logging.WARNING)   # the writer's own info lines repeat ours
