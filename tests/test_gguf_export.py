@@ -204,3 +204,17 @@ def test_legacy_mode_and_kernel_size_travel_in_metadata(tmp_path):
     assert config.context_mode == "legacy" and config.token_mixing_kernel_size == 5
     ref, _ = load_model(folder)
     assert np.abs(logits_of(model) - logits_of(ref)).max() <= 1e-5
+
+
+def test_liquid_metal_config_without_its_modules_counts_as_llama(tmp_path):
+    import json
+
+    from lmexport.tiny import make_llama_folder
+
+    folder = make_llama_folder(tmp_path / "llama")
+    config = json.loads((folder / "config.json").read_text())
+    config.update(model_type="liquid_metal", token_mixing_kernel_size=3, se_reduction=4)
+    (folder / "config.json").write_text(json.dumps(config))
+    for arch in ("auto", "llama"):
+        report = export_gguf(folder, tmp_path / f"{arch}.gguf", GGUFOptions(outtype="f16", arch=arch))
+        assert report.arch == "llama" and open_gguf(report.paths[0]).arch == "llama"

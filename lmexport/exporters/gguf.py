@@ -106,7 +106,8 @@ def parse_size(text: str | int | None) -> int:
 
 
 def resolve_arch(folder: Path, requested: str) -> str:
-    """"liquidmetal" or "llama": auto picks llama only for a checkpoint without the new modules."""
+    """"liquidmetal" or "llama": auto picks llama for a checkpoint without the new module tensors
+    (a plain Llama, or a Liquid-Metal config whose modules are absent), liquidmetal otherwise."""
     names = _stored_names(folder)
     new_modules = [n for n in names or () if (r := lookup(n)) is not None and not r.entry.llama]
     if requested == fmt.ARCH_LLAMA:
@@ -115,11 +116,11 @@ def resolve_arch(folder: Path, requested: str) -> str:
                              f"modules ({len(new_modules)} tensors, e.g. {new_modules[0]})",
                              hint="leave --arch at auto to write a liquidmetal GGUF")
         return fmt.ARCH_LLAMA
-    if read_config_dict(folder).get("model_type", MODEL_TYPE) == MODEL_TYPE:
-        return fmt.ARCH_LIQUIDMETAL
     if names is not None and not new_modules:
-        log.info("%s is a plain Llama checkpoint: writing a llama GGUF", folder)
+        log.info("%s holds no Liquid-Metal module tensors: writing a llama GGUF", folder)
         return fmt.ARCH_LLAMA
+    if names is None and read_config_dict(folder).get("model_type", MODEL_TYPE) == "llama":
+        return fmt.ARCH_LLAMA       # pickle weights: names unknown until read; go by config.json
     return fmt.ARCH_LIQUIDMETAL
 
 
