@@ -37,7 +37,7 @@ from gguf.gguf_reader import ReaderField, ReaderTensor
 from gguf.quants import dequantize
 
 from . import gguf_format as fmt
-from .errors import ArtifactError
+from .errors import ArtifactError, ConfigError
 from .modeling.config import MODEL_TYPE, LiquidMetalConfig
 from .tensor_names import TensorRef, expected_tensors, from_gguf_layout, gguf_layout_shape
 
@@ -167,7 +167,7 @@ class GGUFFile:
         kwargs["model_type"] = MODEL_TYPE if arch == fmt.ARCH_LIQUIDMETAL else "llama"
         try:
             config = LiquidMetalConfig(**kwargs)
-        except Exception as exc:  # ConfigError or TypeError from wrong value types
+        except (ConfigError, TypeError) as exc:   # TypeError: a value of the wrong GGUF type
             raise ArtifactError(f"{self.paths[0]} describes an unsupported model: {exc}") from exc
         se_key = fmt.SE_HIDDEN_SIZE.format(arch=arch)
         if arch == fmt.ARCH_LIQUIDMETAL and self.value(se_key) != config.se_hidden_size:

@@ -126,7 +126,7 @@ def resolve_arch(folder: Path, requested: str) -> str:
 
 def _stored_names(folder: Path) -> list[str] | None:
     """Tensor names from the safetensors headers (no tensor is read); None for other formats."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     files = sorted(folder.glob("*.safetensors"))
     if not files:
@@ -136,7 +136,7 @@ def _stored_names(folder: Path) -> list[str] | None:
         try:
             with safe_open(str(path), framework="np") as f:
                 names.extend(f.keys())
-        except Exception as exc:  # safetensors raises its own error type for damaged headers
+        except (SafetensorError, OSError) as exc:
             raise CheckpointError(f"{path} is not a readable safetensors file ({exc})") from exc
     return names
 
