@@ -1,0 +1,209 @@
+"""Everything the benchmark rows run on, built once and cached under ``benchmarks/.work/<shape>/``.
+
+* ``llama/``: a random Hugging Face Llama of the chosen shape, written by
+  transformers (``save_pretrained``), with the small lmexport tokenizer (the GGUF
+  exporter pads its vocabulary to the embedding; prompts are token ids anyway);
+* ``liquid/``: that Llama converted by ``lmexport convert`` (modules near identity);
+* ``onnx-fp32/``, ``onnx-int8/``, ``onnx-int4/`` (and ``onnx-fp16/``): ``lmexport onnx``;
+* ``optimum-fp32/``: ``optimum-cli export onnx --task text-generation-with-past`` of
+  ``llama/``, run in the optimum virtual environment;
+* ``gguf/llama-{f16,q8_0,q4_0}.gguf``: ``lmexport gguf --arch llama`` of ``llama/``;
+* ``venv-optimum/`` and ``venv-llamacpp/`` (beside the shape folders): their own virtual environments
+  (optimum-onnx pins transformers<4.58; llama-cpp-python compiles llama.cpp).
+
+A step whose output exists is skipped (delete it to rebuild). Every step runs in a
+subprocess, so the memory of one model build is returned before the next.
+
+    python benchmarks/prepare.py llama OUT_DIR --shape 1b     # the one in-process step
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+log = logging.getLogger("bench.prepare")
+ROOT = Path(__file__).resolve().parents[1]
+
+# TinyLlama-1.1B's shape; "small" is for trying the pipeline in a minute.
+SHAPES = {
+    "1b": dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+               num_key_value_heads=4, vocab_size=32000),
+    "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
+                  num_key_value_heads=2, vocab_size=4096),
+}
+ONNX_VARIANTS = {  # name -> lmexport onnx options
+    "fp32": [],
+    "fp16": ["--dtype", "fp16"],
+    "int8": ["--quantize", "int8"],
+    "int4": ["--quantize", "int4"],
+}
+GGUF_TYPES = ("f16", "q8_0", "q4_0")
+OPTIMUM_REQUIREMENTS = ["optimum-onnx[onnxruntime]"]
+LLAMACPP_REQUIREMENT = "llama-cpp-python==0.3.36"
+
+
+def lmexport_exe() -> str:
+    return str(Path(sys.executable).with_name("lmexport"))
+
+
+def run_step(name: str, cmd: list[str], *, timeout: float, env: dict | None = None, log_file: Path) -> None:
+    """Run one build step, its output to ``log_file``; raise with the tail of that log if it fails."""
+    log.info("%s: %s", name, " ".join(cmd))
+    t0 = time.perf_counter()
+    with open(log_file, "w") as out:
+        try:
+            proc = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout,
+                                  env={**os.environ, **(env or {})}, cwd=ROOT)
+        except subprocess.TimeoutExpired as exc:
+            raise StepError(f"{name} timed out after {timeout:.0f} s (log: {log_file})") from exc
+    if proc.returncode:
+        tail = log_file.read_text(errors="replace").strip().splitlines()[-3:]
+        raise StepError(f"{name} failed (exit {proc.returncode}): {' | '.join(tail)} (log: {log_file})")
+    log.info("%s: done in %.0f s", name, time.perf_counter() - t0)
+
+
+class StepError(RuntimeError):
+    pass
+
+
+class Work:
+    """Paths of everything under the work folder."""
+
+    def __init__(self, cache: Path, shape: str):
+        self.root = cache / shape               # models and exports of one shape
+        root = self.root
+        self.logs = root / "logs"
+        self.llama = root / "llama"
+        self.liquid = root / "liquid"
+        self.optimum = root / "optimum-fp32"
+        self.venv_optimum = cache / "venv-optimum"    # shared by every shape
+        self.venv_llamacpp = cache / "venv-llamacpp"
+
+    def onnx(self, variant: str) -> Path:
+        return self.root / f"onnx-{variant}"
+
+    def gguf(self, outtype: str) -> Path:
+        return self.root / "gguf" / f"llama-{outtype}.gguf"
+
+    def python(self, venv: Path) -> Path:
+        return venv / "bin" / "python"
+
+
+# ---------------------------------------------------------------- model folders
+def build_llama(out: Path, shape: str, seed: int = 0) -> None:
+    """A random transformers Llama of ``shape``, saved with the lmexport tiny tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmexport.tiny import make_tokenizer, write_tokenizer_files
+
+    dims = SHAPES[shape]
+    config = LlamaConfig(**dims, max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,
+                         tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=3,
+                         hidden_act="silu", attention_bias=False, mlp_bias=False)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config).float()
+    tmp = out.with_name(out.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    write_tokenizer_files(make_tokenizer(), tmp)
+    tmp.rename(out)
+
+
+def prepare_models(work: Work, shape: str, onnx_variants: list[str], gguf_types: list[str], *,
+                   with_optimum: bool, validate: bool, timeout: float) -> dict[str, str]:
+    """Build what is missing; return {artifact: reason} for every step that failed."""
+    work.logs.mkdir(parents=True, exist_ok=True)
+    failed: dict[str, str] = {}
+    lm = lmexport_exe()
+
+    def step(key: str, target: Path, name: str, cmd: list[str], **kw) -> None:
+        if target.exists():
+            log.info("%s: cached (%s)", name, target)
+            return
+        try:
+            run_step(name, cmd, timeout=timeout, log_file=work.logs / f"{key}.log", **kw)
+        except StepError as exc:
+            log.error("%s", exc)
+            failed[key] = str(exc)
+
+    step("llama", work.llama, "random Llama", [sys.executable, __file__, "llama", str(work.llama),
+                                                  "--shape", shape])
+    if "llama" in failed:
+        return failed
+    step("liquid", work.liquid, "lmexport convert", [lm, "convert", str(work.llama), "-o", str(work.liquid)])
+    for variant in onnx_variants:
+        if "liquid" in failed:
+            failed[f"onnx-{variant}"] = "the converted checkpoint was not built"
+            continue
+        step(f"onnx-{variant}", work.onnx(variant), f"lmexport onnx {variant}",
+             [lm, "onnx", str(work.liquid), "-o", str(work.onnx(variant)), *ONNX_VARIANTS[variant],
+              *([] if validate else ["--no-validate"])])
+    work.gguf("f16").parent.mkdir(exist_ok=True)
+    for outtype in gguf_types:
+        step(f"gguf-{outtype}", work.gguf(outtype), f"lmexport gguf {outtype}",
+             [lm, "gguf", str(work.llama), "--arch", "llama", "--outtype", outtype, "-o", str(work.gguf(outtype))])
+    if with_optimum:
+        if not (work.venv_optimum / ".ready").exists():
+            failed["optimum-fp32"] = "the optimum virtual environment is not ready"
+        else:
+            cli = str(work.venv_optimum / "bin" / "optimum-cli")
+            step("optimum-fp32", work.optimum, "optimum-cli export onnx",
+                 [cli, "export", "onnx", "--model", str(work.llama), "--task", "text-generation-with-past",
+                  str(work.optimum)])
+    return failed
+
+
+# ---------------------------------------------------------------- virtual environments
+def make_venv(venv: Path, installs: list[list[str]], *, timeout: float, log_file: Path,
+              env: dict | None = None) -> None:
+    """Create ``venv`` and run each ``pip install`` in order; ``.ready`` marks success."""
+    if (venv / ".ready").exists():
+        log.info("%s: cached", venv.name)
+        return
+    run_step(f"{venv.name}: venv", [sys.executable, "-m", "venv", "--clear", str(venv)], timeout=timeout,
+             log_file=log_file)
+    py = str(venv / "bin" / "python")
+    for i, args in enumerate(installs):
+        run_step(f"{venv.name}: pip install {' '.join(args)}", [py, "-m", "pip", "install", *args],
+                 timeout=timeout, env=env, log_file=log_file.with_suffix(f".{i}.log"))
+    (venv / ".ready").write_text("ok\n")
+
+
+def prepare_envs(work: Work, *, optimum: bool, llamacpp: bool, timeout: float) -> dict[str, str]:
+    work.logs.mkdir(parents=True, exist_ok=True)
+    failed = {}
+    # torch first, pinned to the CPU build, so optimum does not pull a CUDA torch.
+    if optimum:
+        try:
+            make_venv(work.venv_optimum, [["torch==2.13.0"], OPTIMUM_REQUIREMENTS], timeout=timeout,
+                      log_file=work.logs / "venv-optimum.log")
+        except StepError as exc:
+            failed["venv-optimum"] = str(exc)
+    if llamacpp:
+        # Native build for this CPU (AVX-512 here); CMAKE_BUILD_PARALLEL_LEVEL uses every core.
+        env = {"CMAKE_ARGS": "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF",
+               "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1)}
+        try:
+            make_venv(work.venv_llamacpp, [["numpy"], ["--no-binary", "llama-cpp-python", LLAMACPP_REQUIREMENT]],
+                      timeout=timeout, log_file=work.logs / "venv-llamacpp.log", env=env)
+        except StepError as exc:
+            failed["venv-llamacpp"] = str(exc)
+    return failed
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Build the random Llama of a benchmark shape.")
+    ap.add_argument("what", choices=["llama"])
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--shape", choices=list(SHAPES), default="1b")
+    args = ap.parse_args()
+    build_llama(args.out, args.shape)
+
+
+if __name__ == "__main__":
+    main()

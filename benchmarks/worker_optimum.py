@@ -1,0 +1,83 @@
+"""One benchmark row for an optimum-onnx export, run inside the optimum virtual environment.
+
+    python benchmarks/worker_optimum.py ONNX_DIR --out row.json [--prompt-tokens ...]
+
+The folder is what ``optimum-cli export onnx --task text-generation-with-past`` wrote
+for the plain Llama. It is loaded with ``ORTModelForCausalLM`` (CPU provider, no IO
+binding) and driven call by call with its own past_key_values, through the same
+measurement protocol as ``lmexport bench`` (``lmexport/bench/measure.py``, imported
+from this checkout: it needs only numpy).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lmexport.bench.measure import Workload, run_protocol  # noqa: E402
+
+
+class OptimumStepper:
+    def __init__(self, model):
+        import torch
+
+        self.torch = torch
+        self.model = model
+        self.past = None
+
+    def reset(self, batch: int) -> None:
+        self.past = None
+
+    def step(self, ids, mask, positions):
+        t = self.torch
+        with t.inference_mode():
+            out = self.model(input_ids=t.from_numpy(ids), attention_mask=t.from_numpy(mask),
+                             position_ids=t.from_numpy(positions), past_key_values=self.past, use_cache=True)
+        self.past = out.past_key_values
+        return out.logits[:, -1, :].argmax(dim=-1).numpy()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("onnx_dir")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+
+    import onnxruntime as ort
+    import torch
+    import transformers
+
+    torch.set_num_threads(args.threads or torch.get_num_threads())
+
+    def load():
+        from optimum.onnxruntime import ORTModelForCausalLM
+
+        options = ort.SessionOptions()
+        if args.threads:
+            options.intra_op_num_threads = args.threads
+        model = ORTModelForCausalLM.from_pretrained(args.onnx_dir, provider="CPUExecutionProvider",
+                                                    session_options=options, use_cache=True,
+                                                    use_io_binding=False)
+        return OptimumStepper(model), int(model.config.vocab_size)
+
+    from importlib.metadata import version
+
+    versions = {"optimum-onnx": version("optimum-onnx"), "optimum": version("optimum"),
+                "onnxruntime": ort.__version__, "transformers": transformers.__version__,
+                "torch": torch.__version__}
+    workload = Workload(args.prompt_tokens, args.new_tokens, args.batch, args.repeats)
+    result = run_protocol(load, workload, artifact=args.onnx_dir, backend="optimum-onnx", variant="fp32",
+                          device="cpu", threads=args.threads, versions=versions,
+                          progress=lambda m: print(m, file=sys.stderr, flush=True))
+    Path(args.out).write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
