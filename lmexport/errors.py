@@ -70,6 +70,12 @@ class ArtifactError(InputError):
     """An exported ONNX folder or GGUF file is missing, damaged or from another model."""
 
 
+class ExportError(LmexportError):
+    """The exporter could not turn the model into the requested format."""
+
+    exit_code = EXIT_CHECK_FAILED
+
+
 class ValidationError(LmexportError):
     """An export was written but does not compute what PyTorch computes.
 

@@ -19,8 +19,15 @@ Layout (format_version 1)::
       "outputs": [IOSpec...],   # graph outputs, in graph order
       "files": {"model.onnx": {"bytes": n, "sha256": "..."}, ...},
       "tokenizer": {"bos_token_id": 1, "eos_token_ids": [2], "pad_token_id": 0},
-      "versions": {"lmexport": ..., "torch": ..., "onnx": ..., "onnxruntime": ...}
+      "versions": {"lmexport": ..., "torch": ..., "onnx": ..., "onnxruntime": ...},
+      "probes": {"layers.0.norm_in": "/model/layers.0/norm_in/output", ...},
+      "initializers": {"<ONNX initializer name>": {"tensor": "<canonical name>", "layout": "..."}}
     }
+
+``probes`` (optional) maps each layer module output (``modeling.model.LAYER_MODULES``)
+to the graph value that holds it; a parity tool adds those values as extra graph
+outputs. ``initializers`` (optional) maps initializers to the canonical tensors of
+``tensor_names`` they store, with the layout they are stored in.
 
 IOSpec: {"name", "dtype" (numpy name), "shape" (ints and axis names), "role",
 "layer" (state only), "init" ("zeros", state only), "present" (the output that
@@ -86,6 +93,8 @@ class Manifest:
     versions: dict[str, str] = field(default_factory=dict)
     model_file: str = "model.onnx"
     data_file: str = "model.onnx.data"
+    probes: dict[str, str] = field(default_factory=dict)
+    initializers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     # ------------------------------------------------------------ queries
     def input(self, role: str) -> IOSpec | None:
@@ -112,6 +121,7 @@ class Manifest:
             "inputs": [s.to_json() for s in self.inputs],
             "outputs": [s.to_json() for s in self.outputs],
             "files": self.files, "tokenizer": self.tokenizer, "versions": self.versions,
+            "probes": self.probes, "initializers": self.initializers,
         }
 
     def write(self, folder: Path) -> None:
@@ -183,7 +193,9 @@ class Manifest:
                    files=dict(data.get("files") or {}), tokenizer=dict(data.get("tokenizer") or {}),
                    versions=dict(data.get("versions") or {}),
                    model_file=str(data.get("model_file", "model.onnx")),
-                   data_file=str(data.get("data_file", "model.onnx.data")))
+                   data_file=str(data.get("data_file", "model.onnx.data")),
+                   probes=dict(data.get("probes") or {}),
+                   initializers=dict(data.get("initializers") or {}))
 
 
 def file_digest(path: Path) -> dict[str, Any]:

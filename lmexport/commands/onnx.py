@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+
+@click.command("onnx")
+@click.argument("model_dir", type=click.Path(path_type=Path))
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(path_type=Path),
+              help="Folder to write (model.onnx, model.onnx.data, lmexport.json, config, tokenizer).")
+@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="Weights and compute; fp16 keeps RMS statistics, gates, softmax and context sums in fp32.")
+@click.option("--quantize", type=click.Choice(["none", "int8", "int4"]), default="none", show_default=True,
+              help="int8: dynamic MatMul quantization; int4: weight-only MatMulNBits (of the fp32 graph).")
+@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18..23).")
+@click.option("--block-size", type=int, default=32, show_default=True, help="int4: weights per scale.")
+@click.option("--accuracy-level", type=int, default=4, show_default=True,
+              help="int4: MatMulNBits accuracy level (4 = int8 compute on CPU).")
+@click.option("--lm-head-int8", is_flag=True, help="int4: keep lm_head at 8 bits.")
+@click.option("--no-validate", is_flag=True, help="Skip the comparison with PyTorch (not recommended).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
+def onnx(model_dir, out_dir, dtype, quantize, opset, block_size, accuracy_level, lm_head_int8, no_validate,
+         overwrite):
+    """Export a Liquid-Metal checkpoint to a stateful ONNX folder, validated against PyTorch.
+
+    One graph serves prefill and decode; the folder's lmexport.json names every input
+    and output. Validation (ONNX Runtime CPU, batch of 2 left-padded prompts, prefill and
+    8 decode steps) prints a summary table; if a tolerance is exceeded nothing is written.
+
+    \b
+    Examples:
+      lmexport onnx examples/liquid-metal-tiny -o out/onnx
+      lmexport onnx examples/liquid-metal-tiny -o out/onnx-int4 --quantize int4 --lm-head-int8
+    """
+    from ..exporters.onnx import OnnxExportOptions, export_onnx
+
+    options = OnnxExportOptions(dtype=dtype, quantize=quantize, opset=opset, block_size=block_size,
+                                accuracy_level=accuracy_level, lm_head_bits=8 if lm_head_int8 else 4,
+                                validate=not no_validate)
+    result = export_onnx(model_dir, out_dir, options, overwrite=overwrite)
+    if result.report is not None:
+        click.echo(result.report.table())
+    else:
+        click.echo("validation skipped (--no-validate)")
+    data = result.manifest.files.get(result.manifest.data_file, {}).get("bytes", 0)
+    click.echo(f"wrote {out_dir} ({options.variant}, opset {result.manifest.opset}, "
+               f"{data / 1e6:,.1f} MB of weights)")

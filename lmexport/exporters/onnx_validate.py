@@ -1,0 +1,241 @@
+"""Always-on validation of an exported ONNX folder against the PyTorch reference.
+
+The folder is loaded the way a user loads it (ONNX Runtime, CPU, names from
+lmexport.json) and run on a left-padded batch of 2: a prefill, then
+``decode_steps`` single-token steps, each fed the state the previous call returned
+and the reference's greedy token. Every call compares the logits of the valid
+positions and every present state (keys/values at valid positions) with PyTorch.
+All differences are collected; the report lists each output's worst case and every
+bound it exceeds (lmexport.tolerances).
+
+``OrtStepper`` (running a folder call by call with state feeding) is torch-free.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..manifest import Manifest
+from ..tolerances import Tolerance, check, get_tolerance
+
+log = logging.getLogger(__name__)
+_NP = {"int64": np.int64, "float32": np.float32, "float16": np.float16}
+
+
+class OrtStepper:
+    """An exported folder in an ONNX Runtime session, one call at a time.
+
+    ``extra_outputs`` are graph values (e.g. manifest probes) to fetch as well; they are
+    added as graph outputs of an in-memory copy of the graph, the files stay as they are.
+    """
+
+    def __init__(self, folder: str | Path, *, extra_outputs: tuple[str, ...] = (),
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int | None = None):
+        import onnxruntime as ort
+
+        self.folder = Path(folder)
+        self.manifest = Manifest.read(self.folder)
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        model: str | bytes = str(self.folder / self.manifest.model_file)
+        if extra_outputs:
+            model = _with_outputs(self.folder, self.manifest, extra_outputs)
+            # the graph comes as bytes; its external data is read from the folder
+            options.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                             str(self.folder.absolute()))
+        self.session = ort.InferenceSession(model, options, providers=list(providers))
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def zero_state(self, batch: int) -> dict[str, np.ndarray]:
+        axes = {"batch_size": batch, "past_sequence_length": 0}
+        return {s.name: np.zeros(s.concrete_shape(axes), dtype=_NP[s.dtype]) for s in self.manifest.state_inputs()}
+
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+            state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One call; returns every output by name."""
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        feeds = {self.manifest.input(role).name: feeds[role] for role in feeds}
+        feeds.update(state)
+        return dict(zip(self.output_names, self.session.run(None, feeds)))
+
+    def next_state(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {s.name: outputs[s.present] for s in self.manifest.state_inputs()}
+
+
+def _with_outputs(folder: Path, manifest: Manifest, names: tuple[str, ...]) -> bytes:
+    """The graph with ``names`` added as outputs, serialised in memory; the weights stay in
+    the folder's data file and the folder is not touched."""
+    import onnx
+
+    model = onnx.load(str(folder / manifest.model_file), load_external_data=False)
+    for name in names:
+        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+    return model.SerializeToString()
+
+
+def positions_from_mask(mask: np.ndarray, new_tokens: int) -> np.ndarray:
+    """Hugging Face convention: number of valid tokens before; padding at 0."""
+    pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+    return pos[:, mask.shape[1] - new_tokens:].astype(np.int64)
+
+
+# ---------------------------------------------------------------- metrics
+
+def _log_softmax(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+@dataclass
+class LogitStats:
+    """Attribute names as lmexport.tolerances.check reads them."""
+    max_abs: float = 0.0
+    top1: float = 1.0
+    kl_mean: float = 0.0
+    kl_max: float = 0.0
+    cosine_min: float = 1.0
+    positions: int = 0
+
+    def add(self, ref: np.ndarray, art: np.ndarray) -> None:
+        ref = ref.astype(np.float64).reshape(-1, ref.shape[-1])
+        art = art.astype(np.float64).reshape(-1, art.shape[-1])
+        lp, lq = _log_softmax(ref), _log_softmax(art)
+        kl = (np.exp(lp) * (lp - lq)).sum(-1)
+        cos = (ref * art).sum(-1) / np.maximum(np.linalg.norm(ref, axis=-1) * np.linalg.norm(art, axis=-1), 1e-30)
+        n, m = self.positions, ref.shape[0]
+        self.max_abs = max(self.max_abs, float(np.abs(ref - art).max()))
+        self.top1 = (self.top1 * n + float((ref.argmax(-1) == art.argmax(-1)).sum())) / (n + m)
+        self.kl_mean = (self.kl_mean * n + float(kl.sum())) / (n + m)
+        self.kl_max = max(self.kl_max, float(kl.max()))
+        self.cosine_min = min(self.cosine_min, float(cos.min()))
+        self.positions = n + m
+
+
+@dataclass
+class StateStats:
+    max_abs: float = 0.0
+    ref_max: float = 0.0
+
+    @property
+    def rel(self) -> float:
+        return self.max_abs / max(self.ref_max, 1e-30)
+
+    def add(self, ref: np.ndarray, art: np.ndarray, keep: np.ndarray | None = None) -> None:
+        ref, art = ref.astype(np.float64), art.astype(np.float64)
+        diff = np.abs(ref - art)
+        if keep is not None:
+            diff, ref = diff * keep, ref * keep
+        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
+        self.ref_max = max(self.ref_max, float(np.abs(ref).max(initial=0.0)))
+
+
+def state_failure(name: str, stats: StateStats, tol: Tolerance) -> str | None:
+    """fp32: absolute bound (max_abs); quantized variants: relative bound (hidden_rel)."""
+    if tol.max_abs is not None:
+        if stats.max_abs > tol.max_abs:
+            return f"{name}: max |diff| {stats.max_abs:.3g} > {tol.max_abs:g}"
+    elif stats.rel > tol.hidden_rel:
+        return f"{name}: relative diff {stats.rel:.3g} > {tol.hidden_rel:g}"
+    return None
+
+
+@dataclass
+class ValidationReport:
+    variant: str
+    tolerance: Tolerance
+    calls: int
+    logits: LogitStats = field(default_factory=LogitStats)
+    states: dict[str, StateStats] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def finish(self) -> None:
+        self.failures = [f"logits: {f}" for f in check(self.logits, self.tolerance)]
+        self.failures += [f for f in (state_failure(n, s, self.tolerance) for n, s in self.states.items()) if f]
+
+    def table(self) -> str:
+        """The summary: logits, then the worst state of each kind, then the verdict."""
+        lg = self.logits
+        rows = [f"validation ({self.variant}, ONNX Runtime CPU vs PyTorch fp32, batch 2 left-padded, "
+                f"prefill + {self.calls - 1} decode steps)",
+                f"  {'output':<28}{'max |diff|':>12}{'relative':>10}{'top-1':>8}{'KL mean':>10}{'KL max':>10}",
+                f"  {'logits':<28}{lg.max_abs:>12.3g}{'':>10}{lg.top1:>8.3f}{lg.kl_mean:>10.2e}{lg.kl_max:>10.2e}"]
+        by_kind: dict[str, tuple[str, StateStats]] = {}
+        for name, s in self.states.items():
+            kind = name.split(".")[0]
+            if kind not in by_kind or s.max_abs > by_kind[kind][1].max_abs:
+                by_kind[kind] = (name, s)
+        for name, s in by_kind.values():
+            rows.append(f"  {name + ' (worst)':<28}{s.max_abs:>12.3g}{s.rel:>10.2e}")
+        rows.append(f"  {len(self.states)} state outputs compared; "
+                    + ("PASSED" if self.passed else f"FAILED ({len(self.failures)} bounds exceeded)"))
+        return "\n".join(rows)
+
+
+# ---------------------------------------------------------------- the check
+
+def validation_batch(vocab_size: int, pad_id: int, lengths: tuple[int, ...] = (11, 4), seed: int = 0):
+    """A left-padded batch of random prompts: (input_ids, attention_mask), [B, max(lengths)]."""
+    rng = np.random.default_rng(seed)
+    width = max(lengths)
+    ids = np.full((len(lengths), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(lengths), width), dtype=np.int64)
+    for row, n in enumerate(lengths):
+        ids[row, width - n:] = rng.integers(0, vocab_size, n)
+        mask[row, width - n:] = 1
+    return ids, mask
+
+
+def validate_folder(folder: str | Path, model, variant: str, *, decode_steps: int = 8,
+                    lengths: tuple[int, ...] = (11, 4), seed: int = 0) -> ValidationReport:
+    """Compare the folder with ``model`` (PyTorch fp32) call by call; never raises on a bound."""
+    import torch
+
+    config = model.config
+    runner = OrtStepper(folder)
+    tol = get_tolerance(variant)
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    ids, mask = validation_batch(config.vocab_size, pad, lengths, seed)
+    report = ValidationReport(variant, tol, decode_steps + 1)
+    state = runner.zero_state(ids.shape[0])
+    ref_state: dict = {}
+    tokens = ids
+    for call in range(decode_steps + 1):
+        pos = positions_from_mask(mask, tokens.shape[1])
+        with torch.no_grad():
+            ref = model(torch.from_numpy(tokens), torch.from_numpy(mask), torch.from_numpy(pos), **ref_state)
+        out = runner.run(tokens, mask, pos, state)
+        valid = mask[:, mask.shape[1] - tokens.shape[1]:].astype(bool)
+        ref_logits = ref.logits.float().numpy()
+        report.logits.add(ref_logits[valid], out["logits"][valid])
+        for name, value in _reference_presents(ref).items():
+            keep = mask[:, None, :, None] if name.startswith("present.") else None
+            report.states.setdefault(name, StateStats()).add(value, out[name], keep)
+        state = runner.next_state(out)
+        ref_state = {"past_key_values": ref.present_key_values, "past_conv": ref.present_conv,
+                     "past_context": ref.present_context}
+        tokens = ref_logits[:, -1].argmax(-1)[:, None].astype(np.int64)
+        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=np.int64)], axis=1)
+    report.finish()
+    log.debug("%s", report.table())
+    return report
+
+
+def _reference_presents(out) -> dict[str, np.ndarray]:
+    """The PyTorch model's present state under the graph's output names."""
+    res = {}
+    for i, (k, v) in enumerate(out.present_key_values):
+        res[f"present.{i}.key"], res[f"present.{i}.value"] = k.float().numpy(), v.float().numpy()
+    for i, t in enumerate(out.present_conv or []):
+        res[f"present_conv.{i}"] = t.float().numpy()
+    for i, t in enumerate(out.present_context or []):
+        res[f"present_context.{i}"] = t.float().numpy()
+    return res
