@@ -32,7 +32,7 @@ def model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def onnx_dir(model_dir, tmp_path_factory):
     onnx_exporter = pytest.importorskip("lmexport.exporters.onnx")  # TODO: drop once the exporter lands
-    OnnxOptions, export_onnx = onnx_exporter.OnnxOptions, onnx_exporter.export_onnx
+    OnnxOptions, export_onnx = onnx_exporter.OnnxExportOptions, onnx_exporter.export_onnx
 
     out = tmp_path_factory.mktemp("bench-onnx") / "onnx"
     export_onnx(model_dir, out, OnnxOptions())

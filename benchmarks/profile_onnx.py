@@ -1,0 +1,93 @@
+"""Which ops dominate an ONNX decode step: ORT's profiler, summed by op type.
+
+    python benchmarks/profile_onnx.py ONNX_DIR [--prompt-tokens 128] [--steps 16] [--json]
+
+Runs a prefill and ``--steps`` decode calls with profiling on (state fed back by the
+runtime's stepper), then sums the kernel time of every node of the decode runs
+only by op type. The share is of node time (what the graph's kernels cost);
+the remainder of a step's wall time is session overhead and state copies, given
+as ``overhead_ms_per_step``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def profile(folder: Path, prompt_tokens: int, steps: int, threads: int | None) -> dict:
+    import onnxruntime as ort
+
+    from lmexport.bench.onnx_side import OnnxStepper
+    from lmexport.bench.measure import prompt_ids
+
+    with tempfile.TemporaryDirectory(prefix="lmexport-profile-") as tmp:
+        options = ort.SessionOptions()
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        stepper = OnnxStepper.open(folder, device="cpu", threads=threads, session_options=options)
+        vocab = stepper.vocab_size
+        ids = prompt_ids(1, prompt_tokens, vocab)
+        total = prompt_tokens + steps
+        mask = np.ones((1, total), dtype=np.int64)
+        stepper.reset(1)
+        token = stepper.step(ids, mask[:, :prompt_tokens], np.arange(prompt_tokens, dtype=np.int64)[None])
+        wall = []
+        for i in range(steps):
+            t = prompt_tokens + i
+            t0 = time.perf_counter()
+            token = stepper.step(token.reshape(1, 1), mask[:, :t + 1], np.array([[t]], dtype=np.int64))
+            wall.append(time.perf_counter() - t0)
+        trace = json.loads(Path(stepper.end_profiling()).read_text())
+
+    runs = [e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"]
+    decode_runs = runs[-steps:]
+    windows = [(e["ts"], e["ts"] + e["dur"]) for e in decode_runs]
+    by_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for e in trace:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        if not any(a <= e["ts"] <= b for a, b in windows):
+            continue
+        op = e.get("args", {}).get("op_name", "?")
+        by_op[op][0] += e["dur"] / 1000.0
+        by_op[op][1] += 1
+    node_ms = sum(v[0] for v in by_op.values())
+    ops = sorted(({"op_type": op, "ms_per_step": ms / steps, "nodes_per_step": n / steps,
+                   "share": ms / node_ms if node_ms else 0.0} for op, (ms, n) in by_op.items()),
+                 key=lambda o: -o["ms_per_step"])
+    run_ms = sum(e["dur"] for e in decode_runs) / 1000.0 / steps
+    return {"folder": str(folder), "prompt_tokens": prompt_tokens, "steps": steps,
+            "wall_ms_per_step": 1000.0 * float(np.median(wall)), "run_ms_per_step": run_ms,
+            "node_ms_per_step": node_ms / steps, "overhead_ms_per_step": run_ms - node_ms / steps, "ops": ops}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("folder", type=Path)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    result = profile(args.folder, args.prompt_tokens, args.steps, args.threads)
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"{result['folder']}: {result['wall_ms_per_step']:.2f} ms per decode step (wall), "
+          f"{result['node_ms_per_step']:.2f} ms in nodes, {result['overhead_ms_per_step']:.2f} ms session overhead")
+    for op in result["ops"][:15]:
+        print(f"  {op['op_type']:<28} {op['share'] * 100:5.1f}%  {op['ms_per_step']:7.2f} ms  "
+              f"{op['nodes_per_step']:5.0f} nodes")
+
+
+if __name__ == "__main__":
+    main()
