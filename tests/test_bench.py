@@ -31,11 +31,10 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def onnx_dir(model_dir, tmp_path_factory):
-    onnx_exporter = pytest.importorskip("lmexport.exporters.onnx")  # TODO: drop once the exporter lands
-    OnnxOptions, export_onnx = onnx_exporter.OnnxExportOptions, onnx_exporter.export_onnx
+    from lmexport.exporters.onnx import OnnxExportOptions, export_onnx
 
     out = tmp_path_factory.mktemp("bench-onnx") / "onnx"
-    export_onnx(model_dir, out, OnnxOptions())
+    export_onnx(model_dir, out, OnnxExportOptions())
     return out
 
 
