@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import atomic_output, check_output_path
-from ..errors import InputError, ValidationError
+from ..errors import ExportError, InputError, ValidationError
 from ..manifest import IOSpec, Manifest, file_digest
 from ..modeling.config import LiquidMetalConfig
 from ..modeling.modules import CONTEXT_SLOTS
@@ -158,7 +158,6 @@ def _check_initializers(found: dict[str, dict], config: LiquidMetalConfig) -> No
     want = {r.name for r in expected_tensors(config)}
     missing = sorted(want - have)
     if missing:
-        from ..errors import ExportError
         raise ExportError("the exported graph lost the names of some tensors: " + ", ".join(missing[:5]),
                           hint="the parity tool could not find them in model.onnx.data")
 
@@ -238,7 +237,6 @@ def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash
     values = {o for n in graph.node for o in n.output}
     lost = [v for v in traced.probes.values() if v not in values]
     if lost:
-        from ..errors import ExportError
         raise ExportError(f"probe values missing from the graph: {', '.join(lost[:4])}")
 
     (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
@@ -258,7 +256,6 @@ def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash
 
 
 def _check_data_files(folder: Path) -> None:
-    from ..errors import ExportError
     extra = [p.name for p in folder.iterdir() if p.is_file() and p.name not in (MODEL_FILE, DATA_FILE)]
     if extra or not (folder / DATA_FILE).is_file():
         raise ExportError(f"expected exactly {MODEL_FILE} and {DATA_FILE}, found "

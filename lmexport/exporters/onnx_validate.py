@@ -33,7 +33,8 @@ class OrtStepper:
     """
 
     def __init__(self, folder: str | Path, *, extra_outputs: tuple[str, ...] = (),
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int | None = None):
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int | None = None,
+                 low_memory: bool = False):
         import onnxruntime as ort
 
         self.folder = Path(folder)
@@ -41,6 +42,8 @@ class OrtStepper:
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        if low_memory:  # no pre-packed weight copies: the validator runs next to the PyTorch model
+            options.add_session_config_entry("session.disable_prepacking", "1")
         model: str | bytes = str(self.folder / self.manifest.model_file)
         if extra_outputs:
             model = _with_outputs(self.folder, self.manifest, extra_outputs)
@@ -200,7 +203,7 @@ def validate_folder(folder: str | Path, model, variant: str, *, decode_steps: in
     import torch
 
     config = model.config
-    runner = OrtStepper(folder)
+    runner = OrtStepper(folder, low_memory=True)
     tol = get_tolerance(variant)
     pad = config.pad_token_id if config.pad_token_id is not None else 0
     ids, mask = validation_batch(config.vocab_size, pad, lengths, seed)
