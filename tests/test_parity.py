@@ -99,3 +99,55 @@ def test_prompt_file_and_json_overwrite_rules(folder, tmp_path):
     done = run_cli("parity", folder / "model", folder / "f32.gguf", "--prompts", prompts, "--steps", "2",
                    "--json", existing, "--overwrite")
     assert done.returncode == 0 and json.loads(existing.read_text())["passed"]
+
+
+# ---------------------------------------------------------------- ONNX artifacts
+
+@pytest.fixture(scope="module")
+def onnx_folder(folder):
+    from lmexport.exporters.onnx import OnnxExportOptions, export_onnx
+    export_onnx(folder / "model", folder / "onnx-fp32", OnnxExportOptions())
+    export_onnx(folder / "model", folder / "onnx-int8", OnnxExportOptions(quantize="int8"))
+    return folder
+
+
+def test_fp32_onnx_passes_and_int8_passes_its_preset(onnx_folder):
+    fp32 = run_parity(onnx_folder / "model", onnx_folder / "onnx-fp32", steps=6)
+    assert fp32.preset == "fp32" and fp32.passed, format_table(fp32)
+    assert fp32.overall.max_abs < 1e-4 and min(fp32.greedy_match) == 6
+    int8 = run_parity(onnx_folder / "model", onnx_folder / "onnx-int8", steps=4)
+    assert int8.preset == "int8" and int8.passed, format_table(int8)
+    assert int8.overall.max_abs > fp32.overall.max_abs
+
+
+@pytest.mark.parametrize("tensor, where", [("model.layers.1.self_attn.v_proj.weight", "layer 1 attention"),
+                                           ("model.layers.0.se.fc2.weight", "layer 0 se"),
+                                           ("model.layers.1.post_attention_layernorm.gate.weight",
+                                            "layer 1 norm_post")])
+def test_corrupted_onnx_data_fails_and_names_layer_and_module(onnx_folder, tmp_path, tensor, where):
+    broken = tmp_path / "onnx"
+    shutil.copytree(onnx_folder / "onnx-fp32", broken)
+    manifest = json.loads((broken / "lmexport.json").read_text())
+    init = next(v for v in manifest["initializers"].values() if v["tensor"] == tensor)
+    data = np.fromfile(broken / init["file"], dtype=np.uint8)
+    values = data[init["offset"]:init["offset"] + init["length"]].view(np.float32)
+    values += np.random.default_rng(1).standard_normal(values.shape).astype(np.float32) * 0.5
+    data.tofile(broken / init["file"])
+    done = run_cli("parity", onnx_folder / "model", broken, "--steps", "2")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"first divergence: {where}" in done.stdout
+
+
+def test_onnx_folder_with_missing_or_edited_manifest_or_truncated_data(onnx_folder, tmp_path):
+    broken = tmp_path / "onnx"
+    shutil.copytree(onnx_folder / "onnx-fp32", broken)
+    data = broken / "model.onnx.data"
+    data.write_bytes(data.read_bytes()[:1000])
+    done = run_cli("parity", onnx_folder / "model", broken)
+    assert done.returncode == 2 and "model.onnx.data has 1000 bytes" in done.stderr
+    (broken / "lmexport.json").write_text("{not json")
+    done = run_cli("parity", onnx_folder / "model", broken)
+    assert done.returncode == 2 and "lmexport.json is not valid JSON" in done.stderr
+    (broken / "lmexport.json").unlink()
+    done = run_cli("parity", onnx_folder / "model", broken)
+    assert done.returncode == 2 and "has no lmexport.json" in done.stderr
