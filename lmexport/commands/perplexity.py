@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("perplexity")
+@click.argument("target", type=click.Path(path_type=Path), metavar="MODEL_OR_ARTIFACT")
+@click.option("--text", "text_file", required=True, type=click.Path(path_type=Path), help="UTF-8 text to score.")
+@click.option("--tokenizer", type=click.Path(path_type=Path),
+              help="tokenizer.json or a folder holding it (default: the one beside MODEL_OR_ARTIFACT).")
+@click.option("--max-tokens", type=click.IntRange(2), help="Score only the first N tokens of the text.")
+@click.option("--window", default=256, show_default=True, type=click.IntRange(2),
+              help="Tokens per window (capped at the model's context).")
+@click.option("--stride", type=click.IntRange(1), help="Window start spacing (default: the window, no overlap).")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def perplexity(target, text_file, tokenizer, max_tokens, window, stride, device, as_json):
+    """Perplexity of a PyTorch model folder, an ONNX folder (any variant) or a GGUF file.
+
+    Every kind is scored with the same windows (lmexport/perplexity.py), so the
+    numbers compare: non-overlapping windows of --window tokens, each from an
+    empty state, every token but the first scored once.
+    """
+    from ..errors import InputError
+    from ..perplexity import perplexity as run
+    from ..scoring import open_scorer
+
+    if not target.exists():
+        raise InputError(f"{target} does not exist")
+    try:
+        text = text_file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InputError(f"text file {text_file} does not exist") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"text file {text_file} is not UTF-8 (byte {exc.start})", hint="save it as UTF-8") from None
+    tok_path = _tokenizer_path(target, tokenizer)
+    from tokenizers import Tokenizer
+    ids = Tokenizer.from_file(str(tok_path)).encode(text, add_special_tokens=False).ids
+    if max_tokens:
+        ids = ids[:max_tokens]
+    scorer, kind, context = open_scorer(target, device)
+    result = run(scorer, ids, min(window, context), stride, progress=True, desc=f"perplexity ({kind})")
+    if as_json:
+        click.echo(json.dumps({"artifact": str(target), "kind": kind, **result.to_dict()}, indent=2))
+    else:
+        click.echo(f"{kind} {target}: perplexity {result.perplexity:.4f} over {result.n_targets} tokens "
+                   f"(window {result.window}, stride {result.stride})")
+
+
+def _tokenizer_path(target: Path, given: Path | None) -> Path:
+    from ..errors import InputError
+
+    candidates = [given / "tokenizer.json" if given and given.is_dir() else given] if given else \
+        [target / "tokenizer.json" if target.is_dir() else target.parent / "tokenizer.json"]
+    for path in candidates:
+        if path is not None and path.is_file():
+            return path
+    raise InputError(f"no tokenizer.json found for {target}",
+                     hint="pass --tokenizer with the model folder it came from")
