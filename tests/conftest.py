@@ -1,3 +1,10 @@
+import os
+
+# On a shared 2-core machine, OpenMP threads that spin while waiting slow torch
+# down 10-30x when another process is busy; passive waiting avoids it. Must be
+# set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 import torch
 

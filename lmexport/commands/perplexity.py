@@ -14,15 +14,15 @@ import click
 @click.option("--max-tokens", type=click.IntRange(2), help="Score only the first N tokens of the text.")
 @click.option("--window", default=256, show_default=True, type=click.IntRange(2),
               help="Tokens per window (capped at the model's context).")
-@click.option("--stride", type=click.IntRange(1), help="Window start spacing (default: the window, no overlap).")
+@click.option("--stride", type=click.IntRange(1), help="Window start spacing, below --window (default: window - 1, windows share one token).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 def perplexity(target, text_file, tokenizer, max_tokens, window, stride, device, as_json):
     """Perplexity of a PyTorch model folder, an ONNX folder (any variant) or a GGUF file.
 
     Every kind is scored with the same windows (lmexport/perplexity.py), so the
-    numbers compare: non-overlapping windows of --window tokens, each from an
-    empty state, every token but the first scored once.
+    numbers compare: windows of --window tokens, each from an empty state,
+    every token but the first scored exactly once.
     """
     from ..errors import InputError
     from ..perplexity import perplexity as run
