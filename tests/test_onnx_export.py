@@ -311,3 +311,18 @@ def test_cli_unsupported_opset(exports, tmp_path, opset):
     done = run_cli("onnx", exports.model_dir("k3_gqa"), "-o", tmp_path / "out", "--opset", opset)
     _assert_one_line(done, f"opset {opset} is not supported (supported: 18..23)")
     assert not (tmp_path / "out").exists()
+
+
+def test_nan_outputs_always_fail():
+    from lmexport.exporters.onnx_validate import StateStats, ValidationReport
+    from lmexport.tolerances import get_tolerance
+
+    for preset in ("fp32", "int4"):
+        report = ValidationReport(preset, get_tolerance(preset), calls=1)
+        ref = np.zeros((2, 5))
+        report.logits.add(ref, np.full((2, 5), np.nan))
+        report.states["present_conv.0"] = StateStats()
+        report.states["present_conv.0"].add(np.ones((1, 4, 2)), np.full((1, 4, 2), np.nan))
+        report.finish()
+        assert any("NaN" in f and f.startswith("logits") for f in report.failures), report.failures
+        assert any("present_conv.0" in f and "NaN" in f for f in report.failures), report.failures

@@ -103,8 +103,11 @@ class LogitStats:
     kl_max: float = 0.0
     cosine_min: float = 1.0
     positions: int = 0
+    nonfinite: int = 0
 
     def add(self, ref: np.ndarray, art: np.ndarray) -> None:
+        self.nonfinite += int((~np.isfinite(art)).sum())
+        art = np.nan_to_num(art, nan=0.0, posinf=0.0, neginf=0.0)
         ref = ref.astype(np.float64).reshape(-1, ref.shape[-1])
         art = art.astype(np.float64).reshape(-1, art.shape[-1])
         lp, lq = _log_softmax(ref), _log_softmax(art)
@@ -123,13 +126,15 @@ class LogitStats:
 class StateStats:
     max_abs: float = 0.0
     ref_max: float = 0.0
+    nonfinite: int = 0
 
     @property
     def rel(self) -> float:
         return self.max_abs / max(self.ref_max, 1e-30)
 
     def add(self, ref: np.ndarray, art: np.ndarray, keep: np.ndarray | None = None) -> None:
-        ref, art = ref.astype(np.float64), art.astype(np.float64)
+        self.nonfinite += int((~np.isfinite(art)).sum())
+        ref, art = ref.astype(np.float64), np.nan_to_num(art.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         diff = np.abs(ref - art)
         if keep is not None:
             diff, ref = diff * keep, ref * keep
@@ -138,12 +143,16 @@ class StateStats:
 
 
 def state_failure(name: str, stats: StateStats, tol: Tolerance) -> str | None:
-    """fp32: absolute bound (max_abs); quantized variants: relative bound (hidden_rel)."""
+    """fp32: absolute bound (max_abs); other variants: relative bound (state_rel)."""
+    if stats.nonfinite:
+        return f"{name}: {stats.nonfinite} NaN/inf values"
     if tol.max_abs is not None:
         if stats.max_abs > tol.max_abs:
             return f"{name}: max |diff| {stats.max_abs:.3g} > {tol.max_abs:g}"
-    elif stats.rel > tol.hidden_rel:
-        return f"{name}: relative diff {stats.rel:.3g} > {tol.hidden_rel:g}"
+        return None
+    bound = tol.state_rel if tol.state_rel is not None else tol.hidden_rel
+    if not stats.rel <= bound:           # NaN fails too
+        return f"{name}: relative diff {stats.rel:.3g} > {bound:g}"
     return None
 
 
@@ -162,6 +171,8 @@ class ValidationReport:
 
     def finish(self) -> None:
         self.failures = [f"logits: {f}" for f in check(self.logits, self.tolerance)]
+        if self.logits.nonfinite:
+            self.failures.insert(0, f"logits: {self.logits.nonfinite} NaN/inf values")
         self.failures += [f for f in (state_failure(n, s, self.tolerance) for n, s in self.states.items()) if f]
 
     def table(self) -> str:
