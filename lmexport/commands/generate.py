@@ -1,0 +1,110 @@
+"""`lmexport generate` and `lmexport chat`: the torch-free runtime on the command line."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+DEVICE = click.Choice(["cpu", "cuda", "auto"])
+
+
+def runtime_options(f):
+    for option in reversed([
+        click.option("--max-new-tokens", default=64, show_default=True, type=click.IntRange(1)),
+        click.option("--temperature", default=0.0, show_default=True, type=float, help="0 = greedy."),
+        click.option("--top-k", default=0, show_default=True, type=click.IntRange(0), help="0 = off."),
+        click.option("--top-p", default=1.0, show_default=True, type=float, help="1 = off."),
+        click.option("--repetition-penalty", default=1.0, show_default=True, type=float, help="1 = off."),
+        click.option("--seed", type=int, help="Seed for sampling (same seed, same text)."),
+        click.option("--device", type=DEVICE, default="cpu", show_default=True,
+                     help="auto takes CUDA when onnxruntime offers it."),
+        click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads."),
+        click.option("--optimization", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
+                     show_default=True, help="ONNX Runtime graph optimisation level."),
+    ]):
+        f = option(f)
+    return f
+
+
+def _open(folder, device, threads, optimization):
+    from ..runtime import Generator
+
+    gen = Generator.from_folder(folder, device=device, threads=threads, optimization=optimization)
+    click.echo(f"[running on {gen.device}]", err=True)
+    return gen
+
+
+def _sampling(temperature, top_k, top_p, repetition_penalty, seed):
+    from ..runtime import SamplingParams
+    return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
+                          repetition_penalty=repetition_penalty, seed=seed)
+
+
+@click.command("generate")
+@click.argument("folder", type=click.Path(path_type=Path), metavar="OUT_DIR")
+@click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt text; repeat for a batch.")
+@runtime_options
+@click.option("--stop", multiple=True, help="Stop when this text appears (repeatable).")
+@click.option("--chat", is_flag=True, help="Wrap each prompt in the tokenizer's chat template.")
+@click.option("--truncate", is_flag=True, help="Keep the last tokens of a prompt longer than the context.")
+@click.option("--stats", is_flag=True, help="Print tokens/s at the end.")
+def generate(folder, prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, device,
+             threads, optimization, stop, chat, truncate, stats):
+    """Generate text from an exported ONNX folder (ONNX Runtime; no torch needed).
+
+    One prompt streams its text as it is produced; several run as one
+    left-padded batch and print in order.
+
+    \b
+    Example:
+      lmexport generate out/onnx --prompt "def read_file(path):" --max-new-tokens 48
+    """
+    gen = _open(folder, device, threads, optimization)
+    sampling = _sampling(temperature, top_k, top_p, repetition_penalty, seed)
+    kwargs = dict(max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, chat=chat, truncate=truncate)
+    if len(prompts) == 1:
+        click.echo(prompts[0], nl=False)
+        for piece in gen.stream(prompts[0], **kwargs):
+            click.echo(piece.text, nl=False)
+            sys.stdout.flush()
+        click.echo()
+    else:
+        for i, result in enumerate(gen.generate(list(prompts), **kwargs)):
+            click.echo(f"--- [{i}] ({result.finish_reason}, {len(result.token_ids)} tokens)")
+            click.echo(result.prompt + result.text)
+    if stats:
+        s = gen.last_stats
+        click.echo(f"[{s.prompt_tokens} prompt tokens, {s.new_tokens} new tokens; prefill {s.prefill_s * 1e3:.1f} ms; "
+                   f"decode {s.decode_tokens_per_s:.1f} tokens/s on {gen.device}]", err=True)
+
+
+@click.command("chat")
+@click.argument("folder", type=click.Path(path_type=Path), metavar="OUT_DIR")
+@runtime_options
+@click.option("--system", help="A system message to start the conversation with.")
+def chat(folder, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, device, threads,
+         optimization, system):
+    """Chat with an exported ONNX folder; the model keeps its state between turns.
+
+    Type a message and press Enter; an empty line is skipped; /exit or end of
+    input (Ctrl-D) ends the chat. Works with piped input too.
+    """
+    from ..runtime import ChatSession
+
+    gen = _open(folder, device, threads, optimization)
+    session = ChatSession(gen, max_new_tokens=max_new_tokens, system=system,
+                          sampling=_sampling(temperature, top_k, top_p, repetition_penalty, seed))
+    interactive = sys.stdin.isatty()
+    while True:
+        if interactive:
+            click.echo("> ", nl=False)
+        line = sys.stdin.readline()
+        if not line or line.strip() == "/exit":
+            break
+        if not line.strip():
+            continue
+        for piece in session.send(line.rstrip("\n")):
+            click.echo(piece, nl=False)
+            sys.stdout.flush()
+        click.echo()

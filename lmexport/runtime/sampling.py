@@ -1,0 +1,83 @@
+"""Choosing the next token: greedy, or sampling with temperature, top-k and top-p.
+
+Reproducible: sampling draws from a ``numpy.random.Generator`` seeded once per
+generation. The repetition penalty (CTRL / Hugging Face convention) divides
+positive logits of already-seen tokens by the penalty and multiplies negative ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import GenerationError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    temperature: float = 0.0        # 0: greedy
+    top_k: int = 0                  # 0: off
+    top_p: float = 1.0              # 1: off
+    repetition_penalty: float = 1.0  # 1: off
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.temperature < 0:
+            problems.append(f"temperature must be >= 0, got {self.temperature}")
+        if self.top_k < 0:
+            problems.append(f"top-k must be >= 0, got {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            problems.append(f"top-p must be in (0, 1], got {self.top_p}")
+        if self.repetition_penalty <= 0:
+            problems.append(f"repetition penalty must be > 0, got {self.repetition_penalty}")
+        if problems:
+            raise GenerationError("; ".join(problems))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def apply_repetition_penalty(logits: np.ndarray, seen: list[set[int]], penalty: float) -> np.ndarray:
+    if penalty == 1.0:
+        return logits
+    logits = logits.copy()
+    for row, tokens in enumerate(seen):
+        if tokens:
+            idx = np.fromiter(tokens, dtype=np.int64)
+            vals = logits[row, idx]
+            logits[row, idx] = np.where(vals > 0, vals / penalty, vals * penalty)
+    return logits
+
+
+def filter_top_k_top_p(probs: np.ndarray, top_k: int, top_p: float) -> np.ndarray:
+    """Zero out what top-k and top-p exclude, renormalise; probs [V]."""
+    order = np.argsort(-probs, kind="stable")
+    keep = np.ones_like(order, dtype=bool)
+    if top_k:
+        keep[top_k:] = False
+    if top_p < 1.0:
+        cumulative = np.cumsum(probs[order])
+        # keep the smallest prefix whose mass reaches top_p (always at least one token)
+        keep &= np.concatenate([[True], cumulative[:-1] < top_p])
+    out = np.zeros_like(probs)
+    out[order[keep]] = probs[order[keep]]
+    return out / out.sum()
+
+
+def choose(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
+           seen: list[set[int]]) -> np.ndarray:
+    """Next token per row; logits [B, V] float32 -> [B] int64."""
+    logits = apply_repetition_penalty(logits.astype(np.float64), seen, params.repetition_penalty)
+    if params.greedy:
+        return logits.argmax(-1).astype(np.int64)
+    scaled = logits / params.temperature
+    scaled -= scaled.max(-1, keepdims=True)
+    probs = np.exp(scaled)
+    probs /= probs.sum(-1, keepdims=True)
+    out = np.empty(logits.shape[0], dtype=np.int64)
+    for row in range(logits.shape[0]):
+        p = filter_top_k_top_p(probs[row], params.top_k, params.top_p)
+        out[row] = rng.choice(p.shape[0], p=p)
+    return out
