@@ -24,10 +24,9 @@ def _nll_sum(logits: np.ndarray, targets: Sequence[int]) -> float:
 
 def onnx_scorer(folder: Path, device: str = "cpu") -> WindowScorer:
     """Each window is one prefill call from zero state on the exported graph."""
-    from .parity.onnx_backend import providers
-    from .exporters.onnx_validate import OrtStepper
+    from .runtime.session import Session
 
-    stepper = OrtStepper(folder, providers=providers(device))
+    stepper = Session(folder, device=device)
 
     def score(ids: Sequence[int], first_target: int) -> float:
         x = np.asarray([list(ids)], dtype=np.int64)                        # (1, T)

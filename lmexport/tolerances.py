@@ -68,8 +68,10 @@ def get_tolerance(preset: str) -> Tolerance:
 
 
 def check(metrics, tol: Tolerance) -> list[str]:
-    """Every bound a metrics object (max_abs, top1, kl_mean, cosine_min) exceeds."""
+    """Every bound a metrics object (max_abs, top1, kl_mean, cosine_min) exceeds; NaN/inf always fail."""
     failures = []
+    if getattr(metrics, "nonfinite", 0):
+        failures.append(f"{metrics.nonfinite} NaN/inf values")
     if tol.max_abs is not None and metrics.max_abs > tol.max_abs:
         failures.append(f"max |logit diff| {metrics.max_abs:.3g} > {tol.max_abs:g}")
     if tol.min_top1 is not None and metrics.top1 < tol.min_top1:

@@ -5,7 +5,7 @@ import torch.nn.functional as F
 
 from lmexport.checkpoint import build_model, model_tensors
 from lmexport.convert import hf_llama_reference, identity_module_tensors
-from lmexport.modeling.model import LiquidMetalForCausalLM, positions_from_mask
+from lmexport.modeling.model import positions_from_mask
 from lmexport.modeling.modules import TokenMixing, call_context, streaming_context
 from lmexport.tensor_names import expected_tensors
 

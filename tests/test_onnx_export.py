@@ -18,7 +18,8 @@ import torch
 from lmexport.checkpoint import load_model
 from lmexport.errors import ValidationError
 from lmexport.exporters.onnx import OnnxExportOptions, export_onnx
-from lmexport.exporters.onnx_validate import OrtStepper, positions_from_mask, validate_folder
+from lmexport.exporters.onnx_validate import validate_folder
+from lmexport.runtime.session import Session, positions_from_mask
 from lmexport.manifest import MANIFEST_FILE, Manifest, check_files
 from lmexport.modeling.model import LAYER_MODULES
 from lmexport.tensor_names import expected_tensors
@@ -106,7 +107,7 @@ def test_fp32_matches_pytorch_chained(exports, name):
     """Batch 1 and 3, prompts of 1 and 17 tokens, 20 chained decode steps: logits and every
     present state within 1e-4 of PyTorch at every call."""
     folder, model = exports.folder(name), exports.reference(name)
-    runner = OrtStepper(folder)
+    runner = Session(folder)
     c = model.config
     worst = 0.0
     for batch in (1, 3):
@@ -139,7 +140,7 @@ def test_streaming_chained_equals_one_call(exports, name):
     logits as one call with the whole sequence."""
     folder, model = exports.folder(name), exports.reference(name)
     c = model.config
-    runner = OrtStepper(folder)
+    runner = Session(folder)
     ids, mask = left_padded(2, 17, c.vocab_size, c.pad_token_id, seed=7)
     full = runner.run(ids, mask, positions_from_mask(mask, 17), runner.zero_state(2))["logits"]
     state, start, chunks = runner.zero_state(2), 0, []
@@ -159,7 +160,7 @@ def test_probes_match_pytorch_intermediates(exports):
     manifest = Manifest.read(folder)
     c = model.config
     assert set(manifest.probes) == {f"layers.{i}.{m}" for i in range(c.num_hidden_layers) for m in LAYER_MODULES}
-    runner = OrtStepper(folder, extra_outputs=tuple(manifest.probes.values()))
+    runner = Session(folder, extra_outputs=tuple(manifest.probes.values()))
     ids, mask = left_padded(2, 9, c.vocab_size, c.pad_token_id, seed=5)
     pos = positions_from_mask(mask, 9)
     out = runner.run(ids, mask, pos, runner.zero_state(2))
@@ -320,7 +321,7 @@ def test_nan_outputs_always_fail():
     for preset in ("fp32", "int4"):
         report = ValidationReport(preset, get_tolerance(preset), calls=1)
         ref = np.zeros((2, 5))
-        report.logits.add(ref, np.full((2, 5), np.nan))
+        report.add_logits(ref, np.full((2, 5), np.nan))
         report.states["present_conv.0"] = StateStats()
         report.states["present_conv.0"].add(np.ones((1, 4, 2)), np.full((1, 4, 2), np.nan))
         report.finish()

@@ -1,20 +1,18 @@
 """The ONNX Runtime runtime against the PyTorch reference, on real exported folders."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from lmexport.checkpoint import load_model
 from lmexport.errors import DeviceError, GenerationError
 from lmexport.exporters.onnx import OnnxExportOptions, export_onnx
-from lmexport.runtime import ChatSession, Generator, SamplingParams
+from lmexport.runtime import ChatSession, Generator
 from lmexport.tiny import make_model_folder
 
 BUNDLED = Path(__file__).resolve().parents[1] / "examples" / "liquid-metal-tiny"

@@ -8,7 +8,8 @@ positions and every present state (keys/values at valid positions) with PyTorch.
 All differences are collected; the report lists each output's worst case and every
 bound it exceeds (lmexport.tolerances).
 
-``OrtStepper`` (running a folder call by call with state feeding) is torch-free.
+The folder runs through the runtime's own ``Session`` (lmexport.runtime.session),
+and the logits are compared with the same metrics as ``lmexport parity``.
 """
 from __future__ import annotations
 
@@ -18,108 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..manifest import Manifest
+from ..metrics import StepMetrics, compare_logits, overall
+from ..runtime.session import Session, positions_from_mask
 from ..tolerances import Tolerance, check, get_tolerance
 
 log = logging.getLogger(__name__)
 _NP = {"int64": np.int64, "float32": np.float32, "float16": np.float16}
-
-
-class OrtStepper:
-    """An exported folder in an ONNX Runtime session, one call at a time.
-
-    ``extra_outputs`` are graph values (e.g. manifest probes) to fetch as well; they are
-    added as graph outputs of an in-memory copy of the graph, the files stay as they are.
-    """
-
-    def __init__(self, folder: str | Path, *, extra_outputs: tuple[str, ...] = (),
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",), threads: int | None = None,
-                 low_memory: bool = False):
-        import onnxruntime as ort
-
-        self.folder = Path(folder)
-        self.manifest = Manifest.read(self.folder)
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        if low_memory:  # no pre-packed weight copies: the validator runs next to the PyTorch model
-            options.add_session_config_entry("session.disable_prepacking", "1")
-        model: str | bytes = str(self.folder / self.manifest.model_file)
-        if extra_outputs:
-            model = _with_outputs(self.folder, self.manifest, extra_outputs)
-            # the graph comes as bytes; its external data is read from the folder
-            options.add_session_config_entry("session.model_external_initializers_file_folder_path",
-                                             str(self.folder.absolute()))
-        self.session = ort.InferenceSession(model, options, providers=list(providers))
-        self.output_names = [o.name for o in self.session.get_outputs()]
-
-    def zero_state(self, batch: int) -> dict[str, np.ndarray]:
-        axes = {"batch_size": batch, "past_sequence_length": 0}
-        return {s.name: np.zeros(s.concrete_shape(axes), dtype=_NP[s.dtype]) for s in self.manifest.state_inputs()}
-
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
-            state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One call; returns every output by name."""
-        feeds = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
-        feeds = {self.manifest.input(role).name: feeds[role] for role in feeds}
-        feeds.update(state)
-        return dict(zip(self.output_names, self.session.run(None, feeds)))
-
-    def next_state(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        return {s.name: outputs[s.present] for s in self.manifest.state_inputs()}
-
-
-def _with_outputs(folder: Path, manifest: Manifest, names: tuple[str, ...]) -> bytes:
-    """The graph with ``names`` added as outputs, serialised in memory; the weights stay in
-    the folder's data file and the folder is not touched."""
-    import onnx
-
-    model = onnx.load(str(folder / manifest.model_file), load_external_data=False)
-    for name in names:
-        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    return model.SerializeToString()
-
-
-def positions_from_mask(mask: np.ndarray, new_tokens: int) -> np.ndarray:
-    """Hugging Face convention: number of valid tokens before; padding at 0."""
-    pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    return pos[:, mask.shape[1] - new_tokens:].astype(np.int64)
-
-
-# ---------------------------------------------------------------- metrics
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    x = x - x.max(axis=-1, keepdims=True)
-    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
-
-
-@dataclass
-class LogitStats:
-    """Attribute names as lmexport.tolerances.check reads them."""
-    max_abs: float = 0.0
-    top1: float = 1.0
-    kl_mean: float = 0.0
-    kl_max: float = 0.0
-    cosine_min: float = 1.0
-    positions: int = 0
-    nonfinite: int = 0
-
-    def add(self, ref: np.ndarray, art: np.ndarray) -> None:
-        self.nonfinite += int((~np.isfinite(art)).sum())
-        art = np.nan_to_num(art, nan=0.0, posinf=0.0, neginf=0.0)
-        ref = ref.astype(np.float64).reshape(-1, ref.shape[-1])
-        art = art.astype(np.float64).reshape(-1, art.shape[-1])
-        lp, lq = _log_softmax(ref), _log_softmax(art)
-        kl = (np.exp(lp) * (lp - lq)).sum(-1)
-        cos = (ref * art).sum(-1) / np.maximum(np.linalg.norm(ref, axis=-1) * np.linalg.norm(art, axis=-1), 1e-30)
-        n, m = self.positions, ref.shape[0]
-        self.max_abs = max(self.max_abs, float(np.abs(ref - art).max()))
-        self.top1 = (self.top1 * n + float((ref.argmax(-1) == art.argmax(-1)).sum())) / (n + m)
-        self.kl_mean = (self.kl_mean * n + float(kl.sum())) / (n + m)
-        self.kl_max = max(self.kl_max, float(kl.max()))
-        self.cosine_min = min(self.cosine_min, float(cos.min()))
-        self.positions = n + m
 
 
 @dataclass
@@ -161,7 +66,7 @@ class ValidationReport:
     variant: str
     tolerance: Tolerance
     calls: int
-    logits: LogitStats = field(default_factory=LogitStats)
+    per_call: list[StepMetrics] = field(default_factory=list)
     states: dict[str, StateStats] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
 
@@ -169,10 +74,15 @@ class ValidationReport:
     def passed(self) -> bool:
         return not self.failures
 
+    @property
+    def logits(self) -> StepMetrics:
+        return overall(self.per_call)
+
+    def add_logits(self, ref: np.ndarray, art: np.ndarray) -> None:
+        self.per_call.append(compare_logits(ref, art))
+
     def finish(self) -> None:
         self.failures = [f"logits: {f}" for f in check(self.logits, self.tolerance)]
-        if self.logits.nonfinite:
-            self.failures.insert(0, f"logits: {self.logits.nonfinite} NaN/inf values")
         self.failures += [f for f in (state_failure(n, s, self.tolerance) for n, s in self.states.items()) if f]
 
     def table(self) -> str:
@@ -214,7 +124,7 @@ def validate_folder(folder: str | Path, model, variant: str, *, decode_steps: in
     import torch
 
     config = model.config
-    runner = OrtStepper(folder, low_memory=True)
+    runner = Session(folder, low_memory=True)
     tol = get_tolerance(variant)
     pad = config.pad_token_id if config.pad_token_id is not None else 0
     ids, mask = validation_batch(config.vocab_size, pad, lengths, seed)
@@ -229,7 +139,7 @@ def validate_folder(folder: str | Path, model, variant: str, *, decode_steps: in
         out = runner.run(tokens, mask, pos, state)
         valid = mask[:, mask.shape[1] - tokens.shape[1]:].astype(bool)
         ref_logits = ref.logits.float().numpy()
-        report.logits.add(ref_logits[valid], out["logits"][valid])
+        report.add_logits(ref_logits[valid], out["logits"][valid])
         for name, value in _reference_presents(ref).items():
             keep = mask[:, None, :, None] if name.startswith("present.") else None
             report.states.setdefault(name, StateStats()).add(value, out[name], keep)

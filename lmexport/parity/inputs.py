@@ -73,9 +73,3 @@ def make_batches(token_lists: list[list[int]], batch_size: int, pad_id: int) -> 
             mask[row, width - len(toks):] = 1
         batches.append(Batch(ids, mask, [len(t) for t in group]))
     return batches
-
-
-def positions(mask: np.ndarray, new_tokens: int) -> np.ndarray:
-    """Hugging Face convention: valid tokens before this one; padding at 0."""
-    pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    return pos[:, mask.shape[1] - new_tokens:].astype(np.int64)

@@ -13,32 +13,20 @@ from pathlib import Path
 import numpy as np
 
 from ..checkpoint import Checkpoint
-from ..errors import ArtifactError, DeviceError
-from ..exporters.onnx_validate import OrtStepper, positions_from_mask
-from ..manifest import Manifest, check_files
+from ..manifest import Manifest, file_digest
+from ..runtime.session import Session
 from .artifacts import check_same_model
 
 log = logging.getLogger(__name__)
-
-
-def providers(device: str) -> tuple[str, ...]:
-    import onnxruntime as ort
-
-    if device == "cuda":
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            raise DeviceError("--device cuda: this onnxruntime has no CUDAExecutionProvider",
-                              hint="install onnxruntime-gpu, or use --device cpu")
-        return ("CUDAExecutionProvider", "CPUExecutionProvider")
-    return ("CPUExecutionProvider",)
 
 
 class OnnxBackend:
     def __init__(self, folder: Path, manifest: Manifest, device: str):
         self.folder, self.manifest, self.device = folder, manifest, device
         self.name = f"onnx {manifest.dtype}/{manifest.quantization.get('method', 'none')}"
-        self.stepper = OrtStepper(folder, providers=providers(device))
+        self.stepper = Session(folder, device=device)
         self._state: dict[str, np.ndarray] = {}
-        self._probe_stepper: OrtStepper | None = None
+        self._probe_stepper: Session | None = None
 
     def reset(self, batch: int) -> None:
         self._state = self.stepper.zero_state(batch)
@@ -54,8 +42,7 @@ class OnnxBackend:
             log.warning("%s lists no probes: cannot localise inside the graph", self.folder)
             return {}
         if self._probe_stepper is None:
-            self._probe_stepper = OrtStepper(self.folder, extra_outputs=tuple(probes.values()),
-                                             providers=providers(self.device))
+            self._probe_stepper = Session(self.folder, device=self.device, extra_outputs=tuple(probes.values()))
         out = self._probe_stepper.run(ids, mask, pos, self._probe_stepper.zero_state(ids.shape[0]))
         return {key: out[value].astype(np.float32) for key, value in probes.items()}
 
@@ -68,7 +55,6 @@ def preset_for(manifest: Manifest) -> str:
 def open_onnx_backend(folder: Path, ckpt: Checkpoint, device: str = "cpu") -> tuple[OnnxBackend, str]:
     manifest = Manifest.read(folder)
     check_same_model(ckpt, folder, manifest.weights_hash, manifest.config)
-    check_files(folder, manifest)
     changed = _changed_files(folder, manifest)
     if changed:
         log.warning("%s differ from the sha256 recorded at export; comparing anyway", ", ".join(changed))
@@ -76,9 +62,6 @@ def open_onnx_backend(folder: Path, ckpt: Checkpoint, device: str = "cpu") -> tu
 
 
 def _changed_files(folder: Path, manifest: Manifest) -> list[str]:
-    from ..manifest import file_digest
     return [name for name, info in manifest.files.items()
             if "sha256" in info and file_digest(folder / name)["sha256"] != info["sha256"]]
 
-
-__all__ = ["OnnxBackend", "open_onnx_backend", "positions_from_mask", "ArtifactError"]

@@ -17,8 +17,9 @@ import numpy as np
 from ..errors import ArtifactError
 from ..modeling.model import LAYER_MODULES
 from ..tolerances import Tolerance, check, get_tolerance
-from .inputs import BUILTIN_PROMPTS, Batch, make_batches, positions, read_prompt_file, tokenize
-from .metrics import StepMetrics, compare_logits, greedy_agreement_length, overall, relative_difference
+from ..runtime.session import positions_from_mask as positions
+from .inputs import BUILTIN_PROMPTS, Batch, make_batches, read_prompt_file, tokenize
+from ..metrics import StepMetrics, compare_logits, greedy_agreement_length, overall, relative_difference
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +66,8 @@ class ParityReport:
                 "per_layer": self.per_layer}
 
 
-def compare_batch(ref, art, batch: Batch, steps: int, report_steps: list[dict],
-                  step_metrics: list[list[StepMetrics]], on_step=None) -> np.ndarray:
+def compare_batch(ref, art, batch: Batch, steps: int, step_metrics: list[list[StepMetrics]],
+                  on_step=None) -> np.ndarray:
     """One batch through prefill and ``steps`` decode steps. Returns greedy agreement per row."""
     ids, mask = batch.input_ids, batch.attention_mask
     ref.reset(ids.shape[0])
@@ -154,7 +155,7 @@ def run_parity(model_dir: str | Path, artifact: str | Path, *, prompts: list[str
     per_batch: list[list[StepMetrics]] = []
     greedy = []
     for batch in batches:
-        greedy.extend(compare_batch(ref, art, batch, steps, report.steps, per_batch, progress).tolist())
+        greedy.extend(compare_batch(ref, art, batch, steps, per_batch, progress).tolist())
     n_steps = steps + 1
     for s in range(n_steps):
         m = overall([b[s] for b in per_batch])

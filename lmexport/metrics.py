@@ -1,7 +1,10 @@
 """Numbers that say how far an artifact's logits are from PyTorch's (numpy only).
 
-Each comparison takes reference and artifact logits for the same positions,
-[N, V] (N = valid positions of one step, batch rows flattened).
+Shared by the export validators and ``lmexport parity``. Each comparison takes
+reference and artifact logits for the same positions, [N, V] (N = valid positions
+of one call, batch rows flattened). NaN/inf in the artifact's logits are counted
+(``nonfinite``) and always fail a tolerance check; the other numbers are computed
+with them set to 0.
 """
 from __future__ import annotations
 
@@ -28,14 +31,17 @@ class StepMetrics:
     kl_mean: float      # mean KL(ref || art) of the next-token distributions, nats
     kl_max: float
     positions: int
+    nonfinite: int = 0  # NaN/inf values in the artifact's logits
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
 def compare_logits(ref: np.ndarray, art: np.ndarray) -> StepMetrics:
+    nonfinite = int((~np.isfinite(art)).sum())
+    art = np.nan_to_num(np.asarray(art, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     ref = np.asarray(ref, dtype=np.float64).reshape(-1, ref.shape[-1])
-    art = np.asarray(art, dtype=np.float64).reshape(-1, art.shape[-1])
+    art = art.reshape(-1, art.shape[-1])
     if ref.shape != art.shape:
         raise ValueError(f"logit shapes differ: {ref.shape} vs {art.shape}")
     diff = np.abs(ref - art)
@@ -47,7 +53,8 @@ def compare_logits(ref: np.ndarray, art: np.ndarray) -> StepMetrics:
         max_abs=float(diff.max()), mean_abs=float(diff.mean()),
         rel=float(diff.max() / max(np.abs(ref).max(), 1e-30)),
         cosine_min=float(cosine.min()), top1=float((ref.argmax(-1) == art.argmax(-1)).mean()),
-        kl_mean=float(kl.mean()), kl_max=float(max(kl.max(), 0.0)), positions=int(ref.shape[0]))
+        kl_mean=float(kl.mean()), kl_max=float(max(kl.max(), 0.0)), positions=int(ref.shape[0]),
+        nonfinite=nonfinite)
 
 
 def overall(steps: list[StepMetrics]) -> StepMetrics:
@@ -60,7 +67,7 @@ def overall(steps: list[StepMetrics]) -> StepMetrics:
         cosine_min=min(s.cosine_min for s in steps),
         top1=sum(s.top1 * s.positions for s in steps) / n,
         kl_mean=sum(s.kl_mean * s.positions for s in steps) / n,
-        kl_max=max(s.kl_max for s in steps), positions=n)
+        kl_max=max(s.kl_max for s in steps), positions=n, nonfinite=sum(s.nonfinite for s in steps))
 
 
 def greedy_agreement_length(ref_tokens: np.ndarray, art_tokens: np.ndarray) -> np.ndarray:
