@@ -227,3 +227,61 @@ def test_interrupt_mid_write_leaves_previous_output_intact(command, sig, big_mod
     assert "interrupted" in err and "Traceback" not in err
     assert intact()
     assert sorted(p.name for p in tmp_path.iterdir()) == [target.name]
+
+
+@pytest.fixture(scope="module")
+def onnx_export(model_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx") / "onnx"
+    done = run_cli("onnx", model_folder, "-o", out, "--no-validate")
+    assert done.returncode == 0, done.stderr
+    return out
+
+
+def _copy(folder, tmp_path):
+    import shutil
+    return Path(shutil.copytree(folder, tmp_path / "copy"))
+
+
+def _edit_manifest(folder, **changes):
+    manifest = json.loads((folder / "lmexport.json").read_text())
+    manifest.update(changes)
+    (folder / "lmexport.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda f: (f / "lmexport.json").unlink(), "has no lmexport.json"),
+    (lambda f: _edit_manifest(f, num_layers=10**9), "num_layers 1000000000 out of range"),
+    (lambda f: _edit_manifest(f, inputs=[{"name": "input_ids", "dtype": "int64", "role": "input_ids",
+                                          "shape": ["batch_size", 1 << 40]}]), "out of range"),
+    (lambda f: (f / "model.onnx.data").write_bytes(b"\0" * 100), "model.onnx.data has 100 bytes"),
+], ids=["missing manifest", "edited layer count", "edited dimension", "truncated data"])
+@pytest.mark.parametrize("command", ["generate", "parity"])
+def test_damaged_onnx_folder(command, damage, message, onnx_export, model_folder, tmp_path):
+    folder = _copy(onnx_export, tmp_path)
+    damage(folder)
+    argv = ["generate", folder, "--prompt", "def"] if command == "generate" else ["parity", model_folder, folder]
+    assert_one_clear_line(run_cli(*argv), 2, message)
+
+
+def test_gguf_of_another_architecture_and_corrupted_header_given_to_parity(model_folder, tmp_path):
+    from lmexport.tiny import make_llama_folder
+    llama = make_llama_folder(tmp_path / "llama")
+    done = run_cli("gguf", llama, "-o", tmp_path / "llama.gguf", "--arch", "llama")
+    assert done.returncode == 0, done.stderr
+    assert_one_clear_line(run_cli("parity", model_folder, tmp_path / "llama.gguf"), 2,
+                          "is a 'llama' GGUF, not a Liquid-Metal")
+    good = tmp_path / "good.gguf"
+    assert run_cli("gguf", model_folder, "-o", good).returncode == 0
+    data = bytearray(good.read_bytes())
+    data[8:16] = (10**12).to_bytes(8, "little")              # tensor count far out of range
+    (tmp_path / "bad.gguf").write_bytes(bytes(data))
+    done = run_cli("parity", model_folder, tmp_path / "bad.gguf")
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "bad.gguf" in done.stderr
+
+
+def test_prompt_file_not_utf8_and_prompt_longer_than_context(model_folder, onnx_export, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_bytes(b"caf\xe9\n")
+    assert_one_clear_line(run_cli("parity", model_folder, onnx_export, "--prompts", prompts), 2, "not UTF-8")
+    assert_one_clear_line(run_cli("generate", onnx_export, "--prompt", "word " * 400), 2,
+                          "exceeds the model's context of 256")
