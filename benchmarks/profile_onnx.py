@@ -33,7 +33,14 @@ def profile(folder: Path, prompt_tokens: int, steps: int, threads: int | None) -
         options = ort.SessionOptions()
         options.enable_profiling = True
         options.profile_file_prefix = str(Path(tmp) / "ort")
-        stepper = OnnxStepper.open(folder, device="cpu", threads=threads, session_options=options)
+        if threads:
+            options.intra_op_num_threads = threads
+        stepper = OnnxStepper.open(folder, device="cpu", threads=threads)
+        # The runtime's Session takes no profiling switch: swap in a profiling session
+        # over the same file; names and state feeding stay the runtime's.
+        rt = stepper.session
+        rt.session = ort.InferenceSession(str(Path(folder) / rt.manifest.model_file), options,
+                                          providers=["CPUExecutionProvider"])
         vocab = stepper.vocab_size
         ids = prompt_ids(1, prompt_tokens, vocab)
         total = prompt_tokens + steps
@@ -46,7 +53,7 @@ def profile(folder: Path, prompt_tokens: int, steps: int, threads: int | None) -
             t0 = time.perf_counter()
             token = stepper.step(token.reshape(1, 1), mask[:, :t + 1], np.array([[t]], dtype=np.int64))
             wall.append(time.perf_counter() - t0)
-        trace = json.loads(Path(stepper.end_profiling()).read_text())
+        trace = json.loads(Path(rt.session.end_profiling()).read_text())
 
     runs = [e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"]
     decode_runs = runs[-steps:]
