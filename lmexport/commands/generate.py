@@ -31,7 +31,7 @@ def _open(folder, device, threads, optimization):
     from ..runtime import Generator
 
     gen = Generator.from_folder(folder, device=device, threads=threads, optimization=optimization)
-    click.echo(f"[running on {gen.device}]", err=True)
+    click.echo(f"[running on {gen.device}{' (--device auto)' if device == 'auto' else ''}]", err=True)
     return gen
 
 
@@ -87,8 +87,9 @@ def chat(folder, max_new_tokens, temperature, top_k, top_p, repetition_penalty, 
          optimization, system):
     """Chat with an exported ONNX folder; the model keeps its state between turns.
 
-    Type a message and press Enter; an empty line is skipped; /exit or end of
-    input (Ctrl-D) ends the chat. Works with piped input too.
+    Type a message and press Enter; an empty line is skipped; /reset starts a
+    new conversation; /exit or end of input (Ctrl-D) ends the chat. Works with
+    piped input too: each reply is printed on its own line(s), ending with a newline.
     """
     from ..runtime import ChatSession
 
@@ -103,6 +104,9 @@ def chat(folder, max_new_tokens, temperature, top_k, top_p, repetition_penalty, 
         if not line or line.strip() == "/exit":
             break
         if not line.strip():
+            continue
+        if line.strip() == "/reset":
+            session.reset()
             continue
         for piece in session.send(line.rstrip("\n")):
             click.echo(piece, nl=False)

@@ -1,20 +1,30 @@
-"""An interactive chat that keeps its state between turns.
+"""An interactive chat that keeps the model's state between turns.
 
-Each turn renders the whole conversation with the chat template and feeds the
-model only the tokens it has not seen yet; the keys, values, convolution
-windows and context sums of earlier turns stay in the state. If the new
-rendering does not extend what was fed (a template that rewrites history), the
-state is rebuilt from the full conversation.
+The state (keys and values, convolution windows, context sums) of every earlier
+turn stays; a turn feeds the model only the tokens of the text it adds. That
+text is the difference between the conversation rendered with the chat
+template now and the text already fed (the earlier prompt, the reply as
+generated and its EOS). Invariant: ``fed`` holds exactly the token ids whose
+effect is in ``state``, so a turn gives the tokens a fresh run over ``fed``
+would give. If the template rewrites earlier turns (so the new rendering does
+not extend what was fed), the state is rebuilt from the whole conversation.
+
+Without a chat template the conversation is plain text: each message a line,
+the replies as the model wrote them.
 """
 from __future__ import annotations
 
+import logging
 from typing import Iterator
 
 import numpy as np
 
 from ..errors import GenerationError
-from .generator import Generator
-from .sampling import SamplingParams, choose
+from .generator import Generation, Generator, Stats, _Row
+from .sampling import SamplingParams
+from .session import positions_from_mask
+
+log = logging.getLogger(__name__)
 
 
 class ChatSession:
@@ -23,51 +33,81 @@ class ChatSession:
         self.gen = generator
         self.max_new_tokens = max_new_tokens
         self.sampling = sampling or SamplingParams()
-        self.rng = np.random.default_rng(self.sampling.seed)
-        self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
-        self.fed: list[int] = []
-        self.state = None
+        self.system = system
         self.templated = bool(generator.tokenizer.chat_template)
+        self.rebuilds = 0                 # turns whose rendering did not extend what was fed
+        self.last_stats = Stats()
+        self.reset()
 
-    def _conversation_ids(self) -> list[int]:
-        tok = self.gen.tokenizer
+    def reset(self) -> None:
+        """Forget the conversation and the state (the seed starts over too)."""
+        self.rng = np.random.default_rng(self.sampling.seed)
+        self.messages: list[dict] = [{"role": "system", "content": self.system}] if self.system else []
+        self.fed: list[int] = []
+        self.state: dict | None = None
+        self._covered: list[str] = []     # texts whose tokens are all in the state, longest first
+
+    # ------------------------------------------------------------ rendering
+    def _render(self) -> str:
         if self.templated:
-            return tok.encode(tok.apply_chat_template(self.messages))
-        return tok.encode("".join(m["content"] for m in self.messages))
+            return self.gen.tokenizer.apply_chat_template(self.messages, add_generation_prompt=True)
+        return "".join(m["content"] + ("" if m["role"] == "assistant" else "\n") for m in self.messages)
 
-    def _feed(self, new: list[int]):
-        mask = np.ones((1, len(self.fed) + len(new)), dtype=np.int64)
-        ids = np.asarray([new], dtype=np.int64)
-        pos = np.arange(len(self.fed), len(self.fed) + len(new), dtype=np.int64)[None]
-        logits, self.state = self.gen.session.step(ids, mask, pos, self.state)
-        self.fed += new
-        return logits[:, -1]
+    def _new_tokens(self, rendered: str) -> tuple[bool, list[int]]:
+        """(whether the state must be rebuilt, the token ids to feed now)."""
+        if self.state is not None:
+            for covered in self._covered:
+                if rendered.startswith(covered):
+                    return False, self.gen.tokenizer.encode(rendered[len(covered):], add_bos=False)
+        return True, self.gen.tokenizer.encode(rendered)
 
+    # ------------------------------------------------------------ a turn
     def send(self, text: str) -> Iterator[str]:
         """Add a user message; yield the reply as it is produced."""
-        self.messages.append({"role": "user", "content": text if self.templated else text + "\n"})
-        ids = self._conversation_ids()
-        if self.state is None or ids[:len(self.fed)] != self.fed:
+        self.messages.append({"role": "user", "content": text})
+        try:
+            rendered = self._render()
+            rebuild, new = self._new_tokens(rendered)
+            past = 0 if rebuild else len(self.fed)
+            if not new:
+                raise GenerationError("the chat template renders nothing for the new message")
+            if past + len(new) + self.max_new_tokens > self.gen.context_length:
+                raise GenerationError(f"the conversation would reach {past + len(new) + self.max_new_tokens} "
+                                      f"tokens with this message and the reply; the model's context is "
+                                      f"{self.gen.context_length}", hint="start a new chat (/reset)")
+        except Exception:
+            self.messages.pop()
+            raise
+        if rebuild:
+            if self.state is not None:
+                self.rebuilds += 1
+                log.info("the chat template rewrote earlier turns; recomputing the state from the whole conversation")
             self.fed, self.state = [], self.gen.session.zero_state(1)
-        new = ids[len(self.fed):]
-        if len(ids) + self.max_new_tokens > self.gen.context_length:
-            raise GenerationError(f"the conversation has {len(ids)} tokens; the model's context is "
-                                  f"{self.gen.context_length}", hint="start a new chat")
-        logits = self._feed(new)
-        reply: list[int] = []
-        sent = 0
-        for _ in range(self.max_new_tokens):
-            token = int(choose(logits, self.sampling, self.rng, [set(self.fed)])[0])
-            if token in self.gen.eos_token_ids:
-                self.fed.append(token)
+
+        reply = Generation(text, prompt_tokens=len(new))
+        row = _Row(reply, self.gen.tokenizer, self.fed + new, ())
+        self.last_stats = Stats(prompt_tokens=len(new))
+        seen = [set(self.fed) | set(new)]
+        loop = self.gen._loop(np.asarray([new], dtype=np.int64), np.ones((1, past + len(new)), dtype=np.int64),
+                              self.state, [row], self.sampling, [self.rng], seen, self.max_new_tokens,
+                              self.last_stats)
+        while True:
+            try:
+                yield next(loop).text
+            except StopIteration as done:
+                state = done.value
                 break
-            reply.append(token)
-            text = self.gen.tokenizer.decode(reply)
-            if not text.endswith("\ufffd") and len(text) > sent:
-                yield text[sent:]
-                sent = len(text)
-            logits = self._feed([token])
-        text = self.gen.tokenizer.decode(reply)
-        if len(text) > sent:
-            yield text[sent:]
-        self.messages.append({"role": "assistant", "content": text})
+
+        # every chosen token but the last is in the state; feed the last (the EOS too) to keep it whole
+        ended_with_eos = reply.finish_reason == "eos"
+        chosen = reply.token_ids + ([row.last] if ended_with_eos else [])
+        total = past + len(new) + len(chosen)
+        mask = np.ones((1, total), dtype=np.int64)
+        _, self.state = self.gen.session.step(np.asarray([[chosen[-1]]], dtype=np.int64), mask,
+                                              positions_from_mask(mask, 1), state)
+        self.fed += new + chosen
+        self.messages.append({"role": "assistant", "content": reply.text})
+        fed_text = rendered + reply.text
+        self._covered = [fed_text]
+        if ended_with_eos:   # a template that writes the EOS after a reply, and one that does not
+            self._covered.insert(0, fed_text + self.gen.tokenizer.token_text(row.last))

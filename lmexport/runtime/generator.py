@@ -8,7 +8,9 @@
         print(piece.text, end="", flush=True)
 
 The streamed pieces of a prompt join to exactly the text ``generate`` returns:
-text is released once it is complete UTF-8 and cannot be the start of a stop string.
+text is released once it is complete UTF-8 and no stop string can still begin
+in it. Each prompt of a batch gets the tokens it would get alone, sampled ones
+too: every row draws from its own random generator, seeded with ``seed``.
 """
 from __future__ import annotations
 
@@ -24,19 +26,24 @@ from .sampling import SamplingParams, choose
 from .session import Session, positions_from_mask
 from .tokenizer import TextTokenizer
 
+# Generated text is decoded after this many prompt tokens, so that a decoder
+# which strips the first space of a text (SentencePiece/Metaspace) keeps the
+# space between the prompt and the first new word.
+ANCHOR_TOKENS = 4
+
 
 @dataclass
 class Generation:
     prompt: str
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
+    text: str = ""                       # the new text, cut before a stop string
+    token_ids: list[int] = field(default_factory=list)   # every new token but EOS
     prompt_tokens: int = 0
-    finish_reason: str = "length"      # "eos", "stop" or "length"
+    finish_reason: str = "length"        # "eos", "stop" or "length"
 
 
 @dataclass(frozen=True)
 class Piece:
-    index: int                          # which prompt
+    index: int                           # which prompt
     text: str
 
 
@@ -53,27 +60,50 @@ class Stats:
         return self.decode_tokens / self.decode_s if self.decode_s > 0 else 0.0
 
 
+def held_back(text: str, stops: Sequence[str]) -> int:
+    """How many characters at the end of ``text`` could be the start of a stop string."""
+    longest = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:k]):
+                longest = k
+                break
+    return longest
+
+
 class _Row:
-    """One prompt's progress: its ids, its text and what of the text was released."""
+    """One prompt's progress: its new ids, their text, and how much of it was released."""
 
-    def __init__(self, gen: Generation, stops: Sequence[str]):
-        self.gen, self.stops, self.sent, self.done = gen, stops, 0, False
-        self.hold = max((len(s) for s in stops), default=1) - 1
+    def __init__(self, gen: Generation, tokenizer: TextTokenizer, prompt_ids: Sequence[int],
+                 stops: Sequence[str]):
+        self.gen, self.tokenizer, self.stops = gen, tokenizer, [s for s in stops if s]
+        self.anchor = list(prompt_ids[-ANCHOR_TOKENS:])
+        self.anchor_text = tokenizer.decode(self.anchor)
+        self.sent, self.done, self.last = 0, False, -1
 
-    def update(self, tokenizer: TextTokenizer, eos_ids: set[int], token: int) -> str:
+    def _text(self) -> str:
+        full = self.tokenizer.decode(self.anchor + self.gen.token_ids)
+        if full.startswith(self.anchor_text):
+            return full[len(self.anchor_text):]
+        return self.tokenizer.decode(self.gen.token_ids)   # a decoder that rewrites across the seam
+
+    def update(self, eos_ids: set[int], token: int) -> str:
         """Add a token; return the newly released text."""
+        self.last = token
         if token in eos_ids:
             self.gen.finish_reason, self.done = "eos", True
         else:
             self.gen.token_ids.append(token)
-        text = tokenizer.decode(self.gen.token_ids)
+        text = self._text()
         cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
         if cut >= 0:
             text, self.gen.finish_reason, self.done = text[:cut], "stop", True
         self.gen.text = text
-        end = len(text) if self.done else len(text) - self.hold
-        while end > self.sent and text[end - 1] == "\ufffd" and not self.done:
-            end -= 1
+        end = len(text)
+        if not self.done:
+            while end > self.sent and text[end - 1] == "\ufffd":   # an incomplete UTF-8 sequence
+                end -= 1
+            end -= held_back(text[:end], self.stops)                # and what may begin a stop string
         if end <= self.sent:
             return ""
         piece, self.sent = text[self.sent:end], end
@@ -129,37 +159,17 @@ class Generator:
             raise GenerationError("the prompt is empty and the tokenizer adds no BOS token")
         return ids
 
-    # ------------------------------------------------------------ generation
-    def stream(self, prompts: str | Sequence[str], *, max_new_tokens: int = 64,
-               sampling: SamplingParams | None = None, stop: Sequence[str] = (), chat: bool = False,
-               truncate: bool = False, results: list[Generation] | None = None, **sampling_kw) -> Iterator[Piece]:
-        """Yield text pieces as they are produced, for each prompt (``Piece.index``)."""
-        single = isinstance(prompts, str)
-        prompts = [prompts] if single else list(prompts)
-        if not prompts:
-            raise GenerationError("no prompt given")
-        params = sampling or SamplingParams(**sampling_kw)
-        encoded = [self.encode_prompt(p, chat=chat, max_new_tokens=max_new_tokens, truncate=truncate)
-                   for p in prompts]
-        gens = [Generation(p, prompt_tokens=len(ids)) for p, ids in zip(prompts, encoded)]
-        if results is not None:
-            results.extend(gens)
-        rows = [_Row(g, [s for s in stop if s]) for g in gens]
-        rng = np.random.default_rng(params.seed)
-        seen = [set(ids) for ids in encoded]
-        stats = self.last_stats = Stats(prompt_tokens=sum(map(len, encoded)))
-
-        width = max(map(len, encoded))
-        ids = np.full((len(encoded), width), self.pad_token_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for i, toks in enumerate(encoded):
-            ids[i, width - len(toks):], mask[i, width - len(toks):] = toks, 1
-        state = self.session.zero_state(len(encoded))
-        tokens = ids
+    # ------------------------------------------------------------ the loop
+    def _loop(self, tokens: np.ndarray, mask: np.ndarray, state: dict, rows: list[_Row], params: SamplingParams,
+              rngs: list[np.random.Generator], seen: list[set[int]], max_new_tokens: int,
+              stats: Stats) -> Iterator[Piece]:
+        """Feed ``tokens`` ([B, T]; ``mask`` covers the past and them), then choose, release and feed
+        back one token per row until every row is done. Returns (through StopIteration) the state,
+        which holds every chosen token but the last (``_Row.last``)."""
         for step in range(max_new_tokens):
             started = time.perf_counter()
             logits, state = self.session.step(tokens, mask, positions_from_mask(mask, tokens.shape[1]), state)
-            nxt = choose(logits[:, -1], params, rng, seen)
+            nxt = choose(logits[:, -1], params, rngs, seen)
             elapsed = time.perf_counter() - started
             if step == 0:
                 stats.prefill_s += elapsed
@@ -171,17 +181,50 @@ class Generator:
                 stats.new_tokens += 1
                 stats.decode_tokens += step > 0
                 seen[i].add(int(nxt[i]))
-                piece = row.update(self.tokenizer, self.eos_token_ids, int(nxt[i]))
+                piece = row.update(self.eos_token_ids, int(nxt[i]))
                 if piece:
                     yield Piece(i, piece)
             if all(r.done for r in rows):
                 break
+            # finished rows keep running on padding until the whole batch is done; nobody reads them
             tokens = np.where([r.done for r in rows], self.pad_token_id, nxt)[:, None].astype(np.int64)
             mask = np.concatenate([mask, np.ones((len(rows), 1), dtype=np.int64)], axis=1)
         for i, row in enumerate(rows):
             piece = row.finish()
             if piece:
                 yield Piece(i, piece)
+        return state
+
+    # ------------------------------------------------------------ generation
+    def stream(self, prompts: str | Sequence[str], *, max_new_tokens: int = 64,
+               sampling: SamplingParams | None = None, stop: Sequence[str] = (), chat: bool = False,
+               truncate: bool = False, results: list[Generation] | None = None, **sampling_kw) -> Iterator[Piece]:
+        """Yield text pieces as they are produced, for each prompt (``Piece.index``).
+
+        ``sampling`` or its fields as keywords (temperature, top_k, top_p,
+        repetition_penalty, seed); ``results`` (a list) receives one Generation per prompt.
+        """
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        if not prompts:
+            raise GenerationError("no prompt given")
+        params = sampling or SamplingParams(**sampling_kw)
+        encoded = [self.encode_prompt(p, chat=chat, max_new_tokens=max_new_tokens, truncate=truncate)
+                   for p in prompts]
+        gens = [Generation(p, prompt_tokens=len(ids)) for p, ids in zip(prompts, encoded)]
+        if results is not None:
+            results.extend(gens)
+        rows = [_Row(g, self.tokenizer, ids, stop) for g, ids in zip(gens, encoded)]
+        rngs = [np.random.default_rng(params.seed) for _ in rows]
+        seen = [set(ids) for ids in encoded]
+        stats = self.last_stats = Stats(prompt_tokens=sum(map(len, encoded)))
+
+        width = max(map(len, encoded))
+        ids = np.full((len(encoded), width), self.pad_token_id, dtype=np.int64)
+        mask = np.zeros_like(ids)
+        for i, toks in enumerate(encoded):
+            ids[i, width - len(toks):], mask[i, width - len(toks):] = toks, 1
+        yield from self._loop(ids, mask, self.session.zero_state(len(encoded)), rows, params, rngs, seen,
+                              max_new_tokens, stats)
 
     def generate(self, prompts: str | Sequence[str], **kwargs) -> list[Generation]:
         """Generate for one prompt or a batch; returns one Generation per prompt."""

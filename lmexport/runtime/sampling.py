@@ -1,12 +1,14 @@
 """Choosing the next token: greedy, or sampling with temperature, top-k and top-p.
 
-Reproducible: sampling draws from a ``numpy.random.Generator`` seeded once per
-generation. The repetition penalty (CTRL / Hugging Face convention) divides
+Reproducible: each row of a batch draws from its own ``numpy.random.Generator``,
+seeded once per generation, so a seed gives the same sample every time and a
+prompt in a batch gets the sample it would get alone. The repetition penalty (CTRL / Hugging Face convention) divides
 positive logits of already-seen tokens by the penalty and multiplies negative ones.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -66,9 +68,9 @@ def filter_top_k_top_p(probs: np.ndarray, top_k: int, top_p: float) -> np.ndarra
     return out / out.sum()
 
 
-def choose(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
+def choose(logits: np.ndarray, params: SamplingParams, rngs: Sequence[np.random.Generator],
            seen: list[set[int]]) -> np.ndarray:
-    """Next token per row; logits [B, V] float32 -> [B] int64."""
+    """Next token per row; logits [B, V] -> [B] int64; ``rngs`` and ``seen`` (token ids so far) per row."""
     logits = apply_repetition_penalty(logits.astype(np.float64), seen, params.repetition_penalty)
     if params.greedy:
         return logits.argmax(-1).astype(np.int64)
@@ -79,5 +81,5 @@ def choose(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,
     out = np.empty(logits.shape[0], dtype=np.int64)
     for row in range(logits.shape[0]):
         p = filter_top_k_top_p(probs[row], params.top_k, params.top_p)
-        out[row] = rng.choice(p.shape[0], p=p)
+        out[row] = rngs[row].choice(p.shape[0], p=p)
     return out

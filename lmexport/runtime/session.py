@@ -27,19 +27,23 @@ OPT_LEVELS = {"disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
               "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL}
 
 
-def choose_providers(device: str) -> list[str]:
-    """cpu: CPU only; cuda: CUDA or a DeviceError; auto: CUDA when this onnxruntime has it."""
+def choose_providers(device: str, available: list[str] | None = None) -> list[str]:
+    """cpu: CPU only; cuda: CUDA or a DeviceError; auto: CUDA when this onnxruntime has it.
+
+    ``available`` defaults to ``onnxruntime.get_available_providers()`` (a parameter so
+    the choice can be tested on a machine without a GPU).
+    """
     if device not in DEVICES:
         raise DeviceError(f"unknown device {device!r}", hint="use cpu, cuda or auto")
-    available = ort.get_available_providers()
+    available = ort.get_available_providers() if available is None else list(available)
     has_cuda = "CUDAExecutionProvider" in available
     if device == "cuda" and not has_cuda:
         raise DeviceError("--device cuda was asked for, but this onnxruntime has no CUDAExecutionProvider "
                           f"(available: {', '.join(available)})",
                           hint="install onnxruntime-gpu with a matching CUDA, or use --device cpu")
-    if device == "cuda" or (device == "auto" and has_cuda):
-        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
-    return ["CPUExecutionProvider"]
+    if device == "cpu" or not has_cuda:
+        return ["CPUExecutionProvider"]
+    return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
 def _with_outputs(folder: Path, manifest: Manifest, names: tuple[str, ...]) -> bytes:
@@ -61,7 +65,6 @@ class Session:
         self.manifest = Manifest.read(self.folder)
         check_files(self.folder, self.manifest)
         self.providers = choose_providers(device)
-        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -83,7 +86,16 @@ class Session:
                 ort.capi.onnxruntime_pybind11_state.InvalidProtobuf) as exc:
             raise ArtifactError(f"ONNX Runtime cannot load {self.folder}: {str(exc).splitlines()[0][:200]}",
                                 hint="re-export the folder with lmexport onnx") from exc
-        log.debug("ONNX Runtime session on %s (%s)", self.device, ", ".join(self.session.get_providers()))
+        # onnxruntime-gpu drops CUDA with only a warning when its CUDA libraries do not load
+        used = self.session.get_providers()
+        self.device = "cuda" if "CUDAExecutionProvider" in used else "cpu"
+        if device == "cuda" and self.device != "cuda":
+            raise DeviceError("--device cuda was asked for, but ONNX Runtime could not start its "
+                              f"CUDAExecutionProvider (running: {', '.join(used)})",
+                              hint="check that the CUDA and cuDNN libraries onnxruntime-gpu needs are installed, "
+                                   "or use --device cpu")
+        log.log(logging.INFO if device == "auto" else logging.DEBUG,  # auto says what it chose
+                "ONNX Runtime session on %s (--device %s; providers %s)", self.device, device, ", ".join(used))
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.states = self.manifest.state_inputs()
         self.logits_name = next(o.name for o in self.manifest.outputs if o.role == "logits")

@@ -1,8 +1,11 @@
 """Text <-> token ids for an exported folder: ``tokenizer.json`` through ``tokenizers``,
 special tokens and the chat template from ``tokenizer_config.json``.
 
-The chat template comes from a model folder, so it is rendered in Jinja's
-immutable sandbox: it can format messages, not reach Python objects.
+The chat template (``chat_template`` in tokenizer_config.json, or a
+``chat_template.jinja`` file beside it) comes from a model folder, so it is
+rendered in Jinja's immutable sandbox: it can format messages, not reach Python
+objects. jinja2 is a base dependency (small, pure Python) and is imported only
+when a template is rendered.
 """
 from __future__ import annotations
 
@@ -42,6 +45,9 @@ class TextTokenizer:
         if isinstance(self.chat_template, list):  # named templates: take "default"
             named = {t.get("name"): t.get("template") for t in self.chat_template if isinstance(t, dict)}
             self.chat_template = named.get("default")
+        template_file = folder / "chat_template.jinja"
+        if not self.chat_template and template_file.is_file():
+            self.chat_template = template_file.read_text(encoding="utf-8")
 
     def _id(self, token) -> int | None:
         text = _token_text(token)
@@ -52,11 +58,17 @@ class TextTokenizer:
         return self.tokenizer.get_vocab_size()
 
     def encode(self, text: str, *, add_bos: bool | None = None) -> list[int]:
+        """Token ids of ``text``, with BOS first per add_bos_token (not twice: a chat
+        template that writes the BOS token itself keeps just that one)."""
         ids = self.tokenizer.encode(text, add_special_tokens=False).ids
         add = self.add_bos if add_bos is None else add_bos
-        if add and self.bos_token_id is not None:
+        if add and self.bos_token_id is not None and ids[:1] != [self.bos_token_id]:
             ids = [self.bos_token_id] + ids
         return ids
+
+    def token_text(self, token_id: int) -> str:
+        """The text a special token stands for in a rendered template (e.g. ``</s>``)."""
+        return self.tokenizer.id_to_token(token_id) or ""
 
     def decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)
@@ -65,10 +77,19 @@ class TextTokenizer:
         if not self.chat_template:
             raise GenerationError("--chat was given, but tokenizer_config.json has no chat_template",
                                   hint="drop --chat to use the prompt as it is")
+        from jinja2 import TemplateError
         from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+        def raise_exception(message):   # what Hugging Face templates call to reject a conversation
+            raise GenerationError(f"the chat template rejects this conversation: {message}")
+
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-        template = env.from_string(self.chat_template)
-        return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
-                               bos_token=_token_text(self.config.get("bos_token")) or "",
-                               eos_token=_token_text(self.config.get("eos_token")) or "")
+        env.globals["raise_exception"] = raise_exception
+        try:
+            template = env.from_string(self.chat_template)
+            return template.render(messages=messages, add_generation_prompt=add_generation_prompt,
+                                   bos_token=_token_text(self.config.get("bos_token")) or "",
+                                   eos_token=_token_text(self.config.get("eos_token")) or "")
+        except TemplateError as exc:   # SecurityError (the sandbox said no) is a TemplateError too
+            raise ArtifactError(f"the chat template in tokenizer_config.json fails: {exc}",
+                                hint="fix the template, or drop --chat") from exc

@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -80,6 +81,10 @@ def test_sampling_is_reproducible_with_a_seed(exported):
     greedy = gen.generate("def ", max_new_tokens=24)[0]
     assert a.token_ids == b.token_ids
     assert a.token_ids != c.token_ids or a.token_ids != greedy.token_ids
+    # each row samples from its own seeded generator: a batch gives every prompt its sample alone
+    batch = gen.generate(["import os\n", "def "], seed=7, **kw)
+    assert batch[1].token_ids == a.token_ids
+    assert batch[0].token_ids == gen.generate("import os\n", seed=7, **kw)[0].token_ids
 
 
 def test_eos_and_stop_strings_end_generation(exported):
@@ -127,35 +132,78 @@ def test_cuda_request_without_cuda_is_a_clear_error(exported):
     assert Generator.from_folder(exported["k2"][1], device="auto").device == "cpu"
 
 
-def test_chat_keeps_state_between_turns(exported):
-    gen = Generator.from_folder(exported["bundled"][1])
-    chat = ChatSession(gen, max_new_tokens=12)
-    first = "".join(chat.send("hello"))
-    fed_after_first = len(chat.fed)
-    second = "".join(chat.send("tell me about lists"))
-    assert len(chat.fed) > fed_after_first and first != "" and second != ""
-    # the second reply equals a fresh greedy run over the whole conversation so far
-    fresh = ChatSession(gen, max_new_tokens=12)
-    fresh.messages = chat.messages[:-1]
-    ids = fresh._conversation_ids()
-    fresh.state = gen.session.zero_state(1)
-    logits = fresh._feed(ids)
+def greedy_from_scratch(gen: Generator, ids: list[int], n: int) -> list[int]:
+    """Greedy tokens after ``ids`` fed in one call from a zero state (stops after EOS)."""
+    state = gen.session.zero_state(1)
+    mask = np.ones((1, len(ids)), dtype=np.int64)
+    logits, state = gen.session.step(np.asarray([ids]), mask, np.arange(len(ids))[None], state)
     tokens = []
-    for _ in range(12):
-        t = int(logits.argmax())
+    for _ in range(n):
+        t = int(logits[0, -1].argmax())
+        tokens.append(t)
         if t in gen.eos_token_ids:
             break
-        tokens.append(t)
-        logits = fresh._feed([t])
-    assert gen.tokenizer.decode(tokens) == second
+        mask = np.ones((1, len(ids) + len(tokens)), dtype=np.int64)
+        logits, state = gen.session.step(np.asarray([[t]]), mask, np.asarray([[mask.shape[1] - 1]]), state)
+    return tokens
+
+
+@pytest.mark.parametrize("eos", ["config", "forced"])
+def test_chat_keeps_state_between_turns(exported, eos):
+    gen = Generator.from_folder(exported["bundled"][1])
+    if eos == "forced":   # the greedy reply's second token ends each turn: replies end with EOS
+        [free] = gen.generate(gen.tokenizer.apply_chat_template([{"role": "user", "content": "hello"}]),
+                              max_new_tokens=4)
+        gen.eos_token_ids = {free.token_ids[1]}
+    chat = ChatSession(gen, max_new_tokens=12)
+    calls = []
+    step = gen.session.step
+    gen.session.step = lambda ids, mask, pos, state: calls.append((ids.shape[1], mask.shape[1])) or \
+        step(ids, mask, pos, state)
+    for message in ["hello", "tell me about lists", "and dicts?"]:
+        before = list(chat.fed)
+        calls.clear()
+        reply = "".join(chat.send(message))
+        new = len(chat.fed) - len(before)
+        # the earlier turns were not fed again: the first call feeds only this turn's prompt
+        assert calls[0][1] - calls[0][0] == len(before)
+        assert chat.fed[:len(before)] == before and chat.rebuilds == 0
+        # the state holds exactly the fed tokens (keys: [1, kv_heads, past, head_dim])
+        key = next(v for name, v in chat.state.items() if name.endswith(".key"))
+        assert key.shape[2] == len(chat.fed)
+        # and the reply is what a fresh run over the same tokens gives
+        prompt_len = calls[0][0]
+        reply_ids = chat.fed[len(before) + prompt_len:]
+        assert greedy_from_scratch(gen, chat.fed[:len(before) + prompt_len], 12) == reply_ids
+        assert reply == gen.tokenizer.decode([t for t in reply_ids if t not in gen.eos_token_ids])
+        if eos == "forced":
+            assert reply_ids[-1] in gen.eos_token_ids
+        assert new > prompt_len
+    assert [m["role"] for m in chat.messages] == ["user", "assistant"] * 3
 
 
 def test_chat_cli_through_stdin(exported):
-    done = subprocess.run([sys.executable, "-m", "lmexport.cli", "chat", str(exported["bundled"][1]),
-                           "--max-new-tokens", "8"], input="hello\n\nwhat is a dict?\n/exit\n",
-                          capture_output=True, text=True, timeout=120)
+    folder = exported["bundled"][1]
+    done = subprocess.run([sys.executable, "-m", "lmexport.cli", "chat", str(folder), "--max-new-tokens", "8"],
+                          input="hello\n\nwhat is a dict?\n/exit\nnever read\n", capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 0, done.stderr
-    assert len(done.stdout.strip("\n").split("\n")) >= 2
+    chat = ChatSession(Generator.from_folder(folder), max_new_tokens=8)
+    want = "".join("".join(chat.send(m)) + "\n" for m in ["hello", "what is a dict?"])
+    assert done.stdout == want and len(chat.messages) == 4
+
+
+def test_generate_cli_streams_the_api_text_and_prints_stats(exported):
+    folder = exported["bundled"][1]
+    done = subprocess.run([sys.executable, "-m", "lmexport.cli", "generate", str(folder), "--prompt", "def read(",
+                           "--max-new-tokens", "16", "--stop", "return", "--stats"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    [r] = Generator.from_folder(folder).generate("def read(", max_new_tokens=16, stop=["return"])
+    assert done.stdout == "def read(" + r.text + "\n"
+    assert "tokens/s on cpu" in done.stderr and "[running on cpu]" in done.stderr
+    batch = subprocess.run([sys.executable, "-m", "lmexport.cli", "generate", str(folder), "--prompt", "import",
+                            "--prompt", "class A:", "--max-new-tokens", "6"], capture_output=True, text=True)
+    assert batch.returncode == 0 and batch.stdout.count("--- [") == 2, batch.stderr
 
 
 BLOCK_TORCH = textwrap.dedent("""
