@@ -16,7 +16,8 @@ from lmexport.exporters.onnx import OnnxExportOptions, export_onnx
 from lmexport.runtime import ChatSession, Generator
 from lmexport.tiny import make_model_folder
 
-BUNDLED = Path(__file__).resolve().parents[1] / "examples" / "liquid-metal-tiny"
+ROOT = Path(__file__).resolve().parents[1]
+BUNDLED = ROOT / "examples" / "liquid-metal-tiny"
 
 
 @pytest.fixture(scope="module")
@@ -228,3 +229,11 @@ def test_runtime_runs_with_torch_and_transformers_unimportable(exported):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "torch" not in done.stderr
+
+
+def test_the_python_example_in_docs_runs(exported, capsys):
+    doc = (ROOT / "docs" / "runtime.md").read_text(encoding="utf-8")
+    example = doc.split("```python\n", 1)[1].split("```", 1)[0]
+    assert '"out/onnx"' in example
+    exec(example.replace('"out/onnx"', repr(str(exported["bundled"][1]))), {})
+    assert "tokens/s" in capsys.readouterr().out
