@@ -158,6 +158,39 @@ class TracedGraph:
     opset: int
 
 
+def optimize_keeping_names(model) -> None:
+    """torch.onnx's default optimisation (onnxscript's ``optimize_ir``) without its
+    initializer de-duplication: tensors that happen to hold equal values (a converted
+    checkpoint's zero module weights, equal gate biases, all-ones norms) must keep their
+    own canonical initializers, or parity and the initializer map cannot find them.
+    For the same reason the rewrite that drops an all-zero Conv bias is left out."""
+    import onnx_ir as ir
+    from onnx_ir.passes import common as passes
+    from onnxscript import rewriter
+    from onnxscript.optimizer import _constant_folding
+
+    ir.passes.Sequential(
+        passes.InlinePass(),
+        ir.passes.PassManager([
+            _constant_folding.FoldConstantsPass(
+                shape_inference=True, input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
+                output_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_OUTPUT_SIZE_LIMIT,
+                should_fold=lambda node: None),
+            rewriter.RewritePass([r for r in rewriter._DEFAULT_REWRITE_RULES
+                                  if not (getattr(r, "name", None) or "").startswith("RemoveOptionalBias")]),
+            passes.RemoveUnusedNodesPass(),
+            passes.RemoveUnusedFunctionsPass(),
+            passes.RemoveUnusedOpsetsPass(),
+        ], steps=2, early_stop=True),
+        passes.RemoveUnusedNodesPass(),
+        passes.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0),
+        passes.LiftSubgraphInitializersToMainGraphPass(),
+        passes.CommonSubexpressionEliminationPass(),
+        passes.OutputFixPass(),
+        passes.NameFixPass(),
+    )(model)
+
+
 def trace(model: LiquidMetalForCausalLM, path: Path, inputs: list[IOSpec], outputs: list[IOSpec],
           dtype: torch.dtype, opset: int) -> TracedGraph:
     """Export ``model`` to ``path`` (+ ``path``.data) with the declared graph IO."""
@@ -171,7 +204,8 @@ def trace(model: LiquidMetalForCausalLM, path: Path, inputs: list[IOSpec], outpu
                 wrapper, example_inputs(inputs), dynamo=True, opset_version=opset,
                 input_names=[s.name for s in inputs],
                 output_names=[s.name for s in outputs] + list(probes.values()),
-                dynamic_shapes=dynamic_shapes(inputs), optimize=True, verbose=False)
+                dynamic_shapes=dynamic_shapes(inputs), optimize=False, verbose=False)
+            optimize_keeping_names(program.model)
     except Exception as exc:  # torch.export raises many types; keep the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ExportError(f"torch.onnx.export failed: {first}",
