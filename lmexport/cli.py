@@ -82,6 +82,9 @@ def cli(ctx, debug: bool, quiet: bool):
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
+    # Ctrl-C and SIGTERM interrupt the work and clean up, even when the shell that
+    # started us ignored SIGINT (background jobs inherit an ignored SIGINT).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         cli.main(args=args, prog_name="lmexport", standalone_mode=False)
