@@ -144,17 +144,22 @@ def _infer_config_keys(raw: dict, tensors: dict[str, torch.Tensor]) -> dict:
     return raw
 
 
+def read_json_object(path: Path, error: type[InputError] = InputError) -> dict:
+    """A JSON file that must hold an object; ``error`` for unreadable or other JSON."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise error(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise error(f"{path} must hold a JSON object")
+    return data
+
+
 def read_config_dict(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise ConfigError(f"{folder} has no config.json", hint="point at a Hugging Face-style model folder")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc})") from exc
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a JSON object")
-    return raw
+    return read_json_object(path, ConfigError)
 
 
 def check_model_folder(path: str | Path) -> Path:

@@ -17,7 +17,6 @@ llama.cpp's converter does; a longer one is an error.
 """
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import gguf
 from gguf import TokenType
 
+from ..checkpoint import read_json_object
 from ..errors import InputError
 from ..gguf_format import TOKENIZER_ID_KEYS
 
@@ -105,15 +105,7 @@ def read_tokenizer(folder: str | Path, vocab_size: int) -> GGUFTokenizer:
 
 
 def _load_json(path: Path) -> dict | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{path} must hold a JSON object")
-    return data
+    return read_json_object(path) if path.is_file() else None
 
 
 def _sentencepiece(folder: Path):
