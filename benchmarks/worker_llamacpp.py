@@ -10,15 +10,13 @@ llama-cpp-python's high-level API holds one sequence, so batch must be 1.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lmexport.bench.measure import Workload, run_protocol  # noqa: E402
+from lmexport.bench.measure import run_worker, worker_parser  # noqa: E402
 
 
 class LlamaCppStepper:
@@ -36,15 +34,8 @@ class LlamaCppStepper:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("gguf")
-    ap.add_argument("--out", required=True)
+    ap = worker_parser("gguf")
     ap.add_argument("--variant", required=True)
-    ap.add_argument("--prompt-tokens", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.batch != 1:
         raise SystemExit("llama-cpp-python's Llama runs one sequence: batch must be 1")
@@ -57,12 +48,8 @@ def main() -> None:
                               n_batch=max(512, args.prompt_tokens), logits_all=False, verbose=False, **kwargs)
         return LlamaCppStepper(llm), int(llm.n_vocab())
 
-    workload = Workload(args.prompt_tokens, args.new_tokens, args.batch, args.repeats)
-    result = run_protocol(load, workload, artifact=args.gguf, backend="llama.cpp", variant=args.variant,
-                          device="cpu", threads=args.threads,
-                          versions={"llama-cpp-python": llama_cpp.__version__},
-                          progress=lambda m: print(m, file=sys.stderr, flush=True))
-    Path(args.out).write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+    run_worker(load, args, artifact=args.gguf, backend="llama.cpp", variant=args.variant,
+               versions={"llama-cpp-python": llama_cpp.__version__})
 
 
 if __name__ == "__main__":

@@ -10,13 +10,11 @@ from this checkout: it needs only numpy).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lmexport.bench.measure import Workload, run_protocol  # noqa: E402
+from lmexport.bench.measure import run_worker, worker_parser  # noqa: E402
 
 
 class OptimumStepper:
@@ -40,15 +38,7 @@ class OptimumStepper:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("onnx_dir")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--prompt-tokens", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None)
-    args = ap.parse_args()
+    args = worker_parser("onnx_dir").parse_args()
 
     import onnxruntime as ort
     import torch
@@ -72,11 +62,7 @@ def main() -> None:
     versions = {"optimum-onnx": version("optimum-onnx"), "optimum": version("optimum"),
                 "onnxruntime": ort.__version__, "transformers": transformers.__version__,
                 "torch": torch.__version__}
-    workload = Workload(args.prompt_tokens, args.new_tokens, args.batch, args.repeats)
-    result = run_protocol(load, workload, artifact=args.onnx_dir, backend="optimum-onnx", variant="fp32",
-                          device="cpu", threads=args.threads, versions=versions,
-                          progress=lambda m: print(m, file=sys.stderr, flush=True))
-    Path(args.out).write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
+    run_worker(load, args, artifact=args.onnx_dir, backend="optimum-onnx", variant="fp32", versions=versions)
 
 
 if __name__ == "__main__":

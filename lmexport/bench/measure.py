@@ -19,8 +19,11 @@ standard library and numpy (``lmexport/bench/__init__.py`` imports nothing else)
 """
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import platform
+import sys
 import resource
 import statistics
 import time
@@ -217,3 +220,28 @@ def run_protocol(load: Callable[[], tuple[Stepper, int]], workload: Workload, *,
 
 def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+# ---------------------------------------------------------------- benchmark workers
+def worker_parser(artifact: str) -> argparse.ArgumentParser:
+    """The command line every benchmark worker (benchmarks/worker_*.py) takes."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument(artifact)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--prompt-tokens", type=int, default=128)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None)
+    return ap
+
+
+def run_worker(load, args, *, artifact: str, backend: str, variant: str, versions: dict[str, str]) -> None:
+    """Measure with the shared protocol and write the result JSON to ``args.out``."""
+    from pathlib import Path
+
+    workload = Workload(args.prompt_tokens, args.new_tokens, args.batch, args.repeats)
+    result = run_protocol(load, workload, artifact=artifact, backend=backend, variant=variant, device="cpu",
+                          threads=args.threads, versions=versions,
+                          progress=lambda m: print(m, file=sys.stderr, flush=True))
+    Path(args.out).write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")
