@@ -55,8 +55,8 @@ def tokenize(prompts: list[str], tokenizer_file: Path | None, vocab_size: int, b
     for ids in encoded:
         ids = ([bos_id] if bos_id is not None else []) + ids
         if len(ids) > max_tokens:
-            raise InputError(f"a prompt has {len(ids)} tokens; with the decode steps that exceeds the "
-                             f"model's context of {max_tokens + 0} tokens", hint="shorten the prompt or use fewer --steps")
+            raise InputError(f"a prompt has {len(ids)} tokens; with the decode steps the model's context "
+                             f"leaves room for {max_tokens}", hint="shorten the prompt or use fewer --steps")
         out.append([i for i in ids if 0 <= i < vocab_size] or [0])
     return out
 
