@@ -3,9 +3,10 @@
 * ``llama/``: a random Hugging Face Llama of the chosen shape, written by
   transformers (``save_pretrained``), with the small lmexport tokenizer (the GGUF
   exporter pads its vocabulary to the embedding; prompts are token ids anyway);
-* ``liquid/``: that Llama converted by ``lmexport convert`` (modules near identity),
-  plus tiny noise on the module tensors (``perturb_modules``: an exporter workaround);
+* ``liquid/``: that Llama converted by ``lmexport convert`` (modules near identity);
 * ``onnx-fp32/``, ``onnx-int8/``, ``onnx-int4/`` (and ``onnx-fp16/``): ``lmexport onnx``;
+  ``onnx-fp32-plain/``, ``onnx-int4-plain/``: the same with ``--no-fused-ops --opset 18``
+  (the graph before the fused ops: the "before" rows of RESULTS.md);
 * ``optimum-fp32/``: ``optimum-cli export onnx --task text-generation-with-past`` of
   ``llama/``, run in the optimum virtual environment;
 * ``gguf/llama-{f16,q8_0,q4_0}.gguf``: ``lmexport gguf --arch llama`` of ``llama/``;
@@ -15,8 +16,7 @@
 A step whose output exists is skipped (delete it to rebuild). Every step runs in a
 subprocess, so the memory of one model build is returned before the next.
 
-    python benchmarks/prepare.py llama OUT_DIR --shape 1b     # the in-process steps
-    python benchmarks/prepare.py perturb LIQUID_DIR
+    python benchmarks/prepare.py llama OUT_DIR --shape 1b     # the in-process step
 """
 from __future__ import annotations
 
@@ -43,6 +43,8 @@ ONNX_VARIANTS = {  # name -> lmexport onnx options
     "fp16": ["--dtype", "fp16"],
     "int8": ["--quantize", "int8"],
     "int4": ["--quantize", "int4"],
+    "fp32-plain": ["--no-fused-ops", "--opset", "18"],
+    "int4-plain": ["--quantize", "int4", "--no-fused-ops", "--opset", "18"],
 }
 GGUF_TYPES = ("f16", "q8_0", "q4_0")
 OPTIMUM_REQUIREMENTS = ["optimum-onnx[onnxruntime]"]
@@ -116,35 +118,6 @@ def build_llama(out: Path, shape: str, seed: int = 0) -> None:
     tmp.rename(out)
 
 
-def perturb_modules(folder: Path, std: float = 1e-3, seed: int = 0) -> None:
-    """Add N(0, std) noise to every Liquid-Metal module tensor and every constant tensor, in place.
-
-    Workaround: right after ``lmexport convert`` the modules hold constants (zero
-    weights, equal gate biases) and a freshly initialised Llama has every RMSNorm
-    weight at 1; the ONNX export folds or deduplicates equal initializers, and
-    ``lmexport onnx`` then stops with "the exported graph lost the names of some
-    tensors". Noise this small keeps the model near identity and leaves the work per
-    token unchanged; drop this step once the exporter keeps constant initializers.
-    """
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    from lmexport.tensor_names import lookup
-
-    gen = torch.Generator().manual_seed(seed)
-    for path in sorted(folder.glob("*.safetensors")):
-        tensors = load_file(str(path))
-        for name, t in tensors.items():
-            ref = lookup(name)
-            constant = t.numel() > 1 and bool(t.min() == t.max())      # e.g. RMSNorm weights at 1
-            if constant or (ref is not None and not ref.entry.llama):
-                tensors[name] = t + std * torch.randn(t.shape, generator=gen, dtype=t.dtype)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        tmp.replace(path)
-    (folder / "PERTURBED").write_text(f"module tensors + N(0, {std}) noise, seed {seed}\n")
-
-
 def prepare_models(work: Work, shape: str, onnx_variants: list[str], gguf_types: list[str], *,
                    with_optimum: bool, validate: bool, timeout: float) -> dict[str, str]:
     """Build what is missing; return {artifact: reason} for every step that failed."""
@@ -167,9 +140,6 @@ def prepare_models(work: Work, shape: str, onnx_variants: list[str], gguf_types:
     if "llama" in failed:
         return failed
     step("liquid", work.liquid, "lmexport convert", [lm, "convert", str(work.llama), "-o", str(work.liquid)])
-    if "liquid" not in failed:
-        step("perturb", work.liquid / "PERTURBED", "perturb the converted modules",
-             [sys.executable, __file__, "perturb", str(work.liquid)])
     for variant in onnx_variants:
         if "liquid" in failed:
             failed[f"onnx-{variant}"] = "the converted checkpoint was not built"
@@ -232,14 +202,11 @@ def prepare_envs(work: Work, *, optimum: bool, llamacpp: bool, timeout: float) -
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Build the random Llama of a benchmark shape.")
-    ap.add_argument("what", choices=["llama", "perturb"])
+    ap.add_argument("what", choices=["llama"])
     ap.add_argument("out", type=Path)
     ap.add_argument("--shape", choices=list(SHAPES), default="1b")
     args = ap.parse_args()
-    if args.what == "llama":
-        build_llama(args.out, args.shape)
-    else:
-        perturb_modules(args.out)
+    build_llama(args.out, args.shape)
 
 
 if __name__ == "__main__":

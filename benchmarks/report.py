@@ -16,6 +16,11 @@ TARGETS = [
     ("lmexport ONNX int4 decode >= 0.6 of its bandwidth bound", "onnx-int4", "bound", 0.6),
     ("lmexport ONNX int4 decode >= llama.cpp q4_0", "onnx-int4", "llamacpp-q4_0", 1.0),
 ]
+# Before and after the fused ops (lmexport/exporters/onnx_fused.py): (description, after, before)
+FUSION = [
+    ("fp32: fused ops / plain ops", "onnx-fp32", "onnx-fp32-plain"),
+    ("int4: fused ops / plain ops", "onnx-int4", "onnx-int4-plain"),
+]
 
 
 def machine() -> dict:
@@ -80,6 +85,13 @@ def add_ratios(summary: dict) -> None:
             ratio = (n["decode_tokens_per_s"]["median"] / d["decode_tokens_per_s"]["median"]) if n and d else None
         summary["targets"].append({"target": text, "ratio": ratio, "minimum": minimum,
                                    "met": None if ratio is None else ratio >= minimum})
+    summary["fusion"] = []
+    for text, after, before in FUSION:
+        a, b = rows.get(after, {}).get("result"), rows.get(before, {}).get("result")
+        if a and b:
+            summary["fusion"].append({
+                "what": text, "decode": a["decode_tokens_per_s"]["median"] / b["decode_tokens_per_s"]["median"],
+                "prefill": b["prefill_ms"]["median"] / a["prefill_ms"]["median"]})
 
 
 def _f(x, fmt="{:.2f}", none="–"):
@@ -141,17 +153,26 @@ def render(s: dict) -> str:
     for t in s["targets"]:
         met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
         lines.append(f"| {t['target']} | {_f(t['ratio'], '{:.2f}x')} | {met} |")
-    prof = s.get("profile")
-    if prof and "ops" in prof:
-        lines += ["", "## Where an ONNX fp32 decode step spends its time", "",
-                  f"ORT profiler, {prof['steps']} decode steps after a {prof['prompt_tokens']}-token prefill; "
-                  f"share of node time by op type ({prof['node_ms_per_step']:.1f} ms of nodes per step).", "",
+    if s.get("fusion"):
+        lines += ["", "## Fused ops: after / before, same run", "",
+                  "Speed-up of the default graph (opset-23 Attention, RotaryEmbedding, RMSNormalization, 2-D "
+                  "depthwise Conv) over `--no-fused-ops --opset 18`, from the medians above.", "",
+                  "| variant | decode | prefill |", "|---|---:|---:|"]
+        lines += [f"| {f['what']} | {f['decode']:.2f}x | {f['prefill']:.2f}x |" for f in s["fusion"]]
+    for key, prof in (s.get("profiles") or {}).items():
+        if "ops" not in prof:
+            lines += ["", f"Profiling {key} failed: {prof.get('error')}"]
+            continue
+        nodes = sum(op["nodes_per_step"] for op in prof["ops"])
+        lines += ["", f"## Where a `{key}` decode step spends its time", "",
+                  f"ORT profiler, {prof['steps']} decode steps after a {prof['prompt_tokens']}-token prefill: "
+                  f"{prof['wall_ms_per_step']:.1f} ms per step under the profiler, "
+                  f"{prof['node_ms_per_step']:.1f} ms in {nodes:.0f} nodes, "
+                  f"{prof['overhead_ms_per_step']:.1f} ms outside them.", "",
                   "| op type | share | ms / step | nodes / step |", "|---|---:|---:|---:|"]
-        for op in prof["ops"][:12]:
+        for op in prof["ops"][:8]:
             lines.append(f"| {op['op_type']} | {op['share'] * 100:.1f}% | {op['ms_per_step']:.2f} | "
                          f"{op['nodes_per_step']:.0f} |")
-    elif prof:
-        lines += ["", f"Profiling failed: {prof.get('error')}"]
     return "\n".join(lines) + "\n"
 
 

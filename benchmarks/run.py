@@ -33,7 +33,10 @@ log = logging.getLogger("bench")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ALL_ROWS = ("pytorch-fp32", "pytorch-bf16", "onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int4",
+            "onnx-fp32-plain", "onnx-int4-plain",
             "optimum-fp32", "llamacpp-f16", "llamacpp-q8_0", "llamacpp-q4_0")
+PROFILED = ("int4-plain", "int4", "fp32-plain", "fp32")     # ONNX variants --profile looks inside
+ONNX_LABELS = {"fp32-plain": "fp32, plain ops (before fusion)", "int4-plain": "int4, plain ops (before fusion)"}
 DEFAULT_ROWS = tuple(r for r in ALL_ROWS if r != "onnx-fp16")
 
 
@@ -64,9 +67,9 @@ def make_rows(args, work: prepare.Work) -> list[Row]:
                         lambda out, dt=dt: [lm, "bench", str(work.liquid), "--device", "cpu", "--torch-dtype", dt,
                                             "--json", *wl],
                         lambda size=size: weights.safetensors_bytes(work.liquid, size), needs="liquid"))
-    for v in ("fp32", "fp16", "int8", "int4"):
+    for v in prepare.ONNX_VARIANTS:
         path = work.onnx(v)
-        rows.append(Row(f"onnx-{v}", f"lmexport ONNX {v}", path,
+        rows.append(Row(f"onnx-{v}", f"lmexport ONNX {ONNX_LABELS.get(v, v)}", path,
                         lambda out, path=path: [lm, "bench", str(path), "--device", "cpu", "--json", *wl],
                         lambda path=path: weights.onnx_bytes(path / "model.onnx"), needs=f"onnx-{v}"))
     rows.append(Row("optimum-fp32", "optimum-onnx fp32 (plain Llama)", work.optimum,
@@ -153,7 +156,8 @@ def parse_args(argv=None):
     ap.add_argument("--validate-exports", action="store_true",
                     help="Let lmexport onnx compare each export with PyTorch (slow at 1.1B; off: --no-validate).")
     ap.add_argument("--bandwidth-mib", type=int, default=1024)
-    ap.add_argument("--profile", action="store_true", help="Profile ONNX fp32 decode steps with ORT's profiler.")
+    ap.add_argument("--profile", action="store_true",
+                    help="Profile ONNX decode steps with ORT's profiler (" + ", ".join(PROFILED) + ").")
     ap.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     ap.add_argument("--prepare-only", action="store_true", help="Build and cache everything, measure nothing.")
     return ap.parse_args(argv)
@@ -203,15 +207,17 @@ def main(argv=None) -> None:
             run_row(row, out_dir, round_no, args.row_timeout)
     bandwidth.append(measure_bandwidth(args, out_dir))
 
-    profile = None
-    if args.profile and work.onnx("fp32").exists():
+    profiles = {}
+    for variant in PROFILED if args.profile else ():
+        if not work.onnx(variant).exists():
+            continue
         try:
-            proc = subprocess.run([sys.executable, str(HERE / "profile_onnx.py"), str(work.onnx("fp32")),
+            proc = subprocess.run([sys.executable, str(HERE / "profile_onnx.py"), str(work.onnx(variant)),
                                    "--prompt-tokens", str(args.prompt_tokens), "--threads", str(args.threads),
                                    "--json"], capture_output=True, text=True, timeout=args.row_timeout, check=True)
-            profile = json.loads(proc.stdout)
+            profiles[f"onnx-{variant}"] = json.loads(proc.stdout)
         except (subprocess.SubprocessError, json.JSONDecodeError) as exc:
-            profile = {"error": str(exc)[-300:]}
+            profiles[f"onnx-{variant}"] = {"error": str(exc)[-300:]}
 
     finished = time.time()
     summary = {
@@ -222,7 +228,7 @@ def main(argv=None) -> None:
         "bandwidth": bandwidth, "bound_bytes_per_s": max(b["bytes_per_s"] for b in bandwidth),
         "rows": [{"key": r.key, "label": r.label, "bytes_per_token": r.bytes_per_token,
                   "result": aggregate(r), "failures": r.failures} for r in rows],
-        "build_failures": failed, "profile": profile,
+        "build_failures": failed, "profiles": profiles,
         "timing": {"prepare_s": prepared - started, "measure_s": finished - prepared,
                    "total_s": finished - started},
         "machine": report.machine(), "versions": report.versions(),

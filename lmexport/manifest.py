@@ -12,7 +12,8 @@ Layout (format_version 1)::
       "mode": "streaming" | "legacy",
       "dtype": "fp32" | "fp16",
       "quantization": {"method": "none" | "int8" | "int4", ...options},
-      "opset": 18,
+      "opset": 23,
+      "fused_ops": true,        # opset-23 Attention/RotaryEmbedding/RMSNormalization (false: plain ops)
       "source": {"weights_hash": "sha256:...", "config": {...config.json...}},
       "num_layers": N,
       "inputs":  [IOSpec...],   # graph inputs, in graph order
@@ -95,6 +96,7 @@ class Manifest:
     data_file: str = "model.onnx.data"
     probes: dict[str, str] = field(default_factory=dict)
     initializers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fused_ops: bool = False
 
     # ------------------------------------------------------------ queries
     def input(self, role: str) -> IOSpec | None:
@@ -117,7 +119,7 @@ class Manifest:
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "model_file": self.model_file, "data_file": self.data_file,
             "mode": self.mode, "dtype": self.dtype, "quantization": self.quantization,
-            "opset": self.opset, "source": self.source, "num_layers": self.num_layers,
+            "opset": self.opset, "fused_ops": self.fused_ops, "source": self.source, "num_layers": self.num_layers,
             "inputs": [s.to_json() for s in self.inputs],
             "outputs": [s.to_json() for s in self.outputs],
             "files": self.files, "tokenizer": self.tokenizer, "versions": self.versions,
@@ -188,7 +190,8 @@ class Manifest:
                                 hint="re-export the folder with lmexport onnx")
         return cls(mode=data["mode"], dtype=str(data.get("dtype", "fp32")),
                    quantization=dict(data.get("quantization") or {"method": "none"}),
-                   opset=int(data.get("opset", 0)), source=dict(data.get("source") or {}),
+                   opset=int(data.get("opset", 0)), fused_ops=bool(data.get("fused_ops", False)),
+                   source=dict(data.get("source") or {}),
                    num_layers=n, inputs=specs["inputs"], outputs=specs["outputs"],
                    files=dict(data.get("files") or {}), tokenizer=dict(data.get("tokenizer") or {}),
                    versions=dict(data.get("versions") or {}),

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from lmexport.checkpoint import build_model, model_tensors
 from lmexport.convert import hf_llama_reference, identity_module_tensors
 from lmexport.modeling.model import positions_from_mask
-from lmexport.modeling.modules import TokenMixing, call_context, streaming_context
+from lmexport.modeling.modules import TokenMixing, call_context, streaming_context, valid_counts
 from lmexport.tensor_names import expected_tensors
 
 from conftest import tiny_config, tiny_model
@@ -101,9 +101,9 @@ def test_legacy_context_is_the_mean_of_the_call_and_streaming_is_causal():
     v = torch.tensor([[[1.0], [2.0], [6.0]]])
     mask = torch.tensor([[0.0, 1.0, 1.0]])                         # first token is padding
     assert call_context(v, mask)[0, :, 0].tolist() == [4.0, 4.0, 4.0]
-    ctx, total = streaming_context(v, mask, torch.zeros(1, 1), torch.zeros(1, 1))
+    ctx, total = streaming_context(v, mask, torch.zeros(1, 1, 1), valid_counts(mask, torch.zeros(1, 1)))
     assert ctx[0, :, 0].tolist() == [0.0, 2.0, 4.0]
-    assert total.tolist() == [[8.0]]
+    assert total.tolist() == [[[8.0]]]
 
 
 def test_legacy_model_has_no_conv_or_context_state_and_decode_differs():

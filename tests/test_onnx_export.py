@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import onnx
@@ -35,6 +36,9 @@ MODELS = {
 FP32 = list(MODELS)
 PRECISIONS = {"fp16": {"dtype": "fp16"}, "int8": {"quantize": "int8"},
               "int4": {"quantize": "int4", "lm_head_bits": 8}}
+# the plain graph (no opset-23 fused ops), at the lowest supported opset
+PLAIN = {"fused_ops": False, "opset": 18}
+FUSED_OPS = {"Attention", "RotaryEmbedding", "RMSNormalization"}
 
 
 def run_cli(*args):
@@ -63,7 +67,8 @@ class Exports:
                 assert done.returncode == 0, done.stderr
                 assert "PASSED" in done.stdout
             else:
-                export_onnx(self.model_dir(name), out, OnnxExportOptions(**PRECISIONS.get(precision, {})))
+                options = PLAIN if precision == "plain" else PRECISIONS.get(precision, {})
+                export_onnx(self.model_dir(name), out, OnnxExportOptions(**options))
             self.folders[key] = out
         return self.folders[key]
 
@@ -134,11 +139,12 @@ def test_fp32_matches_pytorch_chained(exports, name):
     assert worst < 1e-4, (name, worst)
 
 
-@pytest.mark.parametrize("name", ["k3_gqa", "k2_tied"])
-def test_streaming_chained_equals_one_call(exports, name):
+@pytest.mark.parametrize("name,graph", [("k3_gqa", "fp32"), ("k2_tied", "fp32"), ("k3_gqa", "plain")])
+def test_streaming_chained_equals_one_call(exports, name, graph):
     """Streaming mode: a prompt fed as chunks (6, 5, then single tokens) gives the same
-    logits as one call with the whole sequence."""
-    folder, model = exports.folder(name), exports.reference(name)
+    logits as one call with the whole sequence; a batch of 2 continuing with several
+    tokens after a past is the case onnxruntime's GroupQueryAttention refuses."""
+    folder, model = exports.folder(name, graph), exports.reference(name)
     c = model.config
     runner = Session(folder)
     ids, mask = left_padded(2, 17, c.vocab_size, c.pad_token_id, seed=7)
@@ -197,7 +203,9 @@ def test_reduced_precision_within_bounds(exports, precision):
 
 
 def test_fp16_keeps_fragile_parts_fp32(exports):
-    """Softmax, every Sigmoid of the gates and the RMS statistics run in float32."""
+    """Softmax, every Sigmoid of the gates and the RMS statistics run in float32: in the
+    fused graph the RMSNormalization inputs are float32 and Attention's softmax_precision
+    is FLOAT; in the plain graph Softmax and ReduceMean see float32."""
     folder = exports.folder("k3_gqa", "fp16")
     model = onnx.shape_inference.infer_shapes(onnx.load(str(folder / "model.onnx"), load_external_data=False))
     types = {v.name: v.type.tensor_type.elem_type for v in
@@ -205,12 +213,79 @@ def test_fp16_keeps_fragile_parts_fp32(exports):
     fp32 = onnx.TensorProto.FLOAT
     checked = 0
     for node in model.graph.node:
-        if node.op_type in ("Softmax", "ReduceMean") or (node.op_type == "Sigmoid" and "/mlp/" not in node.name):
+        if node.op_type in ("RMSNormalization", "Softmax", "ReduceMean") or (
+                node.op_type == "Sigmoid" and "/mlp/" not in node.name):
             assert types.get(node.input[0]) == fp32, (node.name, types.get(node.input[0]))
             checked += 1
-    assert checked >= 2 * 5 + 1
+        if node.op_type == "Attention":
+            precision = {a.name: a.i for a in node.attribute}.get("softmax_precision")
+            assert precision == fp32, node.name
+            checked += 1
+    assert checked >= 2 * (3 + 2 + 1) + 1       # per layer 3 gates, 2 norms, attention; final norm
     weights = {t.name: t.data_type for t in model.graph.initializer}
     assert weights["model.layers.0.mlp.up_proj.weight"] == onnx.TensorProto.FLOAT16
+
+
+# ---------------------------------------------------------------- fused and plain graphs
+
+def _op_counts(folder):
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    return Counter(n.op_type for n in graph.node)
+
+
+def test_default_graph_uses_fused_ops(exports):
+    """The default export writes attention, RoPE and the RMS statistics as opset-23 ops
+    (no GQA Expand, no Softmax, no Pow/ReduceMean chains) and records it."""
+    folder, c = exports.folder("k3_gqa"), exports.reference("k3_gqa").config
+    ops, manifest = _op_counts(folder), Manifest.read(folder)
+    n = c.num_hidden_layers
+    assert ops["Attention"] == n and ops["RotaryEmbedding"] == 2 * n and ops["RMSNormalization"] == 2 * n + 1
+    assert not ops.keys() & {"Softmax", "Expand", "ReduceMean", "Pow"}
+    assert manifest.opset == 23 and manifest.fused_ops
+
+
+def test_plain_graph_has_no_fused_ops(exports):
+    """--no-fused-ops at opset 18: only standard ops that predate opset 23; same numbers."""
+    folder, model = exports.folder("k3_gqa", "plain"), exports.reference("k3_gqa")
+    ops, manifest = _op_counts(folder), Manifest.read(folder)
+    assert not ops.keys() & FUSED_OPS
+    assert ops["Softmax"] == model.config.num_hidden_layers
+    assert manifest.opset == 18 and not manifest.fused_ops
+    report = validate_folder(folder, model, "fp32", decode_steps=4, lengths=(9, 3), seed=2)
+    assert report.passed, report.table()
+    fused = sum(_op_counts(exports.folder("k3_gqa")).values())
+    assert fused < 0.7 * sum(ops.values()), (fused, sum(ops.values()))
+
+
+def test_fused_modules_compute_the_reference(exports):
+    """The fused modules' eager forward (the custom ops' reference math) equals the model's
+    own modules: left-padded batch, a past, then a chunk of 3 tokens."""
+    from lmexport.exporters.onnx_graph import export_copy
+
+    model = exports.reference("k2_tied")
+    fused = export_copy(model, torch.float32, fused=True)
+    # per layer: attention, two adaptive norms, token mixing; plus the final norm
+    assert sum("Fused" in type(m).__name__ for m in fused.modules()) == 4 * model.config.num_hidden_layers + 1
+    c = model.config
+    ids, mask = left_padded(2, 8, c.vocab_size, c.pad_token_id, seed=4)
+    with torch.no_grad():
+        states = []
+        for net in (model, fused):
+            first = net(torch.from_numpy(ids[:, :5]), torch.from_numpy(mask[:, :5]))
+            second = net(torch.from_numpy(ids[:, 5:]), torch.from_numpy(mask),
+                         past_key_values=first.present_key_values, past_conv=first.present_conv,
+                         past_context=first.present_context)
+            states.append((first.logits, second.logits, second.present_key_values[-1][0]))
+    valid = [torch.from_numpy(mask[:, :5]).bool(), torch.from_numpy(mask[:, 5:]).bool()]
+    for i in range(2):
+        assert (states[0][i] - states[1][i])[valid[i]].abs().max() < 1e-5
+    assert (states[0][2] - states[1][2]).abs().max() < 1e-5
+
+
+def test_cli_fused_ops_need_opset_23(exports, tmp_path):
+    done = run_cli("onnx", exports.model_dir("k3_gqa"), "-o", tmp_path / "out", "--opset", 18)
+    _assert_one_line(done, "fused attention and norm ops need opset 23 (got 18); pass --no-fused-ops")
+    assert not (tmp_path / "out").exists()
 
 
 # ---------------------------------------------------------------- the folder itself

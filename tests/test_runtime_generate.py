@@ -169,9 +169,9 @@ def test_chat_keeps_state_between_turns(exported, eos):
         # the earlier turns were not fed again: the first call feeds only this turn's prompt
         assert calls[0][1] - calls[0][0] == len(before)
         assert chat.fed[:len(before)] == before and chat.rebuilds == 0
-        # the state holds exactly the fed tokens (keys: [1, kv_heads, past, head_dim])
+        # the state (OrtValues) holds exactly the fed tokens (keys: [1, kv_heads, past, head_dim])
         key = next(v for name, v in chat.state.items() if name.endswith(".key"))
-        assert key.shape[2] == len(chat.fed)
+        assert key.shape()[2] == len(chat.fed)
         # and the reply is what a fresh run over the same tokens gives
         prompt_len = calls[0][0]
         reply_ids = chat.fed[len(before) + prompt_len:]

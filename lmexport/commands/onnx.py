@@ -13,14 +13,18 @@ import click
               help="Weights and compute; fp16 keeps RMS statistics, gates, softmax and context sums in fp32.")
 @click.option("--quantize", type=click.Choice(["none", "int8", "int4"]), default="none", show_default=True,
               help="int8: dynamic MatMul quantization; int4: weight-only MatMulNBits (of the fp32 graph).")
-@click.option("--opset", type=int, default=18, show_default=True, help="ONNX opset (18..23).")
+@click.option("--opset", type=int, default=23, show_default=True,
+              help="ONNX opset (18..23; the fused ops need 23).")
+@click.option("--no-fused-ops", is_flag=True,
+              help="Write attention and norms as plain ONNX ops (MatMul, Softmax, ...) instead of the "
+                   "opset-23 Attention, RotaryEmbedding and RMSNormalization ops, for consumers that lack them.")
 @click.option("--block-size", type=int, default=32, show_default=True, help="int4: weights per scale.")
 @click.option("--accuracy-level", type=int, default=4, show_default=True,
               help="int4: MatMulNBits accuracy level (4 = int8 compute on CPU).")
 @click.option("--lm-head-int8", is_flag=True, help="int4: keep lm_head at 8 bits.")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with PyTorch (not recommended).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
-def onnx(model_dir, out_dir, dtype, quantize, opset, block_size, accuracy_level, lm_head_int8, no_validate,
+def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, block_size, accuracy_level, lm_head_int8, no_validate,
          overwrite):
     """Export a Liquid-Metal checkpoint to a stateful ONNX folder, validated against PyTorch.
 
@@ -35,7 +39,8 @@ def onnx(model_dir, out_dir, dtype, quantize, opset, block_size, accuracy_level,
     """
     from ..exporters.onnx import OnnxExportOptions, export_onnx
 
-    options = OnnxExportOptions(dtype=dtype, quantize=quantize, opset=opset, block_size=block_size,
+    options = OnnxExportOptions(dtype=dtype, quantize=quantize, opset=opset, fused_ops=not no_fused_ops,
+                                block_size=block_size,
                                 accuracy_level=accuracy_level, lm_head_bits=8 if lm_head_int8 else 4,
                                 validate=not no_validate)
     result = export_onnx(model_dir, out_dir, options, overwrite=overwrite)

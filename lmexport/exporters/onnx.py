@@ -33,8 +33,9 @@ from ..tensor_names import expected_tensors, lookup
 
 log = logging.getLogger(__name__)
 
+FUSED_MIN_OPSET = 23                # onnx_fused.FUSED_MIN_OPSET, kept here so options need no torch op registry
 SUPPORTED_OPSETS = range(18, 24)   # 17 and below: torch's version converter fails on this graph
-DEFAULT_OPSET = 18
+DEFAULT_OPSET = 23
 DTYPES = {"fp32": (torch.float32, "float32"), "fp16": (torch.float16, "float16")}
 QUANTIZATIONS = ("none", "int8", "int4")
 MODEL_FILE = "model.onnx"
@@ -46,6 +47,7 @@ class OnnxExportOptions:
     dtype: str = "fp32"                 # "fp32" | "fp16"
     quantize: str = "none"              # "none" | "int8" | "int4" (of the fp32 graph)
     opset: int = DEFAULT_OPSET
+    fused_ops: bool = True              # opset-23 Attention/RotaryEmbedding/RMSNormalization (onnx_fused)
     block_size: int = 32                # int4: weights per scale
     accuracy_level: int = 4             # int4: MatMulNBits accuracy_level (4 = int8 compute on CPU)
     lm_head_bits: int = 4               # int4: 8 keeps the output projection at 8 bits
@@ -64,6 +66,9 @@ class OnnxExportOptions:
         if self.opset not in SUPPORTED_OPSETS:
             problems.append(f"opset {self.opset} is not supported (supported: "
                             f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1})")
+        elif self.fused_ops and self.opset < FUSED_MIN_OPSET:
+            problems.append(f"fused attention and norm ops need opset {FUSED_MIN_OPSET} "
+                            f"(got {self.opset}); pass --no-fused-ops to export the plain graph at that opset")
         if self.block_size not in (16, 32, 64, 128, 256):
             problems.append(f"block size {self.block_size} is not one of 16, 32, 64, 128, 256")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
@@ -220,12 +225,14 @@ def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash
     inputs, outputs = graph_io(config, options.dtype)
     model_path = folder / MODEL_FILE
     if options.quantize == "none":
-        traced = trace(model, model_path, inputs, outputs, DTYPES[options.dtype][0], options.opset)
+        traced = trace(model, model_path, inputs, outputs, DTYPES[options.dtype][0], options.opset,
+                       options.fused_ops)
     else:
         from .onnx_quant import quantize
         staging = folder / ".fp32"
         staging.mkdir()
-        traced = trace(model, staging / MODEL_FILE, inputs, outputs, torch.float32, options.opset)
+        traced = trace(model, staging / MODEL_FILE, inputs, outputs, torch.float32, options.opset,
+                       options.fused_ops)
         quantize(staging / MODEL_FILE, model_path, options, DATA_FILE)
         shutil.rmtree(staging)
     _check_data_files(folder)
@@ -245,7 +252,7 @@ def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash
     files = {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.is_file()}
     manifest = Manifest(
         mode=config.context_mode, dtype=options.dtype, quantization=options.quantization(),
-        opset=traced.opset, source={"weights_hash": source_hash, "config": config.to_dict()},
+        opset=traced.opset, fused_ops=options.fused_ops, source={"weights_hash": source_hash, "config": config.to_dict()},
         num_layers=config.num_hidden_layers, inputs=inputs, outputs=outputs, files=files,
         tokenizer={"bos_token_id": config.bos_token_id, "eos_token_ids": config.eos_token_ids,
                    "pad_token_id": config.pad_token_id},

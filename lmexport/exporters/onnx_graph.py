@@ -70,8 +70,9 @@ class ExportLinear(nn.Module):
         return y if self.bias is None else y + self.bias
 
 
-def export_copy(model: LiquidMetalForCausalLM, dtype: torch.dtype) -> LiquidMetalForCausalLM:
-    """A copy of ``model`` in ``dtype`` with every nn.Linear swapped for ExportLinear.
+def export_copy(model: LiquidMetalForCausalLM, dtype: torch.dtype, fused: bool = False) -> LiquidMetalForCausalLM:
+    """A copy of ``model`` in ``dtype`` with every nn.Linear swapped for ExportLinear and,
+    with ``fused``, attention and norms swapped for their fused forms (onnx_fused).
 
     fp32 shares every parameter with ``model`` (no data copied); another dtype copies."""
     if dtype == torch.float32:
@@ -88,6 +89,9 @@ def export_copy(model: LiquidMetalForCausalLM, dtype: torch.dtype) -> LiquidMeta
         for name, child in list(module.named_children()):
             if isinstance(child, nn.Linear):
                 setattr(module, name, ExportLinear(child))
+    if fused:
+        from .onnx_fused import fuse_modules
+        fuse_modules(view)
     return view.eval()
 
 
@@ -192,9 +196,13 @@ def optimize_keeping_names(model) -> None:
 
 
 def trace(model: LiquidMetalForCausalLM, path: Path, inputs: list[IOSpec], outputs: list[IOSpec],
-          dtype: torch.dtype, opset: int) -> TracedGraph:
-    """Export ``model`` to ``path`` (+ ``path``.data) with the declared graph IO."""
-    view = export_copy(model, dtype)
+          dtype: torch.dtype, opset: int, fused: bool = False) -> TracedGraph:
+    """Export ``model`` to ``path`` (+ ``path``.data) with the declared graph IO; ``fused``
+    writes attention and norms as opset-23 ops (onnx_fused, needs opset >= 23)."""
+    view = export_copy(model, dtype, fused)
+    translations = {}
+    if fused:
+        from .onnx_fused import TRANSLATIONS as translations
     probes = probe_names(model.config.num_hidden_layers)
     wrapper = OnnxExportWrapper(view).eval()
     log.info("tracing the model with torch.export (opset %d)", opset)
@@ -204,7 +212,8 @@ def trace(model: LiquidMetalForCausalLM, path: Path, inputs: list[IOSpec], outpu
                 wrapper, example_inputs(inputs), dynamo=True, opset_version=opset,
                 input_names=[s.name for s in inputs],
                 output_names=[s.name for s in outputs] + list(probes.values()),
-                dynamic_shapes=dynamic_shapes(inputs), optimize=False, verbose=False)
+                dynamic_shapes=dynamic_shapes(inputs), custom_translation_table=translations,
+                optimize=False, verbose=False)
             optimize_keeping_names(program.model)
     except Exception as exc:  # torch.export raises many types; keep the first line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LiquidMetalConfig
-from .modules import CONTEXT_SLOTS, AdaptiveRMSNorm, ContextState, SqueezeExcitation, TokenMixing
+from .modules import CONTEXT_SLOTS, AdaptiveRMSNorm, ContextState, SqueezeExcitation, TokenMixing, valid_counts
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
@@ -217,14 +217,14 @@ class LiquidMetalForCausalLM(nn.Module):
         mask_all = attention_mask.float()                                # (B, P+T)
         mask = mask_all[:, mask_all.shape[1] - t:]                       # (B, T)
         past_count = mask_all[:, :mask_all.shape[1] - t].sum(dim=1, keepdim=True)  # (B, 1)
+        counts = valid_counts(mask, past_count) if c.streaming else None  # (B, T, 1)
         cos, sin = rope_cos_sin(position_ids, c.head_dim, c.rope_theta, x.dtype)
         bias = attention_bias(attention_mask, t)                          # (B, 1, T, P+T)
 
         presents_kv, presents_conv, presents_ctx = [], [], []
         intermediates: dict[str, torch.Tensor] | None = {} if return_intermediates else None
         for i, layer in enumerate(self.model.layers):
-            ctx = ContextState(mask, past_count if c.streaming else None,
-                               past_context[i] if c.streaming else None)
+            ctx = ContextState(mask, counts, past_context[i] if c.streaming else None)
             record: list[torch.Tensor] | None = [] if return_intermediates else None
             x, kv, window = layer(x, cos, sin, bias, ctx, past_key_values[i],
                                   past_conv[i] if c.streaming else None, record)

@@ -11,18 +11,25 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def valid_counts(mask: torch.Tensor, past_count: torch.Tensor) -> torch.Tensor:
+    """Valid tokens at or before each position of this call, at least 1: [B, T, 1].
+
+    mask [B, T]; past_count [B, 1] (valid tokens before this call). The same for every
+    context of every layer, so the model computes it once per call. A position with no
+    valid token yet divides its zero sum by 1."""
+    return (past_count.unsqueeze(1) + torch.cumsum(mask, dim=1).unsqueeze(-1)).clamp(min=1.0)
+
+
 def streaming_context(v: torch.Tensor, mask: torch.Tensor, past_sum: torch.Tensor,
-                      past_count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                      counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Causal mean over valid tokens: context(v)[t] = sum(v[<=t]) / count(<=t).
 
-    v [B, T, H]; mask [B, T]; past_sum [B, H]; past_count [B, 1] (valid tokens before
-    this call). Returns the context [B, T, H] and the new running sum [B, H].
-    A position with no valid token yet divides its zero sum by 1.
+    v [B, T, H]; mask [B, T]; past_sum [B, 1, H]; counts [B, T, 1] (``valid_counts``).
+    Returns the context [B, T, H] and the new running sum [B, 1, H].
     """
     v = v * mask.unsqueeze(-1)                                       # (B, T, H) pads -> 0
-    sums = past_sum.unsqueeze(1) + torch.cumsum(v, dim=1)            # (B, T, H)
-    counts = past_count.unsqueeze(1) + torch.cumsum(mask, dim=1).unsqueeze(-1)  # (B, T, 1)
-    return sums / counts.clamp(min=1.0), sums[:, -1, :]
+    sums = past_sum + torch.cumsum(v, dim=1)                         # (B, T, H)
+    return sums / counts, sums[:, -1:, :]
 
 
 def call_context(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -35,11 +42,11 @@ def call_context(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class ContextState:
     """The per-layer context inputs one module sees: mask, mode and its running sum."""
 
-    def __init__(self, mask: torch.Tensor, past_count: torch.Tensor | None,
-                 past_sums: torch.Tensor | None):
+    def __init__(self, mask: torch.Tensor, counts: torch.Tensor | None, past_sums: torch.Tensor | None):
         self.mask = mask                  # (B, T) float
-        self.past_count = past_count      # (B, 1) float, streaming only
-        self.past_sums = past_sums        # (B, 3, H), streaming only
+        self.counts = counts              # (B, T, 1) float (valid_counts), streaming only
+        # (B, 3, H) -> one (B, 1, H) running sum per slot, streaming only
+        self.past_sums = past_sums.split(1, dim=1) if past_sums is not None else None
         self.new_sums: dict[int, torch.Tensor] = {}
 
     @property
@@ -49,12 +56,12 @@ class ContextState:
     def context(self, v: torch.Tensor, slot: int) -> torch.Tensor:
         if not self.streaming:
             return call_context(v, self.mask)
-        ctx, new_sum = streaming_context(v, self.mask, self.past_sums[:, slot, :], self.past_count)
+        ctx, new_sum = streaming_context(v, self.mask, self.past_sums[slot], self.counts)
         self.new_sums[slot] = new_sum
         return ctx
 
     def present(self) -> torch.Tensor:
-        return torch.stack([self.new_sums[i] for i in range(len(CONTEXT_SLOTS))], dim=1)  # (B, 3, H)
+        return torch.cat([self.new_sums[i] for i in range(len(CONTEXT_SLOTS))], dim=1)  # (B, 3, H)
 
 
 # Slots of the [B, 3, H] context-sum state, in this order.

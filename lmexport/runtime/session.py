@@ -122,22 +122,22 @@ class Session:
              state: dict) -> tuple[np.ndarray, dict]:
         """One call; returns (logits on the host, the state for the next call).
 
-        On CUDA the state is kept as OrtValues on the device (IO binding), so it
-        never crosses to the host between calls.
+        The state is kept as OrtValues on the session's device (IO binding): the
+        presents of one call are bound as the pasts of the next without a copy or a
+        numpy conversion, on the CPU as on CUDA (on a 1.1B int4 decode step on 2 CPU
+        cores this saved about 2-3 ms of 37). ``state`` may start as numpy arrays
+        (``zero_state``).
         """
-        if self.device != "cuda":
-            out = self.run(input_ids, attention_mask, position_ids, state)
-            return out[self.logits_name], self.next_state(out)
         binding = self.session.io_binding()
         for name, value in ((self._roles["input_ids"], input_ids), (self._roles["attention_mask"], attention_mask),
                             (self._roles["position_ids"], position_ids)):
-            binding.bind_cpu_input(name, value)
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name, value in state.items():
             if isinstance(value, np.ndarray):
-                value = ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0)
+                value = ort.OrtValue.ortvalue_from_numpy(value, self.device, 0)
             binding.bind_ortvalue_input(name, value)
         for name in self.output_names:
-            binding.bind_output(name, "cpu" if name == self.logits_name else "cuda")
+            binding.bind_output(name, "cpu" if name == self.logits_name else self.device)
         self.session.run_with_iobinding(binding)
         outputs = dict(zip(self.output_names, binding.get_outputs()))
         return outputs[self.logits_name].numpy(), self.next_state(outputs)

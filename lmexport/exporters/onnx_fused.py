@@ -1,0 +1,181 @@
+"""Fused operators for the exported graph: ONNX opset-23 ``Attention``, ``RotaryEmbedding``
+and ``RMSNormalization`` instead of the dozens of small ops torch.onnx writes for them.
+
+Why: a decode step runs one token through every layer, so per-node overhead rivals the
+weight reads once the weights are quantized. Decomposed, a Liquid-Metal layer is about
+120 nodes (the GQA ``repeat_interleave`` alone is an Unsqueeze/Expand/Reshape chain per
+K and V, plus the KV Concat, the rotate_half Slice/Neg/Concat and the norm's
+Pow/ReduceMean/Add/Sqrt/Reciprocal); fused it is about 60 (benchmarks/RESULTS.md has the
+before and after). The token-mixing convolution is also written as a 2-D Conv, which
+onnxruntime runs with its depthwise kernel (``FusedTokenMixing``). The standard opset-23 ops are chosen over onnxruntime's contrib
+``GroupQueryAttention`` because GroupQueryAttention refuses a batch of more than one row
+that continues with several tokens (chunked prefill after a past), which this graph
+must run, and because standard ops keep the graph readable by any ONNX consumer.
+
+Export rewrite (STYLE.md, rule 7): ``fuse_modules`` swaps the class of the export
+copy's attention and norm modules for subclasses whose forward calls the two custom
+ops below; their eager implementations are the reference math (tests compare them with
+the modules they replace), and ``TRANSLATIONS`` tells torch.onnx which ONNX ops each
+one becomes. The graph interface (inputs, outputs, state) does not change.
+
+Choices written down:
+
+* The attention mask stays the model's additive bias [B, 1, T, P+T] (causal and left
+  padding in one tensor), so padded rows behave as in PyTorch; ``is_causal`` is 0.
+  In an fp16 graph the bias is clamped to -1e4 before the cast (float32's minimum would
+  become -inf, and a fully padded query row would then be NaN instead of finite garbage).
+* Rotary tables are passed per call ([B, T, head_dim/2], no ``position_ids`` and no
+  max-position cache), so any position id the caller gives works, as in the plain graph.
+* ``RMSNormalization`` gets a scale of ones and computes in float32 (``stash_type`` 1);
+  the weight (and the adaptive gate) multiply afterwards, exactly as the modules do.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+import torch.nn.functional as F
+from torch import nn
+
+from ..modeling.model import Attention, RMSNorm, rotate_half
+from ..modeling.modules import AdaptiveRMSNorm, TokenMixing
+
+FUSED_MIN_OPSET = 23
+FP16_MASK_FLOOR = -1e4
+
+
+# ---------------------------------------------------------------- custom ops (reference math)
+
+@torch.library.custom_op("lmexport::attention", mutates_args=())
+def attention(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, bias: Tensor,
+              past_key: Tensor, past_value: Tensor, num_heads: int,
+              kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    """RoPE on q and k, then causal GQA with a KV cache.
+
+    q (B, T, nh*D); k, v (B, T, kv*D); cos, sin (B, T, D/2); bias (B, 1, T, P+T) additive;
+    past_key, past_value (B, kv, P, D). Returns out (B, T, nh*D), present key and value
+    (B, kv, P+T, D)."""
+    b, t, _ = q.shape
+    d = past_key.shape[-1]
+    cos_full = torch.cat([cos, cos], dim=-1).unsqueeze(1)                 # (B, 1, T, D)
+    sin_full = torch.cat([sin, sin], dim=-1).unsqueeze(1)
+    qh = q.view(b, t, num_heads, d).transpose(1, 2)                       # (B, nh, T, D)
+    kh = k.view(b, t, kv_heads, d).transpose(1, 2)                        # (B, kv, T, D)
+    vh = v.view(b, t, kv_heads, d).transpose(1, 2)
+    qh = qh * cos_full + rotate_half(qh) * sin_full
+    kh = kh * cos_full + rotate_half(kh) * sin_full
+    key = torch.cat([past_key, kh], dim=2)                                # (B, kv, P+T, D)
+    value = torch.cat([past_value, vh], dim=2)
+    groups = num_heads // kv_heads
+    scores = torch.matmul(qh, key.repeat_interleave(groups, dim=1).transpose(2, 3)) / d ** 0.5
+    probs = torch.softmax(scores.float() + bias.float(), dim=-1).to(q.dtype)  # (B, nh, T, P+T)
+    out = torch.matmul(probs, value.repeat_interleave(groups, dim=1))    # (B, nh, T, D)
+    return out.transpose(1, 2).reshape(b, t, num_heads * d), key, value
+
+
+@attention.register_fake
+def _(q, k, v, cos, sin, bias, past_key, past_value, num_heads, kv_heads):
+    b, t, _ = q.shape
+    shape = (b, kv_heads, past_key.shape[2] + t, past_key.shape[3])
+    return q.new_empty(q.shape), past_key.new_empty(shape), past_value.new_empty(shape)
+
+
+@torch.library.custom_op("lmexport::rms_normalize", mutates_args=())
+def rms_normalize(x: Tensor, eps: float) -> Tensor:
+    """x * rsqrt(mean(x^2 over the last axis) + eps), computed and returned in float32."""
+    x32 = x.float()
+    return x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+
+
+@rms_normalize.register_fake
+def _(x, eps):
+    return x.new_empty(x.shape, dtype=torch.float32)
+
+
+# ---------------------------------------------------------------- ONNX translations
+
+def _attention_onnx(q, k, v, cos, sin, bias, past_key, past_value, num_heads: int, kv_heads: int):
+    from onnxscript import opset23 as op
+
+    q = op.RotaryEmbedding(q, cos, sin, num_heads=num_heads)
+    k = op.RotaryEmbedding(k, cos, sin, num_heads=kv_heads)
+    out, present_key, present_value, _ = op.Attention(    # the 4th (qk scores) is trimmed later
+        q, k, v, bias, past_key, past_value, q_num_heads=num_heads, kv_num_heads=kv_heads,
+        softmax_precision=1)                                             # softmax in FLOAT, as in PyTorch
+    return out, present_key, present_value
+
+
+def _rms_normalize_onnx(x, eps: float):
+    from onnxscript import opset23 as op
+
+    x32 = op.Cast(x, to=1)                                                # FLOAT
+    ones = op.Expand(op.Constant(value_float=1.0), op.Shape(x32, start=-1))
+    return op.RMSNormalization(x32, ones, axis=-1, epsilon=eps, stash_type=1)
+
+
+TRANSLATIONS = {
+    torch.ops.lmexport.attention.default: _attention_onnx,
+    torch.ops.lmexport.rms_normalize.default: _rms_normalize_onnx,
+}
+
+
+# ---------------------------------------------------------------- module swaps
+
+class FusedAttention(Attention):
+    """Attention whose core (RoPE, cache concat, GQA softmax) is the ``attention`` op."""
+
+    def forward(self, x, cos, sin, bias, past):
+        half = self.head_dim // 2
+        cos_h, sin_h = cos[:, 0, :, :half], sin[:, 0, :, :half]          # (B, T, D/2)
+        if x.dtype == torch.float16:
+            bias = bias.clamp(min=FP16_MASK_FLOOR)
+        out, key, value = attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), cos_h, sin_h,
+                                    bias.to(x.dtype), past[0], past[1], self.num_heads, self.num_kv_heads)
+        return self.o_proj(out), (key, value)
+
+
+class FusedAdaptiveRMSNorm(AdaptiveRMSNorm):
+    def forward(self, x, ctx):
+        dtype = x.dtype
+        r = rms_normalize(x, self.eps)                                    # (B, T, H) fp32
+        c = ctx.context(r, self.slot).to(dtype)
+        g = torch.sigmoid(self.gate(c).float())
+        return (self.weight.float() * r * g).to(dtype)
+
+
+class FusedRMSNorm(RMSNorm):
+    def forward(self, x):
+        return self.weight * rms_normalize(x, self.eps).to(x.dtype)
+
+
+class FusedTokenMixing(TokenMixing):
+    """The depthwise convolution as a 2-D Conv over (B, H, 1, T) with its weight stored
+    (H, 1, 1, K): onnxruntime's CPU provider runs 2-D depthwise convolutions with a
+    dedicated kernel and 1-D ones through a generic path (measured at H=2048: about
+    18 us against 180 us per decode call). The stored bytes are the canonical tensor's."""
+
+    def forward(self, n, mask, past_window):
+        x = (n * mask.unsqueeze(-1).to(n.dtype)).transpose(1, 2)        # (B, H, T) pads -> 0
+        weight, bias, groups = self.conv.weight, self.conv.bias, x.shape[1]  # weight (H, 1, 1, K)
+        if past_window is None:  # legacy: zero padding on both sides of this call
+            y = F.conv2d(x.unsqueeze(2), weight, bias, padding=(0, self.kernel_size // 2), groups=groups)
+            return y.squeeze(2).transpose(1, 2), None
+        window = torch.cat([past_window.to(x.dtype), x], dim=2)          # (B, H, K-1+T)
+        y = F.conv2d(window.unsqueeze(2), weight, bias, groups=groups).squeeze(2)  # (B, H, T)
+        return y.transpose(1, 2), window[:, :, window.shape[2] - (self.kernel_size - 1):]
+
+
+_SWAPS = ((Attention, FusedAttention), (AdaptiveRMSNorm, FusedAdaptiveRMSNorm), (RMSNorm, FusedRMSNorm),
+          (TokenMixing, FusedTokenMixing))
+
+
+def fuse_modules(model: nn.Module) -> None:
+    """Swap, in place, the class of every attention, norm and token-mixing module of an
+    export copy (never of the caller's model: the conv weight is replaced by a view)."""
+    for module in model.modules():
+        for plain, fused in _SWAPS:
+            if type(module) is plain:
+                module.__class__ = fused
+                if fused is FusedTokenMixing:
+                    conv = module.conv
+                    conv.weight = nn.Parameter(conv.weight.detach().unsqueeze(2), requires_grad=False)
