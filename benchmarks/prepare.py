@@ -6,7 +6,8 @@
 * ``liquid/``: that Llama converted by ``lmexport convert`` (modules near identity);
 * ``onnx-fp32/``, ``onnx-int8/``, ``onnx-int4/`` (and ``onnx-fp16/``): ``lmexport onnx``;
   ``onnx-fp32-plain/``, ``onnx-int4-plain/``: the same with ``--no-fused-ops --opset 18``
-  (the graph before the fused ops: the "before" rows of RESULTS.md);
+  (the graph before the fused ops: the "before" rows of RESULTS.md); ``onnx-int4-b128/``:
+  int4 with blocks of 128 weights per scale instead of 32;
 * ``optimum-fp32/``: ``optimum-cli export onnx --task text-generation-with-past`` of
   ``llama/``, run in the optimum virtual environment;
 * ``gguf/llama-{f16,q8_0,q4_0}.gguf``: ``lmexport gguf --arch llama`` of ``llama/``;
@@ -45,6 +46,7 @@ ONNX_VARIANTS = {  # name -> lmexport onnx options
     "int4": ["--quantize", "int4"],
     "fp32-plain": ["--no-fused-ops", "--opset", "18"],
     "int4-plain": ["--quantize", "int4", "--no-fused-ops", "--opset", "18"],
+    "int4-b128": ["--quantize", "int4", "--block-size", "128"],
 }
 GGUF_TYPES = ("f16", "q8_0", "q4_0")
 OPTIMUM_REQUIREMENTS = ["optimum-onnx[onnxruntime]"]

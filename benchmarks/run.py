@@ -33,10 +33,11 @@ log = logging.getLogger("bench")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 ALL_ROWS = ("pytorch-fp32", "pytorch-bf16", "onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int4",
-            "onnx-fp32-plain", "onnx-int4-plain",
+            "onnx-fp32-plain", "onnx-int4-plain", "onnx-int4-b128",
             "optimum-fp32", "llamacpp-f16", "llamacpp-q8_0", "llamacpp-q4_0")
 PROFILED = ("int4-plain", "int4", "fp32-plain", "fp32")     # ONNX variants --profile looks inside
-ONNX_LABELS = {"fp32-plain": "fp32, plain ops (before fusion)", "int4-plain": "int4, plain ops (before fusion)"}
+ONNX_LABELS = {"fp32-plain": "fp32, plain ops (before fusion)", "int4-plain": "int4, plain ops (before fusion)",
+               "int4-b128": "int4, block 128"}
 DEFAULT_ROWS = tuple(r for r in ALL_ROWS if r != "onnx-fp16")
 
 
