@@ -7,16 +7,19 @@ weight reads once the weights are quantized. Decomposed, a Liquid-Metal layer is
 K and V, plus the KV Concat, the rotate_half Slice/Neg/Concat and the norm's
 Pow/ReduceMean/Add/Sqrt/Reciprocal); fused it is about 60 (benchmarks/RESULTS.md has the
 before and after). The token-mixing convolution is also written as a 2-D Conv, which
-onnxruntime runs with its depthwise kernel (``FusedTokenMixing``). The standard opset-23 ops are chosen over onnxruntime's contrib
-``GroupQueryAttention`` because GroupQueryAttention refuses a batch of more than one row
-that continues with several tokens (chunked prefill after a past), which this graph
-must run, and because standard ops keep the graph readable by any ONNX consumer.
+onnxruntime runs with its depthwise kernel (``FusedTokenMixing``).
+
+The standard opset-23 ops are chosen over onnxruntime's contrib ``GroupQueryAttention``
+because GroupQueryAttention refuses a batch of more than one row that continues with
+several tokens (chunked prefill after a past), which this graph must run, and because
+standard ops keep the graph readable by any ONNX consumer.
 
 Export rewrite (STYLE.md, rule 7): ``fuse_modules`` swaps the class of the export
-copy's attention and norm modules for subclasses whose forward calls the two custom
-ops below; their eager implementations are the reference math (tests compare them with
-the modules they replace), and ``TRANSLATIONS`` tells torch.onnx which ONNX ops each
-one becomes. The graph interface (inputs, outputs, state) does not change.
+copy's attention, norm and token-mixing modules for subclasses; attention and norms
+call the two custom ops below, whose eager implementations are the reference math
+(tests compare them with the modules they replace), and ``TRANSLATIONS`` tells
+torch.onnx which ONNX ops each one becomes. The graph interface (inputs, outputs,
+state) does not change.
 
 Choices written down:
 
@@ -32,10 +35,8 @@ Choices written down:
 from __future__ import annotations
 
 import torch
-from torch import Tensor
-
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
 from ..modeling.model import Attention, RMSNorm, rotate_half
 from ..modeling.modules import AdaptiveRMSNorm, TokenMixing
