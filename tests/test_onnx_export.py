@@ -203,9 +203,10 @@ def test_reduced_precision_within_bounds(exports, precision):
 
 
 def test_fp16_keeps_fragile_parts_fp32(exports):
-    """Softmax, every Sigmoid of the gates and the RMS statistics run in float32: in the
-    fused graph the RMSNormalization inputs are float32 and Attention's softmax_precision
-    is FLOAT; in the plain graph Softmax and ReduceMean see float32."""
+    """Every Sigmoid of the gates and the RMS statistics run in float32 (the fused graph's
+    RMSNormalization inputs are float32), and Attention's mask is boolean, so no float32
+    minimum is cast to fp16 -inf. (Attention's softmax precision is the op's: onnxruntime's
+    CUDA kernels reject ``softmax_precision``; see onnx_fused.)"""
     folder = exports.folder("k3_gqa", "fp16")
     model = onnx.shape_inference.infer_shapes(onnx.load(str(folder / "model.onnx"), load_external_data=False))
     types = {v.name: v.type.tensor_type.elem_type for v in
@@ -218,8 +219,8 @@ def test_fp16_keeps_fragile_parts_fp32(exports):
             assert types.get(node.input[0]) == fp32, (node.name, types.get(node.input[0]))
             checked += 1
         if node.op_type == "Attention":
-            precision = {a.name: a.i for a in node.attribute}.get("softmax_precision")
-            assert precision == fp32, node.name
+            assert "softmax_precision" not in {a.name for a in node.attribute}, node.name
+            assert types.get(node.input[3]) == onnx.TensorProto.BOOL, node.name
             checked += 1
     assert checked >= 2 * (3 + 2 + 1) + 1       # per layer 3 gates, 2 norms, attention; final norm
     weights = {t.name: t.data_type for t in model.graph.initializer}

@@ -23,10 +23,14 @@ state) does not change.
 
 Choices written down:
 
-* The attention mask stays the model's additive bias [B, 1, T, P+T] (causal and left
-  padding in one tensor), so padded rows behave as in PyTorch; ``is_causal`` is 0.
-  In an fp16 graph the bias is clamped to -1e4 before the cast (float32's minimum would
-  become -inf, and a fully padded query row would then be NaN instead of finite garbage).
+* The attention mask is boolean, [B, 1, T, P+T], read off the model's additive bias
+  (causal and left padding in one tensor), so padded rows behave as in PyTorch and a
+  fully padded query row stays finite; ``is_causal`` is 0. Boolean, not additive: it
+  needs no cast in an fp16 graph (float32's minimum would become -inf there), and it is
+  the mask form onnxruntime's CUDA kernels accept for decoding with a past.
+* ``softmax_precision`` is not set: in an fp32 graph softmax is float32 anyway, and
+  onnxruntime's CUDA Attention kernels reject the attribute (NOT_IMPLEMENTED). In an
+  fp16 graph softmax therefore follows the op's implementation, not PyTorch's float32.
 * Rotary tables are passed per call ([B, T, head_dim/2], no ``position_ids`` and no
   max-position cache), so any position id the caller gives works, as in the plain graph.
 * ``RMSNormalization`` gets a scale of ones and computes in float32 (``stash_type`` 1);
@@ -42,18 +46,17 @@ from ..modeling.model import Attention, RMSNorm, rotate_half
 from ..modeling.modules import AdaptiveRMSNorm, TokenMixing
 
 FUSED_MIN_OPSET = 23
-FP16_MASK_FLOOR = -1e4
 
 
 # ---------------------------------------------------------------- custom ops (reference math)
 
 @torch.library.custom_op("lmexport::attention", mutates_args=())
-def attention(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, bias: Tensor,
+def attention(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, allowed: Tensor,
               past_key: Tensor, past_value: Tensor, num_heads: int,
               kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
     """RoPE on q and k, then causal GQA with a KV cache.
 
-    q (B, T, nh*D); k, v (B, T, kv*D); cos, sin (B, T, D/2); bias (B, 1, T, P+T) additive;
+    q (B, T, nh*D); k, v (B, T, kv*D); cos, sin (B, T, D/2); allowed (B, 1, T, P+T) bool;
     past_key, past_value (B, kv, P, D). Returns out (B, T, nh*D), present key and value
     (B, kv, P+T, D)."""
     b, t, _ = q.shape
@@ -69,13 +72,14 @@ def attention(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, bias: T
     value = torch.cat([past_value, vh], dim=2)
     groups = num_heads // kv_heads
     scores = torch.matmul(qh, key.repeat_interleave(groups, dim=1).transpose(2, 3)) / d ** 0.5
-    probs = torch.softmax(scores.float() + bias.float(), dim=-1).to(q.dtype)  # (B, nh, T, P+T)
+    bias = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)     # as modeling.attention_bias
+    probs = torch.softmax(scores.float() + bias, dim=-1).to(q.dtype)     # (B, nh, T, P+T)
     out = torch.matmul(probs, value.repeat_interleave(groups, dim=1))    # (B, nh, T, D)
     return out.transpose(1, 2).reshape(b, t, num_heads * d), key, value
 
 
 @attention.register_fake
-def _(q, k, v, cos, sin, bias, past_key, past_value, num_heads, kv_heads):
+def _(q, k, v, cos, sin, allowed, past_key, past_value, num_heads, kv_heads):
     b, t, _ = q.shape
     shape = (b, kv_heads, past_key.shape[2] + t, past_key.shape[3])
     return q.new_empty(q.shape), past_key.new_empty(shape), past_value.new_empty(shape)
@@ -95,14 +99,13 @@ def _(x, eps):
 
 # ---------------------------------------------------------------- ONNX translations
 
-def _attention_onnx(q, k, v, cos, sin, bias, past_key, past_value, num_heads: int, kv_heads: int):
+def _attention_onnx(q, k, v, cos, sin, allowed, past_key, past_value, num_heads: int, kv_heads: int):
     from onnxscript import opset23 as op
 
     q = op.RotaryEmbedding(q, cos, sin, num_heads=num_heads)
     k = op.RotaryEmbedding(k, cos, sin, num_heads=kv_heads)
     out, present_key, present_value, _ = op.Attention(    # the 4th (qk scores) is trimmed later
-        q, k, v, bias, past_key, past_value, q_num_heads=num_heads, kv_num_heads=kv_heads,
-        softmax_precision=1)                                             # softmax in FLOAT, as in PyTorch
+        q, k, v, allowed, past_key, past_value, q_num_heads=num_heads, kv_num_heads=kv_heads)
     return out, present_key, present_value
 
 
@@ -128,10 +131,9 @@ class FusedAttention(Attention):
     def forward(self, x, cos, sin, bias, past):
         half = self.head_dim // 2
         cos_h, sin_h = cos[:, 0, :, :half], sin[:, 0, :, :half]          # (B, T, D/2)
-        if x.dtype == torch.float16:
-            bias = bias.clamp(min=FP16_MASK_FLOOR)
+        allowed = bias == 0.0                                             # (B, 1, T, P+T) bool
         out, key, value = attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), cos_h, sin_h,
-                                    bias.to(x.dtype), past[0], past[1], self.num_heads, self.num_kv_heads)
+                                    allowed, past[0], past[1], self.num_heads, self.num_kv_heads)
         return self.o_proj(out), (key, value)
 
 

@@ -116,7 +116,7 @@ class Session:
         """One call on the host; returns every output by name (numpy)."""
         feeds = {self._roles["input_ids"]: input_ids, self._roles["attention_mask"]: attention_mask,
                  self._roles["position_ids"]: position_ids, **state}
-        return dict(zip(self.output_names, self.session.run(None, feeds)))
+        return dict(zip(self.output_names, self._call(lambda: self.session.run(None, feeds))))
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
              state: dict) -> tuple[np.ndarray, dict]:
@@ -138,9 +138,26 @@ class Session:
             binding.bind_ortvalue_input(name, value)
         for name in self.output_names:
             binding.bind_output(name, "cpu" if name == self.logits_name else self.device)
-        self.session.run_with_iobinding(binding)
+        self._call(lambda: self.session.run_with_iobinding(binding))
         outputs = dict(zip(self.output_names, binding.get_outputs()))
         return outputs[self.logits_name].numpy(), self.next_state(outputs)
+
+
+    def _call(self, run):
+        """Run one call; a kernel the provider lacks becomes one clear DeviceError.
+
+        onnxruntime's CUDA Attention(23) kernels do not cover every case the CPU ones do
+        (in some releases: grouped-query attention with a KV cache and a mask), and report
+        it only when the node runs. The plain graph (``--no-fused-ops``) avoids the op."""
+        try:
+            return run()
+        except (ort.capi.onnxruntime_pybind11_state.NotImplemented,
+                ort.capi.onnxruntime_pybind11_state.EPFail) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:240]
+            fused = self.manifest.fused_ops and "Attention" in str(exc)
+            raise DeviceError(f"ONNX Runtime on {self.device} cannot run {self.folder}: {first}",
+                              hint="re-export it with `lmexport onnx --no-fused-ops` for this provider, "
+                                   "or use --device cpu" if fused else "use --device cpu") from exc
 
 
 def positions_from_mask(mask: np.ndarray, new_tokens: int) -> np.ndarray:
