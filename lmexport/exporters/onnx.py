@@ -33,7 +33,7 @@ from ..tensor_names import expected_tensors, lookup
 
 log = logging.getLogger(__name__)
 
-FUSED_MIN_OPSET = 23                # onnx_fused.FUSED_MIN_OPSET, kept here so options need no torch op registry
+FUSED_MIN_OPSET = 23                # the opset of Attention, RotaryEmbedding, RMSNormalization (onnx_fused)
 SUPPORTED_OPSETS = range(18, 24)   # 17 and below: torch's version converter fails on this graph
 DEFAULT_OPSET = 23
 DTYPES = {"fp32": (torch.float32, "float32"), "fp16": (torch.float16, "float16")}

@@ -45,9 +45,6 @@ from torch import Tensor, nn
 from ..modeling.model import Attention, RMSNorm, rotate_half
 from ..modeling.modules import AdaptiveRMSNorm, TokenMixing
 
-FUSED_MIN_OPSET = 23
-
-
 # ---------------------------------------------------------------- custom ops (reference math)
 
 @torch.library.custom_op("lmexport::attention", mutates_args=())

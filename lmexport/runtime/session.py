@@ -142,7 +142,6 @@ class Session:
         outputs = dict(zip(self.output_names, binding.get_outputs()))
         return outputs[self.logits_name].numpy(), self.next_state(outputs)
 
-
     def _call(self, run):
         """Run one call; a kernel the provider lacks becomes one clear DeviceError.
 
