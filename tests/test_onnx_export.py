@@ -259,8 +259,9 @@ def test_plain_graph_has_no_fused_ops(exports):
 
 
 def test_fused_modules_compute_the_reference(exports):
-    """The fused modules' eager forward (the custom ops' reference math) equals the model's
-    own modules: left-padded batch, a past, then a chunk of 3 tokens."""
+    """The fused modules' eager forward (half rotary tables, boolean mask, 2-D depthwise
+    conv, the custom ops) equals the model's own modules: left-padded batch, a past, then
+    a chunk of 3 tokens."""
     from lmexport.exporters.onnx_graph import export_copy
 
     model = exports.reference("k2_tied")

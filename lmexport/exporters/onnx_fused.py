@@ -3,7 +3,7 @@ and ``RMSNormalization`` instead of the dozens of small ops torch.onnx writes fo
 
 Why: a decode step runs one token through every layer, so per-node overhead rivals the
 weight reads once the weights are quantized. Decomposed, a Liquid-Metal layer is about
-120 nodes (the GQA ``repeat_interleave`` alone is an Unsqueeze/Expand/Reshape chain per
+110 nodes (the GQA ``repeat_interleave`` alone is an Unsqueeze/Expand/Reshape chain per
 K and V, plus the KV Concat, the rotate_half Slice/Neg/Concat and the norm's
 Pow/ReduceMean/Add/Sqrt/Reciprocal); fused it is about 60 (benchmarks/RESULTS.md has the
 before and after). The token-mixing convolution is also written as a 2-D Conv, which
@@ -15,11 +15,12 @@ several tokens (chunked prefill after a past), which this graph must run, and be
 standard ops keep the graph readable by any ONNX consumer.
 
 Export rewrite (STYLE.md, rule 7): ``fuse_modules`` swaps the class of the export
-copy's attention, norm and token-mixing modules for subclasses; attention and norms
-call the two custom ops below, whose eager implementations are the reference math
-(tests compare them with the modules they replace), and ``TRANSLATIONS`` tells
-torch.onnx which ONNX ops each one becomes. The graph interface (inputs, outputs,
-state) does not change.
+copy's attention, norm and token-mixing modules for subclasses that override one hook
+each (``Attention.attend``, ``normalize``, ``TokenMixing.depthwise``); attention and
+norms call the two custom ops below, whose eager forms call the modeling functions
+(``attention_core``, ``rms_normalize``), so no math is written twice, and
+``TRANSLATIONS`` tells torch.onnx which ONNX ops each one becomes. The graph interface
+(inputs, outputs, state) does not change.
 
 Choices written down:
 
@@ -42,37 +43,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..modeling.model import Attention, RMSNorm, rotate_half
+from ..modeling.model import Attention, RMSNorm, attention_core
 from ..modeling.modules import AdaptiveRMSNorm, TokenMixing
+from ..modeling.modules import rms_normalize as reference_rms_normalize
 
-# ---------------------------------------------------------------- custom ops (reference math)
+# ---------------------------------------------------------------- custom ops (eager: the modeling math)
 
 @torch.library.custom_op("lmexport::attention", mutates_args=())
 def attention(q: Tensor, k: Tensor, v: Tensor, cos: Tensor, sin: Tensor, allowed: Tensor,
               past_key: Tensor, past_value: Tensor, num_heads: int,
               kv_heads: int) -> tuple[Tensor, Tensor, Tensor]:
-    """RoPE on q and k, then causal GQA with a KV cache.
+    """RoPE on q and k, then causal GQA with a KV cache (``modeling.model.attention_core``).
 
     q (B, T, nh*D); k, v (B, T, kv*D); cos, sin (B, T, D/2); allowed (B, 1, T, P+T) bool;
     past_key, past_value (B, kv, P, D). Returns out (B, T, nh*D), present key and value
     (B, kv, P+T, D)."""
-    b, t, _ = q.shape
-    d = past_key.shape[-1]
     cos_full = torch.cat([cos, cos], dim=-1).unsqueeze(1)                 # (B, 1, T, D)
     sin_full = torch.cat([sin, sin], dim=-1).unsqueeze(1)
-    qh = q.view(b, t, num_heads, d).transpose(1, 2)                       # (B, nh, T, D)
-    kh = k.view(b, t, kv_heads, d).transpose(1, 2)                        # (B, kv, T, D)
-    vh = v.view(b, t, kv_heads, d).transpose(1, 2)
-    qh = qh * cos_full + rotate_half(qh) * sin_full
-    kh = kh * cos_full + rotate_half(kh) * sin_full
-    key = torch.cat([past_key, kh], dim=2)                                # (B, kv, P+T, D)
-    value = torch.cat([past_value, vh], dim=2)
-    groups = num_heads // kv_heads
-    scores = torch.matmul(qh, key.repeat_interleave(groups, dim=1).transpose(2, 3)) / d ** 0.5
     bias = torch.where(allowed, 0.0, torch.finfo(torch.float32).min)     # as modeling.attention_bias
-    probs = torch.softmax(scores.float() + bias, dim=-1).to(q.dtype)     # (B, nh, T, P+T)
-    out = torch.matmul(probs, value.repeat_interleave(groups, dim=1))    # (B, nh, T, D)
-    return out.transpose(1, 2).reshape(b, t, num_heads * d), key, value
+    out, (key, value) = attention_core(q, k, v, cos_full, sin_full, bias, (past_key, past_value),
+                                       num_heads, kv_heads)
+    return out, key, value
 
 
 @attention.register_fake
@@ -84,9 +75,8 @@ def _(q, k, v, cos, sin, allowed, past_key, past_value, num_heads, kv_heads):
 
 @torch.library.custom_op("lmexport::rms_normalize", mutates_args=())
 def rms_normalize(x: Tensor, eps: float) -> Tensor:
-    """x * rsqrt(mean(x^2 over the last axis) + eps), computed and returned in float32."""
-    x32 = x.float()
-    return x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    """``modeling.modules.rms_normalize``: x / rms(x), computed and returned in float32."""
+    return reference_rms_normalize(x, eps)
 
 
 @rms_normalize.register_fake
@@ -120,49 +110,39 @@ TRANSLATIONS = {
 }
 
 
-# ---------------------------------------------------------------- module swaps
+# ---------------------------------------------------------------- module swaps (one hook each)
 
 class FusedAttention(Attention):
-    """Attention whose core (RoPE, cache concat, GQA softmax) is the ``attention`` op."""
+    """RoPE, cache concat and GQA softmax as the ``attention`` op."""
 
-    def forward(self, x, cos, sin, bias, past):
+    def attend(self, q, k, v, cos, sin, bias, past):
         half = self.head_dim // 2
         cos_h, sin_h = cos[:, 0, :, :half], sin[:, 0, :, :half]          # (B, T, D/2)
         allowed = bias == 0.0                                             # (B, 1, T, P+T) bool
-        out, key, value = attention(self.q_proj(x), self.k_proj(x), self.v_proj(x), cos_h, sin_h,
-                                    allowed, past[0], past[1], self.num_heads, self.num_kv_heads)
-        return self.o_proj(out), (key, value)
+        out, key, value = attention(q, k, v, cos_h, sin_h, allowed, past[0], past[1],
+                                    self.num_heads, self.num_kv_heads)
+        return out, (key, value)
 
 
 class FusedAdaptiveRMSNorm(AdaptiveRMSNorm):
-    def forward(self, x, ctx):
-        dtype = x.dtype
-        r = rms_normalize(x, self.eps)                                    # (B, T, H) fp32
-        c = ctx.context(r, self.slot).to(dtype)
-        g = torch.sigmoid(self.gate(c).float())
-        return (self.weight.float() * r * g).to(dtype)
+    def normalize(self, x):
+        return rms_normalize(x, self.eps)
 
 
 class FusedRMSNorm(RMSNorm):
-    def forward(self, x):
-        return self.weight * rms_normalize(x, self.eps).to(x.dtype)
+    def normalize(self, x):
+        return rms_normalize(x, self.eps)
 
 
 class FusedTokenMixing(TokenMixing):
-    """The depthwise convolution as a 2-D Conv over (B, H, 1, T) with its weight stored
+    """The depthwise convolution as a 2-D Conv over (B, H, 1, L) with its weight stored
     (H, 1, 1, K): onnxruntime's CPU provider runs 2-D depthwise convolutions with a
     dedicated kernel and 1-D ones through a generic path (measured at H=2048: about
     18 us against 180 us per decode call). The stored bytes are the canonical tensor's."""
 
-    def forward(self, n, mask, past_window):
-        x = (n * mask.unsqueeze(-1).to(n.dtype)).transpose(1, 2)        # (B, H, T) pads -> 0
-        weight, bias, groups = self.conv.weight, self.conv.bias, x.shape[1]  # weight (H, 1, 1, K)
-        if past_window is None:  # legacy: zero padding on both sides of this call
-            y = F.conv2d(x.unsqueeze(2), weight, bias, padding=(0, self.kernel_size // 2), groups=groups)
-            return y.squeeze(2).transpose(1, 2), None
-        window = torch.cat([past_window.to(x.dtype), x], dim=2)          # (B, H, K-1+T)
-        y = F.conv2d(window.unsqueeze(2), weight, bias, groups=groups).squeeze(2)  # (B, H, T)
-        return y.transpose(1, 2), window[:, :, window.shape[2] - (self.kernel_size - 1):]
+    def depthwise(self, x, padding):
+        return F.conv2d(x.unsqueeze(2), self.conv.weight, self.conv.bias, padding=(0, padding),
+                        groups=x.shape[1]).squeeze(2)
 
 
 _SWAPS = ((Attention, FusedAttention), (AdaptiveRMSNorm, FusedAdaptiveRMSNorm), (RMSNorm, FusedRMSNorm),

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import LiquidMetalConfig
-from .modules import CONTEXT_SLOTS, AdaptiveRMSNorm, ContextState, SqueezeExcitation, TokenMixing, valid_counts
+from .modules import (CONTEXT_SLOTS, AdaptiveRMSNorm, ContextState, SqueezeExcitation, TokenMixing, rms_normalize,
+                      valid_counts)
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
@@ -44,10 +45,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(hidden_size))
         self.eps = eps
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """x / rms(x) in float32. The ONNX export swaps in a fused op here."""
+        return rms_normalize(x, self.eps)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * x32.to(x.dtype)
+        return self.weight * self.normalize(x).to(x.dtype)
 
 
 def rope_cos_sin(position_ids: torch.Tensor, head_dim: int, theta: float,
@@ -77,22 +80,37 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, bias: torch.Tensor,
                 past: KV | None) -> tuple[torch.Tensor, KV]:
-        b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)     # (B, nh, T, D)
-        k = self.k_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, kv, T, D)
-        v = self.v_proj(x).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, kv, T, D)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
-        if past is not None:
-            k = torch.cat([past[0], k], dim=2)                        # (B, kv, P+T, D)
-            v = torch.cat([past[1], v], dim=2)
-        groups = self.num_heads // self.num_kv_heads
-        k_all = k.repeat_interleave(groups, dim=1)                    # (B, nh, P+T, D)
-        v_all = v.repeat_interleave(groups, dim=1)
-        scores = torch.matmul(q, k_all.transpose(2, 3)) / (self.head_dim ** 0.5)  # (B, nh, T, P+T)
-        probs = torch.softmax(scores.float() + bias, dim=-1).to(q.dtype)
-        out = torch.matmul(probs, v_all).transpose(1, 2).reshape(b, t, -1)        # (B, T, nh*D)
-        return self.o_proj(out), (k, v)
+        out, present = self.attend(self.q_proj(x), self.k_proj(x), self.v_proj(x), cos, sin, bias, past)
+        return self.o_proj(out), present                              # (B, T, H)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               bias: torch.Tensor, past: KV | None) -> tuple[torch.Tensor, KV]:
+        """RoPE, cache and GQA softmax on projected q, k, v. The ONNX export swaps in a fused op here."""
+        return attention_core(q, k, v, cos, sin, bias, past, self.num_heads, self.num_kv_heads)
+
+
+def attention_core(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                   bias: torch.Tensor, past: KV | None, num_heads: int, num_kv_heads: int) -> tuple[torch.Tensor, KV]:
+    """q (B, T, nh*D), k and v (B, T, kv*D); cos, sin (B, 1, T, D); bias (B, 1, T, P+T).
+
+    Returns the attention output (B, T, nh*D) and the present key and value (B, kv, P+T, D)."""
+    b, t, _ = q.shape
+    d = q.shape[-1] // num_heads
+    q = q.view(b, t, num_heads, d).transpose(1, 2)                    # (B, nh, T, D)
+    k = k.view(b, t, num_kv_heads, d).transpose(1, 2)                 # (B, kv, T, D)
+    v = v.view(b, t, num_kv_heads, d).transpose(1, 2)                 # (B, kv, T, D)
+    q = q * cos + rotate_half(q) * sin
+    k = k * cos + rotate_half(k) * sin
+    if past is not None:
+        k = torch.cat([past[0], k], dim=2)                            # (B, kv, P+T, D)
+        v = torch.cat([past[1], v], dim=2)
+    groups = num_heads // num_kv_heads
+    k_all = k.repeat_interleave(groups, dim=1)                        # (B, nh, P+T, D)
+    v_all = v.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(q, k_all.transpose(2, 3)) / (d ** 0.5)     # (B, nh, T, P+T)
+    probs = torch.softmax(scores.float() + bias, dim=-1).to(q.dtype)
+    out = torch.matmul(probs, v_all).transpose(1, 2).reshape(b, t, -1)  # (B, T, nh*D)
+    return out, (k, v)
 
 
 class MLP(nn.Module):

@@ -11,6 +11,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def rms_normalize(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """x * rsqrt(mean(x^2 over the last axis) + eps), computed and returned in float32."""
+    x32 = x.float()
+    return x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+
+
 def valid_counts(mask: torch.Tensor, past_count: torch.Tensor) -> torch.Tensor:
     """Valid tokens at or before each position of this call, at least 1: [B, T, 1].
 
@@ -78,10 +84,13 @@ class AdaptiveRMSNorm(nn.Module):
         self.eps = eps
         self.slot = slot
 
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        """r, (B, T, H) float32. The ONNX export swaps in a fused op here."""
+        return rms_normalize(x, self.eps)
+
     def forward(self, x: torch.Tensor, ctx: ContextState) -> torch.Tensor:
         dtype = x.dtype
-        x32 = x.float()
-        r = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)  # (B, T, H) fp32
+        r = self.normalize(x)                                        # (B, T, H) fp32
         c = ctx.context(r, self.slot).to(dtype)                      # (B, T, H)
         g = torch.sigmoid(self.gate(c).float())                      # (B, T, H) fp32
         return (self.weight.float() * r * g).to(dtype)
@@ -99,12 +108,15 @@ class TokenMixing(nn.Module):
                 past_window: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
         x = (n * mask.unsqueeze(-1).to(n.dtype)).transpose(1, 2)    # (B, H, T) pads -> 0
         if past_window is None:  # legacy: zero padding on both sides of this call
-            y = F.conv1d(x, self.conv.weight, self.conv.bias, padding=self.kernel_size // 2,
-                         groups=x.shape[1])                          # (B, H, T)
-            return y.transpose(1, 2), None
+            return self.depthwise(x, self.kernel_size // 2).transpose(1, 2), None
         window = torch.cat([past_window.to(x.dtype), x], dim=2)      # (B, H, K-1+T)
-        y = F.conv1d(window, self.conv.weight, self.conv.bias, groups=x.shape[1])  # (B, H, T)
+        y = self.depthwise(window, 0)                                # (B, H, T)
         return y.transpose(1, 2), window[:, :, window.shape[2] - (self.kernel_size - 1):]
+
+    def depthwise(self, x: torch.Tensor, padding: int) -> torch.Tensor:
+        """The convolution itself, (B, H, L) -> (B, H, L + 2*padding - K + 1). The ONNX
+        export swaps in a 2-D form here."""
+        return F.conv1d(x, self.conv.weight, self.conv.bias, padding=padding, groups=x.shape[1])
 
 
 class SqueezeExcitation(nn.Module):
