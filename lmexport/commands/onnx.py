@@ -24,8 +24,8 @@ import click
 @click.option("--lm-head-int8", is_flag=True, help="int4: keep lm_head at 8 bits.")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with PyTorch (not recommended).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
-def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, block_size, accuracy_level, lm_head_int8, no_validate,
-         overwrite):
+def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, block_size, accuracy_level, lm_head_int8,
+         no_validate, overwrite):
     """Export a Liquid-Metal checkpoint to a stateful ONNX folder, validated against PyTorch.
 
     One graph serves prefill and decode; the folder's lmexport.json names every input
@@ -40,8 +40,8 @@ def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, block_size, a
     from ..exporters.onnx import OnnxExportOptions, export_onnx
 
     options = OnnxExportOptions(dtype=dtype, quantize=quantize, opset=opset, fused_ops=not no_fused_ops,
-                                block_size=block_size,
-                                accuracy_level=accuracy_level, lm_head_bits=8 if lm_head_int8 else 4,
+                                block_size=block_size, accuracy_level=accuracy_level,
+                                lm_head_bits=8 if lm_head_int8 else 4,
                                 validate=not no_validate)
     result = export_onnx(model_dir, out_dir, options, overwrite=overwrite)
     if result.report is not None:

@@ -252,7 +252,8 @@ def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash
     files = {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.is_file()}
     manifest = Manifest(
         mode=config.context_mode, dtype=options.dtype, quantization=options.quantization(),
-        opset=traced.opset, fused_ops=options.fused_ops, source={"weights_hash": source_hash, "config": config.to_dict()},
+        opset=traced.opset, fused_ops=options.fused_ops,
+        source={"weights_hash": source_hash, "config": config.to_dict()},
         num_layers=config.num_hidden_layers, inputs=inputs, outputs=outputs, files=files,
         tokenizer={"bos_token_id": config.bos_token_id, "eos_token_ids": config.eos_token_ids,
                    "pad_token_id": config.pad_token_id},
