@@ -9,13 +9,14 @@ traceback instead.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import logging
 import signal
 import sys
 
 import click
 
-from .errors import EXIT_INTERRUPTED, EXIT_USAGE, LmexportError
+from lmexport.errors import EXIT_INTERRUPTED, EXIT_USAGE, LmexportError
 
 # name -> (module, function, one-line help); the help is here so `lmexport --help`
 # does not import every command.
