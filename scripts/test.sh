@@ -2,6 +2,7 @@
 # The test command: set up (idempotent), then run the whole suite offline.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/system_deps.sh          # compilers, cmake, node (only what is missing)
 bash scripts/setup.sh
 . .venv/bin/activate
 bash scripts/plain_wheels.sh          # wheels for the plain-install test (a fresh venv built offline)
