@@ -13,7 +13,7 @@ import pytest
 from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
 
 from lmexport.errors import ArtifactError, DeviceError, GenerationError
-from lmexport.runtime.generator import Generation, _Row, held_back
+from lmexport.runtime.generator import Generation, RowProgress, held_back
 from lmexport.runtime.sampling import SamplingParams, apply_repetition_penalty, choose, filter_top_k_top_p
 from lmexport.runtime.ort import choose_providers
 from lmexport.runtime.tokenizer import TextTokenizer
@@ -45,7 +45,7 @@ def sentencepiece_folder(folder, chat_template=None):
 
 def stream_tokens(tokenizer, prompt, tokens, stops=(), eos=frozenset()):
     gen = Generation(prompt)
-    row = _Row(gen, tokenizer, tokenizer.encode(prompt), stops)
+    row = RowProgress(gen, tokenizer, tokenizer.encode(prompt), stops)
     pieces = []
     for t in tokens:
         pieces.append(row.update(set(eos), t))
