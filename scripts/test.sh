@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # The test command: set up (idempotent), then run the whole suite offline.
+# Then tests/optimum in its own environment (.venv-optimum: optimum-onnx pins
+# transformers<4.58); skipped when pytest arguments are given or LMEXPORT_OPTIMUM=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
 python -m pytest -q "$@"
+if [ $# -eq 0 ] && [ "${LMEXPORT_OPTIMUM:-1}" != 0 ]; then
+  bash scripts/setup_optimum.sh
+  .venv-optimum/bin/python -m pytest -q --confcutdir tests/optimum tests/optimum
+fi
