@@ -23,9 +23,9 @@ except ImportError as exc:  # an extra that is not installed: say which one
                       "install them with: pip install 'lmexport[optimum]' "
                       "(or run scripts/setup_optimum.sh for a ready environment)") from exc
 
-from .config import LiquidMetalHFConfig, config_from_manifest
-from .modeling import ORTModelForLiquidMetal
-from .state import OnnxState
-from .tokenizer import load_tokenizer
+from lmexport.optimum.config import LiquidMetalHFConfig, config_from_manifest
+from lmexport.optimum.modeling import ORTModelForLiquidMetal
+from lmexport.optimum.state import OnnxState
+from lmexport.optimum.tokenizer import load_tokenizer
 
 __all__ = ["LiquidMetalHFConfig", "ORTModelForLiquidMetal", "OnnxState", "config_from_manifest", "load_tokenizer"]

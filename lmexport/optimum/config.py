@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from transformers import AutoConfig, PretrainedConfig
 
-from ..manifest import Manifest
-from ..modeling.config import MODEL_TYPE
+from lmexport.manifest import Manifest
+from lmexport.modeling.config import MODEL_TYPE
 
 
 class LiquidMetalHFConfig(PretrainedConfig):

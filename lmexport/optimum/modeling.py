@@ -18,6 +18,7 @@ tensors that share memory with them); optimum's IO binding is not used.
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -25,11 +26,11 @@ import torch
 from optimum.onnxruntime import ORTModelForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..errors import ArtifactError, GenerationError
-from ..manifest import Manifest, check_files
-from ..runtime.session import positions_from_mask
-from .config import config_from_manifest
-from .state import OnnxState
+from lmexport.errors import ArtifactError, GenerationError
+from lmexport.manifest import MANIFEST_FILE, Manifest, check_files
+from lmexport.optimum.config import config_from_manifest
+from lmexport.optimum.state import OnnxState
+from lmexport.runtime.session import positions_from_mask
 
 log = logging.getLogger(__name__)
 FEED_ROLES = ("input_ids", "attention_mask", "position_ids")
@@ -78,10 +79,6 @@ class ORTModelForLiquidMetal(ORTModelForCausalLM):
 
     def _save_pretrained(self, save_directory: str | Path):
         """Copy the folder as lmexport.json lists it (graph, weights, config, tokenizer)."""
-        import shutil
-
-        from ..manifest import MANIFEST_FILE
-
         save_directory = Path(save_directory)
         for name in [MANIFEST_FILE, *self.manifest.files]:
             shutil.copyfile(self.folder / name, save_directory / name)

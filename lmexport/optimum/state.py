@@ -14,8 +14,8 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..errors import ArtifactError
-from ..manifest import IOSpec
+from lmexport.errors import ArtifactError
+from lmexport.manifest import IOSpec
 
 TORCH_DTYPES = {"int64": torch.int64, "float32": torch.float32, "float16": torch.float16}
 BATCH_AXIS = "batch_size"

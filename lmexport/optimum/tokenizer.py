@@ -14,8 +14,8 @@ from pathlib import Path
 from tokenizers import processors
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from ..manifest import Manifest
-from ..runtime.tokenizer import TextTokenizer
+from lmexport.manifest import Manifest
+from lmexport.runtime.tokenizer import TextTokenizer
 
 
 def load_tokenizer(folder: str | Path, **kwargs) -> PreTrainedTokenizerFast:

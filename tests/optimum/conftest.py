@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from optimum_helpers import BUNDLED
 
-ROOT = Path(__file__).resolve().parents[2]
-BUNDLED = ROOT / "examples" / "liquid-metal-tiny"
-PROMPTS = ("def read_file(path):", "import os", "class Point:\n    def __init__(self")
 
 
 @pytest.fixture(scope="session")

@@ -4,31 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import BUNDLED, PROMPTS
 from transformers import TextStreamer, set_seed
 
 from lmexport.errors import ArtifactError, GenerationError
 from lmexport.optimum import ORTModelForLiquidMetal, OnnxState, config_from_manifest, load_tokenizer
 from lmexport.runtime import Generator
-
-
-def new_tokens(model, tok, prompts, **kw) -> list[list[int]]:
-    """generate()'s new ids per prompt, cut after the first EOS (kept) and without padding."""
-    enc = tok(list(prompts), return_tensors="pt", padding=True)
-    out = model.generate(**enc, **kw)[:, enc["input_ids"].shape[1]:].tolist()
-    eos, pad = model.generation_config.eos_token_id, model.generation_config.pad_token_id
-    rows = []
-    for row in out:
-        if eos in row:
-            row = row[:row.index(eos) + 1]
-        rows.append([t for t in row if t != pad] if eos in row else row)
-    return rows
-
-
-def lmexport_tokens(gen: Generator, prompt: str, n: int) -> list[int]:
-    """``lmexport generate``'s ids, with the EOS that ended it (transformers keeps it)."""
-    [r] = gen.generate(prompt, max_new_tokens=n)
-    return r.token_ids + ([next(iter(gen.eos_token_ids))] if r.finish_reason == "eos" else [])
+from optimum_helpers import BUNDLED, PROMPTS, lmexport_tokens, new_tokens
 
 
 @pytest.mark.parametrize("variant", ["fp32", "int4"])
