@@ -28,10 +28,10 @@ VARIANTS = {"fp32": {}, "fp16": {"dtype": "fp16"}, "int8": {"quantize": "int8"},
 def make_model(folder: Path, layers: int) -> None:
     import torch
 
-    from lmexport.checkpoint import save_checkpoint
+    from lmexport.modeling.checkpoint import save_checkpoint
     from lmexport.modeling.config import LiquidMetalConfig
     from lmexport.modeling.model import LiquidMetalForCausalLM, init_random
-    from lmexport.tiny import tiny_config_dict
+    from lmexport.modeling.tiny import tiny_config_dict
 
     shape = {k: v for k, v in SHAPE.items() if k != "vocab_size"}
     cfg = tiny_config_dict(SHAPE["vocab_size"], **{**shape, "num_hidden_layers": layers})
@@ -43,7 +43,7 @@ def make_model(folder: Path, layers: int) -> None:
 def export(model_dir: Path, out: Path, variant: str) -> None:
     import logging
 
-    from lmexport.exporters.onnx import OnnxExportOptions, export_onnx
+    from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
 
     logging.basicConfig(level=logging.INFO, format="  [child] %(message)s")
     result = export_onnx(model_dir, out, OnnxExportOptions(**VARIANTS[variant]), overwrite=True)

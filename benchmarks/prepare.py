@@ -106,7 +106,7 @@ def build_llama(out: Path, shape: str, seed: int = 0) -> None:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lmexport.tiny import make_tokenizer, write_tokenizer_files
+    from lmexport.modeling.tiny import make_tokenizer, write_tokenizer_files
 
     dims = SHAPES[shape]
     config = LlamaConfig(**dims, max_position_embeddings=2048, rms_norm_eps=1e-5, rope_theta=10000.0,

@@ -44,11 +44,11 @@ from tqdm import tqdm  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone without install
 
-from lmexport.checkpoint import save_checkpoint  # noqa: E402
+from lmexport.modeling.checkpoint import save_checkpoint  # noqa: E402
 from lmexport.modeling.config import LiquidMetalConfig  # noqa: E402
 from lmexport.modeling.model import LiquidMetalForCausalLM  # noqa: E402
 from lmexport.perplexity import perplexity, torch_scorer  # noqa: E402
-from lmexport.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, write_tokenizer_files  # noqa: E402
+from lmexport.modeling.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, write_tokenizer_files  # noqa: E402
 
 log = logging.getLogger("train_tiny")
 
@@ -145,7 +145,7 @@ def build_corpus(limit_bytes: int | None) -> Corpus:
 
 
 def train_tokenizer(docs: list[str], vocab_size: int) -> Tokenizer:
-    """Byte-level BPE (as ``lmexport.tiny.make_tokenizer``) trained on the training documents."""
+    """Byte-level BPE (as ``lmexport.modeling.tiny.make_tokenizer``) trained on the training documents."""
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -410,7 +410,7 @@ tags: [liquid-metal, lmexport, tiny]
 
 A {m['parameters'] / 1e6:.2f}M-parameter Liquid-Metal decoder (TinyLlama layout plus adaptive
 RMSNorm, causal token mixing and squeeze-and-excitation, **streaming** context mode; see
-ARCHITECTURE.md) trained from scratch by `examples/train_tiny.py`. It is a test model for
+lmexport's docs/ARCHITECTURE.md) trained from scratch by `examples/train_tiny.py`. It is a test model for
 lmexport's exporters: big enough to have measurable quality, small enough for CI. It writes
 text that looks like Python source; it is not useful for anything else.
 

@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from .errors import DiskSpaceError, InputError, OutputExistsError
+from lmexport.errors import DiskSpaceError, InputError, OutputExistsError
 
 log = logging.getLogger(__name__)
 TMP_MARKER = ".lmexport-tmp"

@@ -45,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ArtifactError
+from lmexport.errors import ArtifactError
 
 MANIFEST_FILE = "lmexport.json"
 FORMAT = "lmexport-onnx"

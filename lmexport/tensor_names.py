@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from .modeling.config import LiquidMetalConfig
+from lmexport.modeling.config import LiquidMetalConfig
 
 # GGUF type classes: "norm", "bias" and "conv" stay F32; "matrix"/"embedding" take the outtype.
 ROLES = ("embedding", "matrix", "norm", "bias", "conv")

@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
+bash scripts/plain_wheels.sh          # wheels for the plain-install test (a fresh venv built offline)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
 python -m pytest -q "$@"
 if [ $# -eq 0 ] && [ "${LMEXPORT_OPTIMUM:-1}" != 0 ]; then

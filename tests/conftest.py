@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 # On a shared 2-core machine, OpenMP threads that spin while waiting slow torch
 # down 10-30x when another process is busy; passive waiting avoids it. Must be
@@ -10,7 +11,10 @@ import torch
 
 from lmexport.modeling.config import LiquidMetalConfig
 from lmexport.modeling.model import LiquidMetalForCausalLM, init_random
-from lmexport.tiny import make_model_folder, tiny_config_dict
+from lmexport.modeling.tiny import make_model_folder, tiny_config_dict
+
+ROOT = Path(__file__).resolve().parents[1]          # the repository
+BUNDLED = ROOT / "examples" / "liquid-metal-tiny"  # the bundled trained model
 
 
 def tiny_config(**overrides) -> LiquidMetalConfig:

@@ -1,7 +1,8 @@
 """The README states what the code does: its presets table is the code's table."""
+import re
 from pathlib import Path
 
-from lmexport.tolerances import TOLERANCES
+from lmexport.parity.tolerances import TOLERANCES
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 
@@ -23,3 +24,25 @@ def test_readme_names_the_two_fresh_machine_commands_that_exist():
         assert command in README
         assert (root / command.split()[1]).is_file()
     assert "scripts/test.sh" in (root / ".ci" / "run").read_text()
+
+
+def test_the_specification_is_in_the_repository_and_equals_the_shared_copy():
+    root = Path(__file__).resolve().parents[1]
+    spec = root / "docs" / "ARCHITECTURE.md"
+    assert spec.is_file()
+    shared = root.parent / "shared" / "ARCHITECTURE.md"
+    if shared.is_file():          # the steering copy beside a checkout, where there is one
+        assert spec.read_text(encoding="utf-8") == shared.read_text(encoding="utf-8")
+
+
+def test_every_relative_link_in_the_docs_resolves_inside_the_repository():
+    root = Path(__file__).resolve().parents[1]
+    broken = []
+    for doc in [root / "README.md", *sorted((root / "docs").glob("*.md")), *sorted((root / "benchmarks").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text(encoding="utf-8")):
+            if "://" in target:
+                continue
+            resolved = (doc.parent / target).resolve()
+            if not resolved.exists() or root not in resolved.parents:
+                broken.append(f"{doc.name}: {target}")
+    assert not broken, broken

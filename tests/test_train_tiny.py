@@ -9,7 +9,7 @@ import pytest
 import torch
 from tokenizers import Tokenizer
 
-from lmexport.checkpoint import load_model, weights_hash
+from lmexport.modeling.checkpoint import load_model, weights_hash
 from lmexport.perplexity import perplexity_torch
 
 ROOT = Path(__file__).resolve().parent.parent

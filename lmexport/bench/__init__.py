@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import InputError
-from .measure import BenchResult, Spread, Workload
+from lmexport.errors import InputError
+from lmexport.bench.measure import BenchResult, Spread, Workload
 
 __all__ = ["BenchResult", "Spread", "Workload", "artifact_kind", "run_bench"]
 
 
 def artifact_kind(path: str | Path) -> str:
     """"onnx" for an exported folder, "pytorch" for a model folder; InputError otherwise."""
-    from ..manifest import MANIFEST_FILE
+    from lmexport.manifest import MANIFEST_FILE
 
     folder = Path(path)
     if not folder.exists():
@@ -46,10 +46,10 @@ def run_bench(artifact: str | Path, workload: Workload, *, device: str = "auto",
         if torch_dtype is not None:
             raise InputError("--torch-dtype applies to a PyTorch model folder; "
                              f"{artifact} is an ONNX folder whose precision was fixed at export")
-        from .onnx_side import bench_onnx
+        from lmexport.bench.onnx_side import bench_onnx
 
         return bench_onnx(str(artifact), workload, device=device, threads=threads, progress=progress)
-    from .torch_side import bench_torch
+    from lmexport.bench.torch_side import bench_torch
 
     return bench_torch(str(artifact), workload, device=device, threads=threads,
                        torch_dtype=torch_dtype or "fp32", progress=progress)

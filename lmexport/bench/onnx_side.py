@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..manifest import Manifest
-from .measure import BenchResult, Workload, run_protocol
+from lmexport.manifest import Manifest
+from lmexport.bench.measure import BenchResult, Workload, run_protocol
 
 
 class OnnxStepper:
@@ -23,7 +23,7 @@ class OnnxStepper:
 
     @classmethod
     def open(cls, folder: str | Path, *, device: str = "cpu", threads: int | None = None) -> "OnnxStepper":
-        from ..runtime import Session
+        from lmexport.runtime import Session
 
         return cls(Session(folder, device=device, threads=threads))
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..checkpoint import load_model
-from ..errors import DeviceError, InputError
-from .measure import BenchResult, Workload, run_protocol
+from lmexport.modeling.checkpoint import load_model
+from lmexport.errors import DeviceError, InputError
+from lmexport.bench.measure import BenchResult, Workload, run_protocol
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 

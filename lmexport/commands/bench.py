@@ -35,7 +35,7 @@ def bench(artifact, prompt_tokens, new_tokens, batch, repeats, device, threads, 
       lmexport bench out/onnx-int4
       lmexport bench examples/liquid-metal-tiny --torch-dtype bf16 --json
     """
-    from ..bench import Workload, run_bench
+    from lmexport.bench import Workload, run_bench
 
     workload = Workload(prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch=batch, repeats=repeats)
     result = run_bench(artifact, workload, device=device, threads=threads, torch_dtype=torch_dtype,

@@ -27,8 +27,8 @@ def convert(llama_dir, out_dir, kernel_size, se_reduction, context_mode, gate_bi
     Example:
       lmexport convert TinyLlama-1.1B -o liquid-metal-1.1b
     """
-    from ..convert import ConvertOptions
-    from ..convert import convert as run_convert
+    from lmexport.modeling.convert import ConvertOptions
+    from lmexport.modeling.convert import convert as run_convert
 
     options = ConvertOptions(kernel_size=kernel_size, se_reduction=se_reduction,
                              context_mode=context_mode, gate_bias=gate_bias)

@@ -28,7 +28,7 @@ def runtime_options(f):
 
 
 def _open(folder, device, threads, optimization):
-    from ..runtime import Generator
+    from lmexport.runtime import Generator
 
     gen = Generator.from_folder(folder, device=device, threads=threads, optimization=optimization)
     click.echo(f"[running on {gen.device}{' (--device auto)' if device == 'auto' else ''}]", err=True)
@@ -36,7 +36,7 @@ def _open(folder, device, threads, optimization):
 
 
 def _sampling(temperature, top_k, top_p, repetition_penalty, seed):
-    from ..runtime import SamplingParams
+    from lmexport.runtime import SamplingParams
     return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p,
                           repetition_penalty=repetition_penalty, seed=seed)
 
@@ -91,7 +91,7 @@ def chat(folder, max_new_tokens, temperature, top_k, top_p, repetition_penalty, 
     new conversation; /exit or end of input (Ctrl-D) ends the chat. Works with
     piped input too: each reply is printed on its own line(s), ending with a newline.
     """
-    from ..runtime import ChatSession
+    from lmexport.runtime import ChatSession
 
     gen = _open(folder, device, threads, optimization)
     session = ChatSession(gen, max_new_tokens=max_new_tokens, system=system,

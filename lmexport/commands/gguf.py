@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from ..gguf_format import OUTTYPES
+from lmexport.exporters.gguf.format import OUTTYPES
 
 
 @click.command("gguf")
@@ -30,10 +30,10 @@ def gguf(model_dir, output, outtype, split_max_size, arch, name, allow_pickle, o
       lmexport gguf liquid-metal-1.1b -o lm.gguf --outtype q8_0
       lmexport gguf TinyLlama-1.1B -o tinyllama.gguf --arch llama --outtype f16
     """
-    from ..atomic import check_output_path
+    from lmexport.atomic import check_output_path
 
     check_output_path(output.absolute(), overwrite)        # before importing torch
-    from ..exporters.gguf import GGUFOptions, export_gguf, parse_size
+    from lmexport.exporters.gguf.write import GGUFOptions, export_gguf, parse_size
 
     logging.getLogger("gguf").setLevel(logging.WARNING)   # the writer's own info lines repeat ours
     options = GGUFOptions(outtype=outtype, arch=arch, split_max_size=parse_size(split_max_size),

@@ -37,7 +37,7 @@ def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, block_size, a
       lmexport onnx examples/liquid-metal-tiny -o out/onnx
       lmexport onnx examples/liquid-metal-tiny -o out/onnx-int4 --quantize int4 --lm-head-int8
     """
-    from ..exporters.onnx import OnnxExportOptions, export_onnx
+    from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
 
     options = OnnxExportOptions(dtype=dtype, quantize=quantize, opset=opset, fused_ops=not no_fused_ops,
                                 block_size=block_size, accuracy_level=accuracy_level,

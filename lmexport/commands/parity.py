@@ -29,10 +29,10 @@ def parity(model_dir, artifact, prompts_file, steps, batch_size, device, json_pa
     """
     from tqdm import tqdm
 
-    from ..atomic import atomic_output, check_output_path
-    from ..errors import ParityError
-    from ..parity.report import format_table
-    from ..parity.run import run_parity
+    from lmexport.atomic import atomic_output, check_output_path
+    from lmexport.errors import ParityError
+    from lmexport.parity.report import format_table
+    from lmexport.parity.run import run_parity
 
     if json_path is not None:
         check_output_path(json_path.absolute(), overwrite)

@@ -24,9 +24,9 @@ def perplexity(target, text_file, tokenizer, max_tokens, window, stride, device,
     numbers compare: windows of --window tokens, each from an empty state,
     every token but the first scored exactly once.
     """
-    from ..errors import InputError
-    from ..perplexity import perplexity as run
-    from ..scoring import open_scorer
+    from lmexport.errors import InputError
+    from lmexport.perplexity import perplexity as run
+    from lmexport.perplexity.scoring import open_scorer
 
     if not target.exists():
         raise InputError(f"{target} does not exist")
@@ -51,7 +51,7 @@ def perplexity(target, text_file, tokenizer, max_tokens, window, stride, device,
 
 
 def _tokenizer_path(target: Path, given: Path | None) -> Path:
-    from ..errors import InputError
+    from lmexport.errors import InputError
 
     candidates = [given / "tokenizer.json" if given and given.is_dir() else given] if given else \
         [target / "tokenizer.json" if target.is_dir() else target.parent / "tokenizer.json"]

@@ -1,6 +1,6 @@
 """LiquidMetalConfig: the Hugging Face config.json of a Liquid-Metal checkpoint, typed.
 
-Choices ARCHITECTURE.md leaves open are fields here, with their defaults stated:
+Choices docs/ARCHITECTURE.md leaves open are fields here, with their defaults stated:
 
 * ``token_mixing_kernel_size`` (K, default 3) and ``se_reduction`` (r, default 16):
   read from config.json, else from tensor shapes (see ``checkpoint.infer_missing``).
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ConfigError
+from lmexport.errors import ConfigError
 
 MODEL_TYPE = "liquid_metal"
 CONTEXT_MODES = ("streaming", "legacy")

@@ -1,4 +1,4 @@
-"""LiquidMetalForCausalLM: the executable form of ARCHITECTURE.md.
+"""LiquidMetalForCausalLM: the executable form of docs/ARCHITECTURE.md.
 
 Parameter names follow Hugging Face Llama (``model.layers.N.self_attn.q_proj``...)
 plus the three new modules, so checkpoints load strictly by name through
@@ -20,8 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import LiquidMetalConfig
-from .modules import (CONTEXT_SLOTS, AdaptiveRMSNorm, ContextState, SqueezeExcitation, TokenMixing, rms_normalize,
+from lmexport.modeling.config import LiquidMetalConfig
+from lmexport.modeling.modules import (CONTEXT_SLOTS, AdaptiveRMSNorm, ContextState, SqueezeExcitation, TokenMixing, rms_normalize,
                       valid_counts)
 
 KV = tuple[torch.Tensor, torch.Tensor]

@@ -8,9 +8,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..checkpoint import Checkpoint
-from ..errors import ArtifactError
-from .backends import TorchBackend
+from lmexport.modeling.checkpoint import Checkpoint
+from lmexport.errors import ArtifactError
+from lmexport.parity.backends import TorchBackend
 
 log = logging.getLogger(__name__)
 # Config fields that must agree between the model folder and the artifact.
@@ -35,8 +35,8 @@ def check_same_model(ckpt: Checkpoint, artifact: Path, weights_hash: str | None,
 
 
 def open_gguf_backend(path: Path, ckpt: Checkpoint) -> tuple[TorchBackend, str]:
-    from ..gguf_format import ARCH_LIQUIDMETAL, OUTTYPE
-    from ..gguf_model import load_gguf_model, open_gguf
+    from lmexport.exporters.gguf.format import ARCH_LIQUIDMETAL, OUTTYPE
+    from lmexport.exporters.gguf.reader import load_gguf_model, open_gguf
 
     g = open_gguf(path)
     if g.arch != ARCH_LIQUIDMETAL:
@@ -52,5 +52,5 @@ def open_artifact(kind: str, path: Path, ckpt: Checkpoint, device: str = "cpu"):
     """(backend, default tolerance preset) for an ONNX folder or a GGUF file."""
     if kind == "gguf":
         return open_gguf_backend(path, ckpt)
-    from .onnx_backend import open_onnx_backend
+    from lmexport.parity.onnx_backend import open_onnx_backend
     return open_onnx_backend(path, ckpt, device)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..modeling.model import LiquidMetalForCausalLM
+from lmexport.modeling.model import LiquidMetalForCausalLM
 
 
 class TorchBackend:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import InputError
+from lmexport.errors import InputError
 
 # Different lengths on purpose: batched together they exercise left padding.
 BUILTIN_PROMPTS = (

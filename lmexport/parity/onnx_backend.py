@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoint import Checkpoint
-from ..manifest import Manifest, file_digest
-from ..runtime.session import Session
-from .artifacts import check_same_model
+from lmexport.modeling.checkpoint import Checkpoint
+from lmexport.manifest import Manifest, file_digest
+from lmexport.runtime.ort import Session
+from lmexport.parity.artifacts import check_same_model
 
 log = logging.getLogger(__name__)
 

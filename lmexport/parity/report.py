@@ -1,7 +1,7 @@
 """The parity table for the terminal; the JSON report holds the same numbers."""
 from __future__ import annotations
 
-from .run import ParityReport
+from lmexport.parity.run import ParityReport
 
 COLUMNS = (("max_abs", "max|d|", "{:.3g}"), ("mean_abs", "mean|d|", "{:.3g}"), ("rel", "rel", "{:.3g}"),
            ("cosine_min", "cos min", "{:.6f}"), ("top1", "top-1", "{:.3f}"), ("kl_mean", "KL mean", "{:.3g}"),

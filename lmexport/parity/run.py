@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ArtifactError
-from ..modeling.model import LAYER_MODULES
-from ..tolerances import Tolerance, check, get_tolerance
-from ..runtime.session import positions_from_mask as positions
-from .inputs import BUILTIN_PROMPTS, Batch, make_batches, read_prompt_file, tokenize
-from ..metrics import StepMetrics, compare_logits, greedy_agreement_length, overall, relative_difference
+from lmexport.errors import ArtifactError
+from lmexport.modeling.model import LAYER_MODULES
+from lmexport.parity.tolerances import Tolerance, check, get_tolerance
+from lmexport.runtime.ort import positions_from_mask as positions
+from lmexport.parity.inputs import BUILTIN_PROMPTS, Batch, make_batches, read_prompt_file, tokenize
+from lmexport.parity.metrics import StepMetrics, compare_logits, greedy_agreement_length, overall, relative_difference
 
 log = logging.getLogger(__name__)
 
@@ -131,8 +131,8 @@ def detect_kind(artifact: Path) -> str:
 def run_parity(model_dir: str | Path, artifact: str | Path, *, prompts: list[str] | None = None,
                prompts_file: str | Path | None = None, steps: int = 16, batch_size: int = 3,
                device: str = "cpu", preset: str | None = None, progress=None) -> ParityReport:
-    from ..checkpoint import load_model
-    from .artifacts import open_artifact
+    from lmexport.modeling.checkpoint import load_model
+    from lmexport.parity.artifacts import open_artifact
 
     artifact = Path(artifact)
     kind = detect_kind(artifact)
@@ -143,7 +143,7 @@ def run_parity(model_dir: str | Path, artifact: str | Path, *, prompts: list[str
     art, default_preset = open_artifact(kind, artifact, ckpt, device=device)
     preset = preset or default_preset
     tol = get_tolerance(preset)
-    from .backends import TorchBackend
+    from lmexport.parity.backends import TorchBackend
     ref = TorchBackend(model)
 
     c = ckpt.config

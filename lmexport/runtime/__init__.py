@@ -3,9 +3,9 @@
 Imports only onnxruntime, numpy, tokenizers (and jinja2 for chat templates);
 never torch or transformers. ``pip install lmexport`` is enough for it.
 """
-from .chat import ChatSession
-from .generator import Generation, Generator, Piece, Stats
-from .sampling import SamplingParams
-from .session import Session
+from lmexport.runtime.chat import ChatSession
+from lmexport.runtime.generator import Generation, Generator, Piece, Stats
+from lmexport.runtime.sampling import SamplingParams
+from lmexport.runtime.ort import Session
 
 __all__ = ["ChatSession", "Generation", "Generator", "Piece", "SamplingParams", "Session", "Stats"]

@@ -19,10 +19,10 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import GenerationError
-from .generator import Generation, Generator, Stats, _Row
-from .sampling import SamplingParams
-from .session import positions_from_mask
+from lmexport.errors import GenerationError
+from lmexport.runtime.generator import Generation, Generator, Stats, _Row
+from lmexport.runtime.sampling import SamplingParams
+from lmexport.runtime.ort import positions_from_mask
 
 log = logging.getLogger(__name__)
 

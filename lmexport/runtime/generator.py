@@ -21,10 +21,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from ..errors import GenerationError
-from .sampling import SamplingParams, choose
-from .session import Session, positions_from_mask
-from .tokenizer import TextTokenizer
+from lmexport.errors import GenerationError
+from lmexport.runtime.sampling import SamplingParams, choose
+from lmexport.runtime.ort import Session, positions_from_mask
+from lmexport.runtime.tokenizer import TextTokenizer
 
 # Generated text is decoded after this many prompt tokens, so that a decoder
 # which strips the first space of a text (SentencePiece/Metaspace) keeps the

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..errors import GenerationError
+from lmexport.errors import GenerationError
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer
 
-from ..errors import ArtifactError, GenerationError
+from lmexport.errors import ArtifactError, GenerationError
 
 
 def _token_text(value) -> str | None:

@@ -1,0 +1,196 @@
+"""What an lmexport GGUF file holds: architecture names, metadata keys, type rules, bounds.
+
+The writer (``write.py``), the validator (``validate.py``)
+and the reader (``reader.py``) all read this one module, so a key or a rule
+is stated once. Standard keys come from ``gguf.Keys``; the Liquid-Metal ones
+follow the same ``{arch}.`` pattern. Torch-free.
+
+Type rules: tensors whose role (``tensor_names.TensorEntry.role``) is "norm",
+"bias" or "conv" stay F32; "matrix" and "embedding" take the requested type. A
+quantised type needs the row length (last numpy axis, ggml's ne0) to be a
+multiple of its block size; otherwise the tensor falls back to F16.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import gguf
+from gguf import GGMLQuantizationType as QT
+from gguf import GGUFValueType as VT
+from gguf import Keys, LlamaFileType
+
+ARCH_LIQUIDMETAL = "liquidmetal"
+ARCH_LLAMA = "llama"
+ARCHS = (ARCH_LIQUIDMETAL, ARCH_LLAMA)
+F32_ROLES = ("norm", "bias", "conv")
+MAX_NAME_BYTES = 63          # GGML_MAX_NAME is 64 with the terminating NUL
+MAX_DIMS = 4                 # GGML_MAX_DIMS
+
+# lmexport's own keys, outside any architecture.
+WEIGHTS_HASH = "lmexport.source.weights_hash"
+SOURCE_CONFIG = "lmexport.source.config"        # the source config.json, as JSON text
+LMEXPORT_VERSION = "lmexport.version"
+OUTTYPE = "lmexport.outtype"
+
+# Liquid-Metal keys (templates like gguf.Keys.LLM.*).
+KERNEL_SIZE = "{arch}.token_mixing.kernel_size"
+SE_HIDDEN_SIZE = "{arch}.se.hidden_size"
+SE_REDUCTION = "{arch}.se.reduction"
+CONTEXT_MODE = "{arch}.context_mode"
+ADAPTIVE_NORM_EPS = "{arch}.adaptive_norm.layer_norm_rms_epsilon"
+
+
+@dataclass(frozen=True)
+class ConfigKey:
+    """One architecture metadata key and the LiquidMetalConfig attribute it holds."""
+    template: str
+    vtype: VT
+    field: str
+    liquidmetal_only: bool = False
+    derived: bool = False     # written and checked, but not a constructor argument
+
+    def key(self, arch: str) -> str:
+        return self.template.format(arch=arch)
+
+
+CONFIG_KEYS: tuple[ConfigKey, ...] = (
+    ConfigKey(Keys.LLM.VOCAB_SIZE, VT.UINT32, "vocab_size"),
+    ConfigKey(Keys.LLM.CONTEXT_LENGTH, VT.UINT32, "max_position_embeddings"),
+    ConfigKey(Keys.LLM.EMBEDDING_LENGTH, VT.UINT32, "hidden_size"),
+    ConfigKey(Keys.LLM.BLOCK_COUNT, VT.UINT32, "num_hidden_layers"),
+    ConfigKey(Keys.LLM.FEED_FORWARD_LENGTH, VT.UINT32, "intermediate_size"),
+    ConfigKey(Keys.Attention.HEAD_COUNT, VT.UINT32, "num_attention_heads"),
+    ConfigKey(Keys.Attention.HEAD_COUNT_KV, VT.UINT32, "num_key_value_heads"),
+    ConfigKey(Keys.Attention.KEY_LENGTH, VT.UINT32, "head_dim"),
+    ConfigKey(Keys.Attention.VALUE_LENGTH, VT.UINT32, "head_dim", derived=True),
+    ConfigKey(Keys.Rope.DIMENSION_COUNT, VT.UINT32, "head_dim", derived=True),
+    ConfigKey(Keys.Rope.FREQ_BASE, VT.FLOAT32, "rope_theta"),
+    ConfigKey(Keys.Attention.LAYERNORM_RMS_EPS, VT.FLOAT32, "rms_norm_eps"),
+    ConfigKey(KERNEL_SIZE, VT.UINT32, "token_mixing_kernel_size", liquidmetal_only=True),
+    ConfigKey(SE_REDUCTION, VT.UINT32, "se_reduction", liquidmetal_only=True),
+    ConfigKey(SE_HIDDEN_SIZE, VT.UINT32, "se_hidden_size", liquidmetal_only=True, derived=True),
+    ConfigKey(CONTEXT_MODE, VT.STRING, "context_mode", liquidmetal_only=True),
+    ConfigKey(ADAPTIVE_NORM_EPS, VT.FLOAT32, "adaptive_norm_eps", liquidmetal_only=True),
+)
+
+
+def config_keys(arch: str) -> tuple[ConfigKey, ...]:
+    return tuple(k for k in CONFIG_KEYS if arch == ARCH_LIQUIDMETAL or not k.liquidmetal_only)
+
+
+# Keys every lmexport GGUF has, with their value type (arrays: element type).
+GENERAL_KEYS: dict[str, VT] = {
+    Keys.General.ARCHITECTURE: VT.STRING,
+    Keys.General.NAME: VT.STRING,
+    Keys.General.FILE_TYPE: VT.UINT32,
+    Keys.General.QUANTIZATION_VERSION: VT.UINT32,
+    WEIGHTS_HASH: VT.STRING,
+    SOURCE_CONFIG: VT.STRING,
+    LMEXPORT_VERSION: VT.STRING,
+    OUTTYPE: VT.STRING,
+    Keys.Tokenizer.MODEL: VT.STRING,
+    Keys.Tokenizer.LIST: VT.ARRAY,
+    Keys.Tokenizer.TOKEN_TYPE: VT.ARRAY,
+}
+TOKENIZER_ARRAY_TYPES: dict[str, VT] = {
+    Keys.Tokenizer.LIST: VT.STRING,
+    Keys.Tokenizer.TOKEN_TYPE: VT.INT32,
+    Keys.Tokenizer.SCORES: VT.FLOAT32,
+    Keys.Tokenizer.MERGES: VT.STRING,
+}
+# Optional tokenizer keys, with their types when present.
+TOKENIZER_ID_KEYS = {"bos": Keys.Tokenizer.BOS_ID, "eos": Keys.Tokenizer.EOS_ID,
+                     "unk": Keys.Tokenizer.UNK_ID, "pad": Keys.Tokenizer.PAD_ID}
+TOKENIZER_OPTIONAL_TYPES: dict[str, VT] = {
+    **{key: VT.UINT32 for key in TOKENIZER_ID_KEYS.values()},
+    Keys.Tokenizer.ADD_BOS: VT.BOOL, Keys.Tokenizer.ADD_EOS: VT.BOOL,
+    Keys.Tokenizer.CHAT_TEMPLATE: VT.STRING, Keys.Tokenizer.PRE: VT.STRING,
+    Keys.Tokenizer.SCORES: VT.ARRAY, Keys.Tokenizer.MERGES: VT.ARRAY,
+}
+
+
+@dataclass(frozen=True)
+class OutType:
+    name: str
+    qtype: QT                  # type of "matrix"/"embedding" tensors
+    file_type: LlamaFileType   # general.file_type
+
+
+OUTTYPES: dict[str, OutType] = {o.name: o for o in (
+    OutType("f32", QT.F32, LlamaFileType.ALL_F32),
+    OutType("f16", QT.F16, LlamaFileType.MOSTLY_F16),
+    OutType("bf16", QT.BF16, LlamaFileType.MOSTLY_BF16),
+    OutType("q8_0", QT.Q8_0, LlamaFileType.MOSTLY_Q8_0),
+    OutType("q4_0", QT.Q4_0, LlamaFileType.MOSTLY_Q4_0),
+    OutType("q4_1", QT.Q4_1, LlamaFileType.MOSTLY_Q4_1),
+    OutType("q5_0", QT.Q5_0, LlamaFileType.MOSTLY_Q5_0),
+    OutType("q5_1", QT.Q5_1, LlamaFileType.MOSTLY_Q5_1),
+)}
+FALLBACK_TYPE = QT.F16
+
+# Weight round-trip bounds: after dequantisation, max |w' - w| <= bound * max |w| + ABS_FLOOR
+# over one tensor. Derived from each format's step (and the f16 rounding of its scales):
+# f16 rounds to 2^-11 relative (10 fraction bits), bf16 to 2^-8 (7 fraction bits); q8_0 errs by at most d/2 = amax/254;
+# q4_0/q5_0 map the signed extreme to -8/-16 steps, so the other extreme can be off by one
+# step d = amax/8 (amax/16); q4_1/q5_1 err by half a step of (max-min)/15 (/31) <= amax/15 (/31).
+WEIGHT_BOUNDS: dict[QT, float] = {
+    QT.F32: 0.0,
+    QT.F16: 5e-4,
+    QT.BF16: 4e-3,
+    QT.Q8_0: 5e-3,
+    QT.Q5_1: 3.5e-2,
+    QT.Q5_0: 6.6e-2,
+    QT.Q4_1: 7e-2,
+    QT.Q4_0: 1.3e-1,
+}
+ABS_FLOOR = 1e-7   # f16 subnormals
+ROUND_TRIP_TYPES = tuple(WEIGHT_BOUNDS)
+
+# Sanity bounds checked before anything is allocated from a file's numbers.
+MAX_TENSORS = 1 << 20
+MAX_KV = 1 << 16
+MAX_LAYERS = 1024
+MAX_DIM = 1 << 20
+MAX_VOCAB = 1 << 22
+MAX_SHARDS = 9999
+
+
+def tolerance_preset(outtype: str) -> str:
+    """The ``lmexport.tolerances`` preset for logits of a file of this outtype."""
+    return f"gguf-{outtype}"
+
+
+def block_size(qtype: QT) -> int:
+    return gguf.GGML_QUANT_SIZES[qtype][0]
+
+
+def type_fits(shape: tuple[int, ...], qtype: QT) -> bool:
+    """Can a tensor of this numpy shape be stored as ``qtype``?"""
+    if not 1 <= len(shape) <= MAX_DIMS or any(d <= 0 for d in shape):
+        return False
+    return shape[-1] % block_size(qtype) == 0
+
+
+def tensor_nbytes(shape: tuple[int, ...], qtype: QT) -> int:
+    block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+    n = 1
+    for d in shape:
+        n *= d
+    return n // block * type_size
+
+
+def candidate_types(role: str, outtype: OutType) -> tuple[QT, ...]:
+    """Types to try for a tensor of this role, best first."""
+    if role in F32_ROLES or outtype.qtype == QT.F32:
+        return (QT.F32,)
+    if outtype.qtype in (QT.F16, QT.BF16):
+        return (outtype.qtype,)
+    return (outtype.qtype, FALLBACK_TYPE)
+
+
+def choose_type(shape: tuple[int, ...], role: str, outtype: OutType) -> QT | None:
+    """The type a tensor of this numpy shape and role gets; None if no candidate fits."""
+    for qtype in candidate_types(role, outtype):
+        if type_fits(shape, qtype):
+            return qtype
+    return None

@@ -1,0 +1,281 @@
+"""``lmexport onnx``: a Liquid-Metal checkpoint -> a stateful, validated ONNX folder.
+
+Model in, folder out, options in ``OnnxExportOptions``. The graph IO (names, dtypes,
+axes, state initialisation) is declared once, as IOSpecs, by ``graph_io``; the trace,
+the manifest (lmexport.json) and the validator all read it from there.
+
+The folder (written through ``atomic_output``, validated before it is renamed into
+place; a failed validation leaves nothing at OUT_DIR)::
+
+    model.onnx, model.onnx.data   one graph for prefill and decode, weights external
+    config.json                   the source config (normalised, inferred keys filled in)
+    tokenizer files               as found next to the checkpoint
+    lmexport.json                 the manifest: IO, mode, dtype, quantization, probes, files
+
+See docs/onnx.md for the graph IO, the precision variants and their tolerances.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lmexport.atomic import atomic_output, check_output_path
+from lmexport.errors import ExportError, InputError, ValidationError
+from lmexport.manifest import IOSpec, Manifest, file_digest
+from lmexport.modeling.config import LiquidMetalConfig
+from lmexport.modeling.modules import CONTEXT_SLOTS
+from lmexport.tensor_names import expected_tensors, lookup
+
+log = logging.getLogger(__name__)
+
+FUSED_MIN_OPSET = 23                # the opset of Attention, RotaryEmbedding, RMSNormalization (onnx_fused)
+SUPPORTED_OPSETS = range(18, 24)   # 17 and below: torch's version converter fails on this graph
+DEFAULT_OPSET = 23
+DTYPES = {"fp32": (torch.float32, "float32"), "fp16": (torch.float16, "float16")}
+QUANTIZATIONS = ("none", "int8", "int4")
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+
+
+@dataclass(frozen=True)
+class OnnxExportOptions:
+    dtype: str = "fp32"                 # "fp32" | "fp16"
+    quantize: str = "none"              # "none" | "int8" | "int4" (of the fp32 graph)
+    opset: int = DEFAULT_OPSET
+    fused_ops: bool = True              # opset-23 Attention/RotaryEmbedding/RMSNormalization (onnx_fused)
+    block_size: int = 32                # int4: weights per scale
+    accuracy_level: int = 4             # int4: MatMulNBits accuracy_level (4 = int8 compute on CPU)
+    lm_head_bits: int = 4               # int4: 8 keeps the output projection at 8 bits
+    validate: bool = True
+    decode_steps: int = 8               # validation: decode steps after the prefill
+    tolerance: str | None = None        # validation: a preset other than the variant's own
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype {self.dtype!r} is not one of {', '.join(DTYPES)}")
+        if self.quantize not in QUANTIZATIONS:
+            problems.append(f"quantize {self.quantize!r} is not one of {', '.join(QUANTIZATIONS)}")
+        elif self.quantize != "none" and self.dtype != "fp32":
+            problems.append(f"--quantize {self.quantize} quantizes the fp32 graph; use --dtype fp32")
+        if self.opset not in SUPPORTED_OPSETS:
+            problems.append(f"opset {self.opset} is not supported (supported: "
+                            f"{SUPPORTED_OPSETS.start}..{SUPPORTED_OPSETS.stop - 1})")
+        elif self.fused_ops and self.opset < FUSED_MIN_OPSET:
+            problems.append(f"fused attention and norm ops need opset {FUSED_MIN_OPSET} "
+                            f"(got {self.opset}); pass --no-fused-ops to export the plain graph at that opset")
+        if self.block_size not in (16, 32, 64, 128, 256):
+            problems.append(f"block size {self.block_size} is not one of 16, 32, 64, 128, 256")
+        if self.accuracy_level not in (0, 1, 2, 3, 4):
+            problems.append(f"accuracy level {self.accuracy_level} is not in 0..4")
+        if self.lm_head_bits not in (4, 8):
+            problems.append(f"lm_head bits {self.lm_head_bits} is not 4 or 8")
+        if self.tolerance is not None:
+            from lmexport.parity.tolerances import TOLERANCES
+            if self.tolerance not in TOLERANCES:
+                problems.append(f"tolerance preset {self.tolerance!r} is unknown")
+        if self.decode_steps < 1:
+            problems.append("validation needs at least one decode step")
+        if problems:
+            raise InputError("; ".join(problems))
+
+    @property
+    def variant(self) -> str:
+        """The tolerance preset (lmexport.tolerances) this export is validated with."""
+        return self.quantize if self.quantize != "none" else self.dtype
+
+    @property
+    def preset(self) -> str:
+        return self.tolerance or self.variant
+
+    def quantization(self) -> dict:
+        if self.quantize == "int4":
+            return {"method": "int4", "op": "MatMulNBits", "bits": 4, "block_size": self.block_size,
+                    "symmetric": True, "accuracy_level": self.accuracy_level, "lm_head_bits": self.lm_head_bits}
+        if self.quantize == "int8":
+            from lmexport.exporters.onnx.quant import INT8_SETTINGS
+            return {"method": "int8", **INT8_SETTINGS}
+        return {"method": "none"}
+
+
+# ---------------------------------------------------------------- graph IO, declared once
+
+def graph_io(config: LiquidMetalConfig, dtype: str = "fp32") -> tuple[list[IOSpec], list[IOSpec]]:
+    """Every graph input and output, in graph order. ``dtype`` is the float type of the
+    keys, values and conv window; context sums and logits are always float32."""
+    f = DTYPES[dtype][1]
+    c = config
+    ins = [IOSpec("input_ids", "int64", ("batch_size", "sequence_length"), "input_ids"),
+           IOSpec("attention_mask", "int64", ("batch_size", "total_sequence_length"), "attention_mask"),
+           IOSpec("position_ids", "int64", ("batch_size", "sequence_length"), "position_ids")]
+    outs = [IOSpec("logits", "float32", ("batch_size", "sequence_length", c.vocab_size), "logits")]
+    kv_in = ("batch_size", c.num_key_value_heads, "past_sequence_length", c.head_dim)
+    kv_out = ("batch_size", c.num_key_value_heads, "total_sequence_length", c.head_dim)
+    for i in range(c.num_hidden_layers):
+        for kind in ("key", "value"):
+            present = f"present.{i}.{kind}"
+            ins.append(IOSpec(f"past_key_values.{i}.{kind}", f, kv_in, kind, i, "zeros", present))
+            outs.append(IOSpec(present, f, kv_out, kind, i))
+    if c.streaming:
+        conv = ("batch_size", c.hidden_size, c.conv_state_width)
+        ctx = ("batch_size", len(CONTEXT_SLOTS), c.hidden_size)
+        for i in range(c.num_hidden_layers):
+            ins.append(IOSpec(f"past_conv.{i}", f, conv, "conv", i, "zeros", f"present_conv.{i}"))
+            outs.append(IOSpec(f"present_conv.{i}", f, conv, "conv", i))
+        for i in range(c.num_hidden_layers):
+            ins.append(IOSpec(f"past_context.{i}", "float32", ctx, "context", i, "zeros", f"present_context.{i}"))
+            outs.append(IOSpec(f"present_context.{i}", "float32", ctx, "context", i))
+    return ins, outs
+
+
+# ---------------------------------------------------------------- initializer map
+
+def initializer_map(initializers, config: LiquidMetalConfig) -> dict[str, dict]:
+    """ONNX initializer name -> {"tensor": canonical name, "layout": ..., "offset"/"length":
+    its bytes in the data file} for every initializer (TensorProto, data not loaded) that
+    stores (part of) a canonical tensor; anonymous constants are left out."""
+    from lmexport.exporters.onnx.quant import canonical_of
+
+    out = {}
+    for tensor in initializers:
+        name = tensor.name
+        found = canonical_of(name)
+        if found is None:
+            continue
+        ref, layout = lookup(found[0]), found[1]
+        transposed = ref.entry.role == "matrix"          # every nn.Linear is stored [in, out]
+        info = {"tensor": ref.name, "layout": layout or ("transposed [in, out]" if transposed else "as stored")}
+        if ref.entry.module == "lm_head" and config.tie_word_embeddings:
+            info["tied_to"] = "model.embed_tokens.weight"
+        where = {e.key: e.value for e in tensor.external_data}
+        info.update(file=where.get("location"), offset=int(where.get("offset", 0)), length=int(where.get("length", 0)))
+        out[name] = info
+    return out
+
+
+def _check_initializers(found: dict[str, dict], config: LiquidMetalConfig) -> None:
+    have = {info["tensor"] for info in found.values()}
+    want = {r.name for r in expected_tensors(config)}
+    missing = sorted(want - have)
+    if missing:
+        raise ExportError("the exported graph lost the names of some tensors: " + ", ".join(missing[:5]),
+                          hint="the parity tool could not find them in model.onnx.data")
+
+
+# ---------------------------------------------------------------- export
+
+@dataclass
+class OnnxExportResult:
+    path: Path
+    manifest: Manifest
+    report: object | None = None        # onnx_validate.ValidationReport
+    notes: list[str] = field(default_factory=list)
+
+
+def estimate_bytes(model, options: OnnxExportOptions) -> int:
+    """Bytes the export needs on disk at its peak (fp32 graph plus the quantized copy)."""
+    params = sum(p.numel() for p in model.parameters())
+    if model.config.tie_word_embeddings:
+        params += model.lm_head.weight.numel()       # stored once for Gather, once transposed
+    fp32 = params * 4
+    final = {"none": fp32 // (2 if options.dtype == "fp16" else 1), "int8": fp32 // 4 + fp32 // 50,
+             "int4": fp32 // 6 + fp32 // 50}[options.quantize]
+    extra = fp32 if options.quantize != "none" else 0
+    return int((final + extra) * 1.1) + (1 << 20)
+
+
+def export_onnx(model_dir: str | Path, out_dir: str | Path, options: OnnxExportOptions = OnnxExportOptions(),
+                *, overwrite: bool = False) -> OnnxExportResult:
+    """Read the checkpoint, write the ONNX folder, validate it against PyTorch."""
+    from lmexport.modeling.checkpoint import load_model
+
+    out_dir = Path(out_dir)
+    check_output_path(out_dir.absolute(), overwrite)          # fail before reading gigabytes
+    model, ckpt = load_model(model_dir)
+    with atomic_output(out_dir, overwrite=overwrite, directory=True,
+                       needed_bytes=estimate_bytes(model, options)) as tmp:
+        manifest = write_folder(model, tmp, options, source_hash=ckpt.weights_hash(),
+                                tokenizer_files=ckpt.tokenizer_files())
+        report = None
+        if options.validate:
+            from lmexport.exporters.onnx.validate import validate_folder
+            report = validate_folder(tmp, model, options.preset, decode_steps=options.decode_steps)
+            log.debug("%s", report.table())
+            if report.failures:
+                raise ValidationError(f"the ONNX export does not match PyTorch ({options.preset} tolerances); "
+                                      f"nothing was written to {out_dir}", report.failures,
+                                      hint="rerun with --debug, or --no-validate to keep the folder anyway")
+    log.info("wrote %s", out_dir)
+    return OnnxExportResult(out_dir, manifest, report)
+
+
+def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash: str,
+                 tokenizer_files: list[Path] = ()) -> Manifest:
+    """Write model.onnx(.data), config.json, tokenizer files and lmexport.json into ``folder``."""
+    import onnx
+
+    from lmexport.exporters.onnx.graph import trace
+
+    config = model.config
+    inputs, outputs = graph_io(config, options.dtype)
+    model_path = folder / MODEL_FILE
+    if options.quantize == "none":
+        traced = trace(model, model_path, inputs, outputs, DTYPES[options.dtype][0], options.opset,
+                       options.fused_ops)
+    else:
+        from lmexport.exporters.onnx.quant import quantize
+        staging = folder / ".fp32"
+        staging.mkdir()
+        traced = trace(model, staging / MODEL_FILE, inputs, outputs, torch.float32, options.opset,
+                       options.fused_ops)
+        quantize(staging / MODEL_FILE, model_path, options, DATA_FILE)
+        shutil.rmtree(staging)
+    _check_data_files(folder)
+    log.info("checking %s with onnx.checker", MODEL_FILE)
+    onnx.checker.check_model(str(model_path))
+    graph = onnx.load(str(model_path), load_external_data=False).graph
+    inits = initializer_map(graph.initializer, config)
+    _check_initializers(inits, config)
+    values = {o for n in graph.node for o in n.output}
+    lost = [v for v in traced.probes.values() if v not in values]
+    if lost:
+        raise ExportError(f"probe values missing from the graph: {', '.join(lost[:4])}")
+
+    (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    for src in tokenizer_files:
+        shutil.copy2(src, folder / src.name)
+    files = {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.is_file()}
+    manifest = Manifest(
+        mode=config.context_mode, dtype=options.dtype, quantization=options.quantization(),
+        opset=traced.opset, fused_ops=options.fused_ops,
+        source={"weights_hash": source_hash, "config": config.to_dict()},
+        num_layers=config.num_hidden_layers, inputs=inputs, outputs=outputs, files=files,
+        tokenizer={"bos_token_id": config.bos_token_id, "eos_token_ids": config.eos_token_ids,
+                   "pad_token_id": config.pad_token_id},
+        versions=_versions(), model_file=MODEL_FILE, data_file=DATA_FILE,
+        probes=traced.probes, initializers=inits)
+    manifest.write(folder)
+    return manifest
+
+
+def _check_data_files(folder: Path) -> None:
+    extra = [p.name for p in folder.iterdir() if p.is_file() and p.name not in (MODEL_FILE, DATA_FILE)]
+    if extra or not (folder / DATA_FILE).is_file():
+        raise ExportError(f"expected exactly {MODEL_FILE} and {DATA_FILE}, found "
+                          + ", ".join(sorted(p.name for p in folder.iterdir())))
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {}
+    for name in ("lmexport", "torch", "onnx", "onnxruntime", "onnxscript"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "unknown"
+    return out

@@ -1,0 +1,165 @@
+"""Always-on validation of an exported ONNX folder against the PyTorch reference.
+
+The folder is loaded the way a user loads it (ONNX Runtime, CPU, names from
+lmexport.json) and run on a left-padded batch of 2: a prefill, then
+``decode_steps`` single-token steps, each fed the state the previous call returned
+and the reference's greedy token. Every call compares the logits of the valid
+positions and every present state (keys/values at valid positions) with PyTorch.
+All differences are collected; the report lists each output's worst case and every
+bound it exceeds (lmexport.tolerances).
+
+The folder runs through the runtime's own ``Session`` (lmexport.runtime.session),
+and the logits are compared with the same metrics as ``lmexport parity``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from lmexport.parity.metrics import StepMetrics, compare_logits, overall
+from lmexport.runtime.ort import Session, positions_from_mask
+from lmexport.parity.tolerances import Tolerance, check, get_tolerance
+
+log = logging.getLogger(__name__)
+_NP = {"int64": np.int64, "float32": np.float32, "float16": np.float16}
+
+
+@dataclass
+class StateStats:
+    max_abs: float = 0.0
+    ref_max: float = 0.0
+    nonfinite: int = 0
+
+    @property
+    def rel(self) -> float:
+        return self.max_abs / max(self.ref_max, 1e-30)
+
+    def add(self, ref: np.ndarray, art: np.ndarray, keep: np.ndarray | None = None) -> None:
+        self.nonfinite += int((~np.isfinite(art)).sum())
+        ref, art = ref.astype(np.float64), np.nan_to_num(art.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        diff = np.abs(ref - art)
+        if keep is not None:
+            diff, ref = diff * keep, ref * keep
+        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
+        self.ref_max = max(self.ref_max, float(np.abs(ref).max(initial=0.0)))
+
+
+def state_failure(name: str, stats: StateStats, tol: Tolerance) -> str | None:
+    """fp32: absolute bound (max_abs); other variants: relative bound (state_rel)."""
+    if stats.nonfinite:
+        return f"{name}: {stats.nonfinite} NaN/inf values"
+    if tol.max_abs is not None:
+        if stats.max_abs > tol.max_abs:
+            return f"{name}: max |diff| {stats.max_abs:.3g} > {tol.max_abs:g}"
+        return None
+    bound = tol.state_rel if tol.state_rel is not None else tol.hidden_rel
+    if not stats.rel <= bound:           # NaN fails too
+        return f"{name}: relative diff {stats.rel:.3g} > {bound:g}"
+    return None
+
+
+@dataclass
+class ValidationReport:
+    variant: str
+    tolerance: Tolerance
+    calls: int
+    per_call: list[StepMetrics] = field(default_factory=list)
+    states: dict[str, StateStats] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def logits(self) -> StepMetrics:
+        return overall(self.per_call)
+
+    def add_logits(self, ref: np.ndarray, art: np.ndarray) -> None:
+        self.per_call.append(compare_logits(ref, art))
+
+    def finish(self) -> None:
+        self.failures = [f"logits: {f}" for f in check(self.logits, self.tolerance)]
+        self.failures += [f for f in (state_failure(n, s, self.tolerance) for n, s in self.states.items()) if f]
+
+    def table(self) -> str:
+        """The summary: logits, then the worst state of each kind, then the verdict."""
+        lg = self.logits
+        rows = [f"validation ({self.variant}, ONNX Runtime CPU vs PyTorch fp32, batch 2 left-padded, "
+                f"prefill + {self.calls - 1} decode steps)",
+                f"  {'output':<28}{'max |diff|':>12}{'relative':>10}{'top-1':>8}{'KL mean':>10}{'KL max':>10}",
+                f"  {'logits':<28}{lg.max_abs:>12.3g}{'':>10}{lg.top1:>8.3f}{lg.kl_mean:>10.2e}{lg.kl_max:>10.2e}"]
+        by_kind: dict[str, tuple[str, StateStats]] = {}
+        for name, s in self.states.items():
+            kind = name.split(".")[0]
+            if kind not in by_kind or s.max_abs > by_kind[kind][1].max_abs:
+                by_kind[kind] = (name, s)
+        for name, s in by_kind.values():
+            rows.append(f"  {name + ' (worst)':<28}{s.max_abs:>12.3g}{s.rel:>10.2e}")
+        rows.append(f"  {len(self.states)} state outputs compared; "
+                    + ("PASSED" if self.passed else f"FAILED ({len(self.failures)} bounds exceeded)"))
+        return "\n".join(rows)
+
+
+# ---------------------------------------------------------------- the check
+
+def validation_batch(vocab_size: int, pad_id: int, lengths: tuple[int, ...] = (11, 4), seed: int = 0):
+    """A left-padded batch of random prompts: (input_ids, attention_mask), [B, max(lengths)]."""
+    rng = np.random.default_rng(seed)
+    width = max(lengths)
+    ids = np.full((len(lengths), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(lengths), width), dtype=np.int64)
+    for row, n in enumerate(lengths):
+        ids[row, width - n:] = rng.integers(0, vocab_size, n)
+        mask[row, width - n:] = 1
+    return ids, mask
+
+
+def validate_folder(folder: str | Path, model, variant: str, *, decode_steps: int = 8,
+                    lengths: tuple[int, ...] = (11, 4), seed: int = 0) -> ValidationReport:
+    """Compare the folder with ``model`` (PyTorch fp32) call by call; never raises on a bound."""
+    import torch
+
+    config = model.config
+    runner = Session(folder, low_memory=True)
+    tol = get_tolerance(variant)
+    pad = config.pad_token_id if config.pad_token_id is not None else 0
+    ids, mask = validation_batch(config.vocab_size, pad, lengths, seed)
+    report = ValidationReport(variant, tol, decode_steps + 1)
+    state = runner.zero_state(ids.shape[0])
+    ref_state: dict = {}
+    tokens = ids
+    for call in range(decode_steps + 1):
+        pos = positions_from_mask(mask, tokens.shape[1])
+        with torch.no_grad():
+            ref = model(torch.from_numpy(tokens), torch.from_numpy(mask), torch.from_numpy(pos), **ref_state)
+        out = runner.run(tokens, mask, pos, state)
+        valid = mask[:, mask.shape[1] - tokens.shape[1]:].astype(bool)
+        ref_logits = ref.logits.float().numpy()
+        report.add_logits(ref_logits[valid], out["logits"][valid])
+        for name, value in _reference_presents(ref).items():
+            keep = mask[:, None, :, None] if name.startswith("present.") else None
+            report.states.setdefault(name, StateStats()).add(value, out[name], keep)
+        state = runner.next_state(out)
+        ref_state = {"past_key_values": ref.present_key_values, "past_conv": ref.present_conv,
+                     "past_context": ref.present_context}
+        tokens = ref_logits[:, -1].argmax(-1)[:, None].astype(np.int64)
+        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=np.int64)], axis=1)
+    report.finish()
+    log.debug("%s", report.table())
+    return report
+
+
+def _reference_presents(out) -> dict[str, np.ndarray]:
+    """The PyTorch model's present state under the graph's output names."""
+    res = {}
+    for i, (k, v) in enumerate(out.present_key_values):
+        res[f"present.{i}.key"], res[f"present.{i}.value"] = k.float().numpy(), v.float().numpy()
+    for i, t in enumerate(out.present_conv or []):
+        res[f"present_conv.{i}"] = t.float().numpy()
+    for i, t in enumerate(out.present_context or []):
+        res[f"present_context.{i}"] = t.float().numpy()
+    return res

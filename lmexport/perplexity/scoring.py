@@ -1,0 +1,73 @@
+"""Window scorers for ``lmexport perplexity``: one per kind of model or artifact.
+
+Each returns a ``perplexity.WindowScorer`` (window ids, first target -> summed NLL),
+so every backend is measured by the same windowing (lmexport.perplexity).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from lmexport.errors import InputError
+from lmexport.perplexity import WindowScorer
+
+
+def _nll_sum(logits: np.ndarray, targets: Sequence[int]) -> float:
+    """Sum of -log softmax(logits)[target] over rows; logits [n, V]."""
+    x = logits.astype(np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    logp = x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+    return float(-logp[np.arange(len(targets)), np.asarray(targets)].sum())
+
+
+def onnx_scorer(folder: Path, device: str = "cpu") -> WindowScorer:
+    """Each window is one prefill call from zero state on the exported graph."""
+    from lmexport.runtime.ort import Session
+
+    stepper = Session(folder, device=device)
+
+    def score(ids: Sequence[int], first_target: int) -> float:
+        x = np.asarray([list(ids)], dtype=np.int64)                        # (1, T)
+        mask = np.ones_like(x)
+        pos = np.arange(x.shape[1], dtype=np.int64)[None]
+        out = stepper.run(x, mask, pos, stepper.zero_state(1))
+        return _nll_sum(out["logits"][0, first_target - 1:-1], ids[first_target:])
+
+    return score
+
+
+def gguf_scorer(path: Path) -> WindowScorer:
+    """Through the model rebuilt from the GGUF's dequantised tensors (as parity does)."""
+    from lmexport.exporters.gguf.reader import load_gguf_model
+    from lmexport.perplexity import torch_scorer
+
+    model, _, _ = load_gguf_model(path)
+    return torch_scorer(model.eval())
+
+
+def torch_folder_scorer(folder: Path) -> WindowScorer:
+    from lmexport.modeling.checkpoint import load_model
+    from lmexport.perplexity import torch_scorer
+
+    model, _ = load_model(folder)
+    return torch_scorer(model)
+
+
+def open_scorer(path: Path, device: str = "cpu") -> tuple[WindowScorer, str, int]:
+    """(scorer, kind, context length) for a model folder, an ONNX folder or a GGUF file."""
+    import json
+
+    if path.is_dir() and (path / "lmexport.json").is_file():
+        from lmexport.manifest import Manifest
+        manifest = Manifest.read(path)
+        return onnx_scorer(path, device), "onnx", int(manifest.config.get("max_position_embeddings", 2048))
+    if path.is_dir() and (path / "config.json").is_file():
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        return torch_folder_scorer(path), "pytorch", int(config.get("max_position_embeddings", 2048))
+    if path.is_file():
+        from lmexport.exporters.gguf.reader import open_gguf
+        g = open_gguf(path)
+        return gguf_scorer(path), "gguf", g.config().max_position_embeddings
+    raise InputError(f"{path} is not a model folder, an exported ONNX folder or a GGUF file")
