@@ -30,7 +30,7 @@ from lmexport.errors import ArtifactError, GenerationError
 from lmexport.manifest import MANIFEST_FILE, Manifest, check_files
 from lmexport.optimum.config import config_from_manifest
 from lmexport.optimum.state import OnnxState
-from lmexport.runtime.session import positions_from_mask
+from lmexport.runtime.ort import positions_from_mask
 
 log = logging.getLogger(__name__)
 FEED_ROLES = ("input_ids", "attention_mask", "position_ids")

@@ -22,7 +22,7 @@ from optimum_helpers import BUNDLED
 @pytest.fixture(scope="session")
 def folders(tmp_path_factory) -> dict[str, Path]:
     """variant -> ONNX folder of the bundled model: fp32 and int4 (weight-only MatMulNBits)."""
-    from lmexport.exporters.onnx import OnnxExportOptions, export_onnx
+    from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
 
     root = tmp_path_factory.mktemp("optimum")
     out = {}

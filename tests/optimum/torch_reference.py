@@ -14,7 +14,7 @@ import torch
 from transformers import GenerationConfig, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from lmexport.checkpoint import load_model
+from lmexport.modeling.checkpoint import load_model
 from lmexport.optimum import LiquidMetalHFConfig
 
 
