@@ -58,6 +58,7 @@ class ORTModelForLiquidMetal(ORTModelForCausalLM):
         self.feed_names = {role: self.manifest.input(role).name for role in FEED_ROLES}
         self.logits_name = next(o.name for o in self.manifest.outputs if o.role == "logits")
         self.graph_outputs = [o.name for o in session.get_outputs()]
+        self.context_length = int(self.manifest.config.get("max_position_embeddings", 2048))
 
     # ------------------------------------------------------------ loading
     @classmethod
@@ -97,6 +98,9 @@ class ORTModelForLiquidMetal(ORTModelForCausalLM):
             raise GenerationError(f"past_key_values is a {type(past_key_values).__name__}; this model takes the "
                                   "OnnxState its previous call returned, or None")
         total = past_key_values.get_seq_length() + length
+        if total > self.context_length:
+            raise GenerationError(f"{total} tokens (past and new) exceed the model's context of {self.context_length}",
+                                  hint="shorten the prompt or lower max_new_tokens")
         ids = input_ids.detach().cpu().numpy().astype(np.int64, copy=False)
         if attention_mask is None:
             mask = np.ones((batch, total), dtype=np.int64)

@@ -21,14 +21,18 @@ from optimum_helpers import BUNDLED
 
 @pytest.fixture(scope="session")
 def folders(tmp_path_factory) -> dict[str, Path]:
-    """variant -> ONNX folder of the bundled model: fp32 and int4 (weight-only MatMulNBits)."""
+    """variant -> ONNX folder: the bundled model in fp32 and int4 (weight-only MatMulNBits), and
+    a tiny random legacy-mode model (keys and values only: no conv or context state)."""
     from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
+    from lmexport.modeling.tiny import make_model_folder
 
     root = tmp_path_factory.mktemp("optimum")
+    legacy = make_model_folder(root / "legacy-model", seed=3, context_mode="legacy")
     out = {}
-    for variant, options in {"fp32": OnnxExportOptions(validate=False),
-                             "int4": OnnxExportOptions(quantize="int4", validate=False)}.items():
-        export_onnx(BUNDLED, root / variant, options)
+    for variant, (model_dir, options) in {"fp32": (BUNDLED, OnnxExportOptions(validate=False)),
+                                          "int4": (BUNDLED, OnnxExportOptions(quantize="int4", validate=False)),
+                                          "legacy": (legacy, OnnxExportOptions(validate=False))}.items():
+        export_onnx(model_dir, root / variant, options)
         out[variant] = root / variant
     return out
 

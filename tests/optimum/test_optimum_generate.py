@@ -12,11 +12,13 @@ from lmexport.runtime import Generator
 from optimum_helpers import BUNDLED, PROMPTS, lmexport_tokens, new_tokens
 
 
-@pytest.mark.parametrize("variant", ["fp32", "int4"])
+@pytest.mark.parametrize("variant", ["fp32", "int4", "legacy"])
 def test_greedy_equals_lmexport_generate_for_32_tokens(folders, variant):
     model = ORTModelForLiquidMetal.from_pretrained(folders[variant])
     tok = load_tokenizer(folders[variant])
     gen = Generator.from_folder(folders[variant])
+    roles = {s.role for s in model.manifest.state_inputs()}
+    assert roles == ({"key", "value"} if variant == "legacy" else {"key", "value", "conv", "context"})
     full = 0
     for prompt in PROMPTS:
         assert tok(prompt)["input_ids"] == gen.encode_prompt(prompt)      # same BOS and ids
@@ -95,6 +97,8 @@ def test_state_is_every_state_input_of_the_manifest(model, tok):
     torch.testing.assert_close(step.logits[:, -1], whole.logits[:, -1], atol=1e-4, rtol=0)
     with pytest.raises(GenerationError, match="attention_mask has shape"):
         model(input_ids=nxt, attention_mask=torch.ones(1, 2, dtype=torch.long), past_key_values=state)
+    with pytest.raises(GenerationError, match="exceed the model's context of 512"):
+        model(input_ids=torch.ones(1, 513, dtype=torch.long))
 
 
 def test_save_pretrained_writes_a_folder_that_loads_again(model, tok, tmp_path):
