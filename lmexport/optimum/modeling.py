@@ -26,7 +26,7 @@ import torch
 from optimum.onnxruntime import ORTModelForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from lmexport.errors import ArtifactError, GenerationError
+from lmexport.errors import ArtifactError, GenerationError, InputError
 from lmexport.manifest import MANIFEST_FILE, Manifest, check_files
 from lmexport.optimum.config import config_from_manifest
 from lmexport.optimum.state import OnnxState
@@ -66,7 +66,7 @@ class ORTModelForLiquidMetal(ORTModelForCausalLM):
         """Load an lmexport ONNX folder (a local path). ``kwargs`` are optimum's:
         ``provider``, ``providers``, ``session_options``, ``generation_config``, ``use_cache``..."""
         if export:
-            raise GenerationError("export=True is optimum's exporter, which does not know this model",
+            raise InputError("export=True is optimum's exporter, which does not know this model",
                                   hint="export with `lmexport onnx` and load the folder it writes")
         folder = Path(model_id)
         manifest = Manifest.read(folder)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import TextStreamer, set_seed
+from transformers import TextStreamer, pipeline, set_seed
 
-from lmexport.errors import ArtifactError, GenerationError
+from lmexport.errors import ArtifactError, GenerationError, InputError
 from lmexport.optimum import ORTModelForLiquidMetal, OnnxState, config_from_manifest, load_tokenizer
 from lmexport.runtime import Generator
 from optimum_helpers import BUNDLED, PROMPTS, lmexport_tokens, new_tokens
@@ -109,6 +109,16 @@ def test_save_pretrained_writes_a_folder_that_loads_again(model, tok, tmp_path):
                        model.generate(**enc, max_new_tokens=8, do_sample=False))
 
 
+def test_text_generation_pipeline_gives_the_greedy_text(model, tok):
+    generator = pipeline("text-generation", model=model, tokenizer=tok)
+    [result] = generator(PROMPTS[0], max_new_tokens=16, do_sample=False, return_full_text=False)
+    enc = tok(PROMPTS[0], return_tensors="pt")
+    ids = model.generate(**enc, max_new_tokens=16, do_sample=False)[0, enc["input_ids"].shape[1]:]
+    assert result["generated_text"] == tok.decode(ids, skip_special_tokens=True)
+
+
 def test_a_folder_without_lmexport_json_is_a_clear_error(tmp_path):
     with pytest.raises(ArtifactError, match="lmexport.json"):
         ORTModelForLiquidMetal.from_pretrained(tmp_path)
+    with pytest.raises(InputError, match="lmexport onnx"):
+        ORTModelForLiquidMetal.from_pretrained(tmp_path, export=True)
