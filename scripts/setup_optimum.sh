@@ -31,5 +31,6 @@ step "$VENV/bin/python" -m pip install --quiet --upgrade pip
 step "$VENV/bin/python" -m pip install --quiet "torch==2.13.0"
 step "$VENV/bin/python" -m pip install --quiet -e ".[export,optimum,test]"
 echo "$KEY" > "$STAMP"
-echo "optimum environment ready in $(pwd)/$VENV ($(( $(date +%s) - started )) s;" \
-     "$("$VENV/bin/python" -c 'import importlib.metadata as m; print(", ".join(p + " " + m.version(p) for p in ("optimum-onnx", "optimum", "transformers", "onnxruntime", "torch")))'))"
+versions=$("$VENV/bin/python" -c 'import importlib.metadata as m
+print(", ".join(p + " " + m.version(p) for p in ("optimum-onnx", "optimum", "transformers", "onnxruntime", "torch")))')
+echo "optimum environment ready in $(pwd)/$VENV ($(( $(date +%s) - started )) s; $versions)"

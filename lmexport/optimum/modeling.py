@@ -118,7 +118,7 @@ class ORTModelForLiquidMetal(ORTModelForCausalLM):
                  self.feed_names["position_ids"]: np.ascontiguousarray(positions),
                  **past_key_values.feeds()}
         outputs = dict(zip(self.graph_outputs, self.session.run(None, feeds)))
-        logits = torch.from_numpy(outputs[self.logits_name])
+        logits = torch.from_numpy(outputs[self.logits_name]).to(input_ids.device)   # generate() cats on that device
         past = OnnxState.from_outputs(self.states, outputs) if use_cache else None
         return CausalLMOutputWithPast(logits=logits, past_key_values=past)
 
