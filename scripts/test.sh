@@ -4,6 +4,7 @@
 # transformers<4.58); skipped when pytest arguments are given or LMEXPORT_OPTIMUM=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+bash scripts/system_deps.sh          # compilers, cmake, node (only what is missing)
 bash scripts/setup.sh
 . .venv/bin/activate
 bash scripts/plain_wheels.sh          # wheels for the plain-install test (a fresh venv built offline)
