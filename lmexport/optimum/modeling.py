@@ -30,7 +30,7 @@ from lmexport.errors import ArtifactError, GenerationError, InputError
 from lmexport.manifest import MANIFEST_FILE, Manifest, check_files
 from lmexport.optimum.config import config_from_manifest
 from lmexport.optimum.state import OnnxState
-from lmexport.runtime.ort import positions_from_mask
+from lmexport.runtime.batch import positions_from_mask
 
 log = logging.getLogger(__name__)
 FEED_ROLES = ("input_ids", "attention_mask", "position_ids")
@@ -56,7 +56,7 @@ class ORTModelForLiquidMetal(ORTModelForCausalLM):
                                 f"(differing: {', '.join(diff[:8])})", hint="re-export the folder with lmexport onnx")
         self.states = self.manifest.state_inputs()
         self.feed_names = {role: self.manifest.input(role).name for role in FEED_ROLES}
-        self.logits_name = next(o.name for o in self.manifest.outputs if o.role == "logits")
+        self.logits_name = self.manifest.output("logits").name
         self.graph_outputs = [o.name for o in session.get_outputs()]
         self.context_length = int(self.manifest.config.get("max_position_embeddings", 2048))
 
