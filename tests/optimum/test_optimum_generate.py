@@ -12,6 +12,18 @@ from lmexport.runtime import Generator
 from optimum_helpers import BUNDLED, PROMPTS, lmexport_tokens, new_tokens
 
 
+def test_the_tokenizer_encodes_as_lmexport_generate_does(tok, fp32):
+    gen = Generator.from_folder(fp32)
+    enc = tok(list(PROMPTS), padding=True)
+    assert set(enc) == {"input_ids", "attention_mask"}
+    for row, mask, prompt in zip(enc["input_ids"], enc["attention_mask"], PROMPTS):
+        ids = gen.encode_prompt(prompt)
+        assert row[len(row) - len(ids):] == ids and sum(mask) == len(ids)          # BOS first, padding on the left
+        assert set(row[:len(row) - len(ids)]) <= {gen.pad_token_id}
+    chat = tok.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False, add_generation_prompt=True)
+    assert tok(chat)["input_ids"] == gen.encode_prompt("hello", chat=True)
+
+
 @pytest.mark.parametrize("variant", ["fp32", "int4", "legacy"])
 def test_greedy_equals_lmexport_generate_for_32_tokens(folders, variant):
     model = ORTModelForLiquidMetal.from_pretrained(folders[variant])
