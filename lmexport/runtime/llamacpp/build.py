@@ -296,7 +296,6 @@ def build(*, force: bool = False, cache: Path | None = None,
     installed = installed_stamp()
     pkg = installed_package_dir()
     if not force and installed is not None and installed.get("stamp") == stamp and pkg is not None:
-        _say(progress, f"already built: llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} + liquidmetal ({pkg})")
         return BuildResult("already built", stamp, pkg, time.monotonic() - t0)
 
     find_compilers()

@@ -79,10 +79,16 @@ def native_log(llama_cpp, verbose: bool):
         return
     import ctypes
 
+    state = {"keep": False}
+
     @llama_cpp.llama_log_callback
-    def collect(level, text, user_data):  # GGML_LOG_LEVEL_WARN = 2, ERROR = 3
-        if level in (2, 3) and text:
-            lines.append(text.decode("utf-8", errors="replace").strip())
+    def collect(level, text, user_data):  # ggml.h: WARN = 3, ERROR = 4, CONT = 5 (continues the last line)
+        if level in (3, 4) or (level == 5 and state["keep"]):
+            state["keep"] = True
+            if text:
+                lines.append(text.decode("utf-8", errors="replace").strip())
+        elif level != 5:
+            state["keep"] = False
 
     llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
     try:

@@ -164,7 +164,7 @@ def test_two_sequences_in_one_context_equal_each_alone(interleave, llamacpp, ggu
     assert float(np.abs(together[0] - ref).max()) <= 1e-4 * float(np.abs(ref).max())
 
 
-@pytest.mark.parametrize("outtype", ["q8_0", "q4_0", "q4_k_m"])
+@pytest.mark.parametrize("outtype", ["q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"])
 @pytest.mark.parametrize("model", ["bundled", "k3-tied"])
 def test_quantized_files_stay_within_their_presets(model, outtype, llamacpp, gguf_files, torch_models):
     ref_model = torch_models(model)
