@@ -25,7 +25,7 @@ def quantize(src_gguf: str | Path, dst_gguf: str | Path, ftype: str, *, nthread:
     if not src.exists():
         raise ArtifactError(f"{src} not found")
     if dst.exists() and not overwrite:
-        raise InputError(f"{dst} exists", hint="pass overwrite=True to replace it")
+        raise InputError(f"{dst} exists", hint="pass --overwrite (overwrite=True) to replace it")
     lc = require_patched()
     params = lc.llama_model_quantize_default_params()
     params.ftype = FTYPES[ftype]

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from gguf import GGUFReader
 
 from lmexport.checkpoint import load_model
 from lmexport.exporters.gguf import GGUFOptions, export_gguf
@@ -32,6 +33,8 @@ TINY = {
     "k2-untied-se5": dict(token_mixing_kernel_size=2, se_reduction=5),
     "k3-tied": dict(token_mixing_kernel_size=3, tie_word_embeddings=True),
     "k4-gqa4-se6": dict(token_mixing_kernel_size=4, num_key_value_heads=1, se_reduction=6),
+    # rows of 256: llama.cpp's K-quants apply (with H = 64 or 128 every matrix falls back to q5_0/q8_0)
+    "h256": dict(hidden_size=256, intermediate_size=512, se_reduction=8, tie_word_embeddings=True),
 }
 MODELS = ["bundled", *TINY]
 
@@ -165,14 +168,15 @@ def test_two_sequences_in_one_context_equal_each_alone(interleave, llamacpp, ggu
 
 
 @pytest.mark.parametrize("outtype", ["q8_0", "q4_0", "q4_k_m", "q5_k_m", "q6_k"])
-@pytest.mark.parametrize("model", ["bundled", "k3-tied"])
+@pytest.mark.parametrize("model", ["bundled", "k3-tied", "h256"])
 def test_quantized_files_stay_within_their_presets(model, outtype, llamacpp, gguf_files, torch_models):
     ref_model = torch_models(model)
     ids = prompt_ids(ref_model, n=48, seed=7)
     with engine(llamacpp, gguf_files(model, outtype)) as eng:     # llama.cpp defaults: f16 KV cache
         got = eng.logits(ids)
     m = logit_metrics(torch_logits(ref_model, ids), got)
-    print(f"{model} {outtype}: top1 {m.top1:.3f}, KL {m.kl_mean:.2e}, cosine min {m.cosine_min:.5f}")
+    kinds = sorted({t.tensor_type.name for t in GGUFReader(gguf_files(model, outtype)).tensors})
+    print(f"{model} {outtype}: top1 {m.top1:.3f}, KL {m.kl_mean:.2e}, cosine min {m.cosine_min:.5f} ({kinds})")
     tol = TOLERANCES[f"gguf-{outtype}"]
     assert check(m, tol) == []
 
