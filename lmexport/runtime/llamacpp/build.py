@@ -142,14 +142,29 @@ def installed_package_dir() -> Path | None:
     return Path(list(spec.submodule_search_locations)[0])
 
 
+def _library_fingerprint(pkg: Path) -> dict[str, list[int]]:
+    """Size and mtime of the shared libraries the package loads: a stock llama-cpp-python installed
+    over this build replaces them (and leaves our stamp file behind, as it is not in pip's RECORD)."""
+    out = {}
+    for lib in sorted((pkg / "lib").glob("*")) if (pkg / "lib").is_dir() else ():
+        if lib.is_file() and (".so" in lib.name or lib.suffix in (".dylib", ".dll")):
+            st = lib.stat()
+            out[lib.name] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
 def installed_stamp() -> dict | None:
+    """The stamp of the installed llama_cpp, if it is an lmexport build whose libraries are unchanged."""
     pkg = installed_package_dir()
     if pkg is None:
         return None
     try:
-        return json.loads((pkg / STAMP_NAME).read_text(encoding="utf-8"))
+        record = json.loads((pkg / STAMP_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
+    if not isinstance(record, dict) or record.get("libraries") != _library_fingerprint(pkg):
+        return None
+    return record
 
 
 def is_built(args: list[str] | None = None) -> bool:
@@ -330,7 +345,8 @@ def build(*, force: bool = False, cache: Path | None = None,
         raise BuildError("pip reported success but llama_cpp is not importable", hint=f"see {log_path}")
     record = {"stamp": stamp, "version": LLAMA_CPP_PYTHON_VERSION, "cmake_args": args,
               "patch_sha256": hashlib.sha256(patch_bytes()).hexdigest(), "python": sys.executable,
-              "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+              "built_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "libraries": _library_fingerprint(pkg)}
     (pkg / STAMP_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     seconds = time.monotonic() - t0
     _say(progress, f"built and installed in {seconds:.0f} s: {pkg}")

@@ -70,13 +70,20 @@ def test_cli_turns_build_errors_into_exit_2(monkeypatch, capsys):
 
 def test_already_built_when_the_installed_stamp_matches(monkeypatch, tmp_path):
     pkg = tmp_path / "llama_cpp"
-    pkg.mkdir()
+    (pkg / "lib").mkdir(parents=True)
+    (pkg / "lib" / "libllama.so").write_bytes(b"patched")
     stamp = b.build_stamp(b.cmake_args())
-    (pkg / b.STAMP_NAME).write_text(json.dumps({"stamp": stamp}))
+    libs = b._library_fingerprint(pkg)
+    (pkg / b.STAMP_NAME).write_text(json.dumps({"stamp": stamp, "libraries": libs}))
     monkeypatch.setattr(b, "installed_package_dir", lambda: pkg)
     calls = []
     monkeypatch.setattr(b, "_run_pip_install", lambda *a, **k: calls.append(a))
     result = b.build(progress=None)
     assert result.status == "already built" and calls == []
-    (pkg / b.STAMP_NAME).write_text(json.dumps({"stamp": "old"}))
+    assert b.is_built()
+    # a stock llama-cpp-python installed over it replaces the library but leaves the stamp file
+    (pkg / "lib" / "libllama.so").write_bytes(b"stock build")
+    assert not b.is_built()
+    (pkg / "lib" / "libllama.so").write_bytes(b"patched")
+    (pkg / b.STAMP_NAME).write_text(json.dumps({"stamp": "old", "libraries": b._library_fingerprint(pkg)}))
     assert not b.is_built()
