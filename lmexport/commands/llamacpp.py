@@ -30,7 +30,7 @@ def build_cmd(force):
     CPU build by default; the CMAKE_ARGS environment variable is appended
     (e.g. -DGGML_CUDA=on).
     """
-    from ..runtime.llamacpp.build import build
+    from lmexport.runtime.llamacpp.build import build
 
     result = build(force=force, progress=lambda line: click.echo(line, err=True))
     click.echo(f"{result.status}: llama-cpp-python with liquidmetal in {result.package_dir} ({result.seconds:.0f} s)")
@@ -44,7 +44,7 @@ def build_cmd(force):
 @click.option("--overwrite", is_flag=True, help="Replace DST if it exists.")
 def quantize_cmd(src, dst, ftype, overwrite):
     """Quantize an f32/f16 liquidmetal GGUF with llama.cpp's own quantizer (K-quants)."""
-    from ..runtime.llamacpp.quantize import quantize
+    from lmexport.runtime.llamacpp.quantize import quantize
 
     out = quantize(src, dst, ftype, overwrite=overwrite)
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {ftype})")
@@ -65,7 +65,7 @@ def quantize_cmd(src, dst, ftype, overwrite):
 def generate_cmd(gguf_path, prompt, max_tokens, temperature, top_k, top_p, repeat_penalty, seed, stop, n_ctx,
                  n_gpu_layers):
     """Stream a completion from a GGUF with the patched llama.cpp."""
-    from ..runtime.llamacpp.engine import LlamaCppEngine
+    from lmexport.runtime.llamacpp.engine import LlamaCppEngine
 
     with LlamaCppEngine(gguf_path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, seed=seed) as eng:
         click.echo(prompt, nl=False)

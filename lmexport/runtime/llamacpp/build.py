@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ...errors import LmexportError
+from lmexport.errors import LmexportError
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 PATCH_PATH = Path(__file__).with_name("liquidmetal.patch")

@@ -16,7 +16,6 @@ backend supports it (if a context cannot be created with it, the engine retries 
 """
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
-from ...errors import ArtifactError, InputError, LmexportError
+from lmexport.errors import ArtifactError, InputError, LmexportError
 
 BUILD_HINT = "run `lmexport llamacpp build`"
 GGML_TYPE_F32 = 0

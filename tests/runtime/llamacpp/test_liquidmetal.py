@@ -15,10 +15,10 @@ import pytest
 import torch
 from gguf import GGUFReader
 
-from lmexport.checkpoint import load_model
-from lmexport.exporters.gguf import GGUFOptions, export_gguf
-from lmexport.tiny import make_model_folder
-from lmexport.tolerances import TOLERANCES, check
+from lmexport.modeling.checkpoint import load_model
+from lmexport.exporters.gguf.write import GGUFOptions, export_gguf
+from lmexport.modeling.tiny import make_model_folder
+from lmexport.parity.tolerances import TOLERANCES, check
 
 from gguf_helpers import logit_metrics
 
