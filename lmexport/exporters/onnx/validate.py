@@ -139,10 +139,10 @@ def validate_folder(folder: str | Path, model, variant: str, *, decode_steps: in
         out = runner.run(tokens, mask, pos, state)
         valid = mask[:, mask.shape[1] - tokens.shape[1]:].astype(bool)
         ref_logits = ref.logits.float().numpy()
-        report.add_logits(ref_logits[valid], out["logits"][valid])
-        for name, value in _reference_presents(ref).items():
-            keep = mask[:, None, :, None] if name.startswith("present.") else None
-            report.states.setdefault(name, StateStats()).add(value, out[name], keep)
+        report.add_logits(ref_logits[valid], out[runner.logits_name][valid])
+        for spec, value in _reference_presents(ref, runner.manifest.outputs):
+            keep = mask[:, None, :, None] if spec.role in ("key", "value") else None
+            report.states.setdefault(spec.name, StateStats()).add(value, out[spec.name], keep)
         state = runner.next_state(out)
         ref_state = {"past_key_values": ref.present_key_values, "past_conv": ref.present_conv,
                      "past_context": ref.present_context}
@@ -153,13 +153,9 @@ def validate_folder(folder: str | Path, model, variant: str, *, decode_steps: in
     return report
 
 
-def _reference_presents(out) -> dict[str, np.ndarray]:
-    """The PyTorch model's present state under the graph's output names."""
-    res = {}
-    for i, (k, v) in enumerate(out.present_key_values):
-        res[f"present.{i}.key"], res[f"present.{i}.value"] = k.float().numpy(), v.float().numpy()
-    for i, t in enumerate(out.present_conv or []):
-        res[f"present_conv.{i}"] = t.float().numpy()
-    for i, t in enumerate(out.present_context or []):
-        res[f"present_context.{i}"] = t.float().numpy()
-    return res
+def _reference_presents(out, outputs) -> list[tuple]:
+    """(graph output IOSpec, the PyTorch model's value of it) for every state output,
+    found by role and layer in the folder's IO declaration."""
+    by_role = {"key": [k for k, _ in out.present_key_values], "value": [v for _, v in out.present_key_values],
+               "conv": out.present_conv or [], "context": out.present_context or []}
+    return [(spec, by_role[spec.role][spec.layer].float().numpy()) for spec in outputs if spec.is_state]

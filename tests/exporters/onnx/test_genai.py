@@ -1,0 +1,156 @@
+"""onnxruntime-genai runs exported folders of the bundled model: genai_config.json read back,
+greedy tokens and logits equal to lmexport's runtime, the state correct when genai aliases
+a layer's past and present state. The real package (test extra), nothing mocked."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import onnxruntime_genai as og
+import pytest
+
+from lmexport.exporters.onnx.genai import GENAI_CONFIG_FILE, genai_config, layer_template
+from lmexport.errors import ExportError
+from lmexport.manifest import IOSpec, Manifest
+from lmexport.runtime.ort import Session, positions_from_mask
+from lmexport.runtime.tokenizer import TextTokenizer
+
+from onnx_consumers import NEW_TOKENS, PROMPTS, VARIANTS, exported, lmexport_tokens
+
+# genai binds these states' past and present to one buffer (CPU); keys/values grow per call
+ALIASED_ROLES = ("conv", "context")
+
+
+def genai_greedy(folder, prompt_ids: list[list[int]], new_tokens: int):
+    """Greedy tokens and, per step, the logits each token was chosen from."""
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt_ids[0]) + new_tokens, do_sample=False,
+                              batch_size=len(prompt_ids))
+    generator = og.Generator(model, params)
+    generator.append_tokens(np.array(prompt_ids, dtype=np.int32))
+    tokens, logits = [], []
+    for _ in range(new_tokens):         # genai 0.18's is_done() stays false at max_length
+        logits.append(generator.get_logits()[:, -1].copy())      # what the next token is chosen from
+        generator.generate_next_token()
+        tokens.append(generator.get_next_tokens().astype(np.int64))
+    return np.stack(tokens, axis=1).tolist(), np.stack(logits, axis=1)
+
+
+def lmexport_logits(folder, prompt_ids: list[list[int]], tokens: list[list[int]]) -> np.ndarray:
+    """lmexport's session fed the prompt and then ``tokens``: the logits before each token."""
+    session = Session(folder)
+    ids = np.array(prompt_ids, dtype=np.int64)
+    mask, state, out = np.ones_like(ids), session.zero_state(len(ids)), []
+    for step in range(len(tokens[0])):
+        logits, state = session.step(ids, mask, positions_from_mask(mask, ids.shape[1]), state)
+        out.append(logits[:, -1])
+        ids = np.array([[row[step]] for row in tokens], dtype=np.int64)
+        mask = np.concatenate([mask, np.ones_like(ids)], axis=1)
+    return np.stack(out, axis=1)
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_genai_config_names_the_graph_io(name, tmp_path_factory):
+    folder = exported(name, tmp_path_factory)
+    config = json.loads((folder / GENAI_CONFIG_FILE).read_text())
+    manifest = Manifest.read(folder)
+    assert config == genai_config(manifest)
+    graph = onnx.load(str(folder / manifest.model_file), load_external_data=False).graph
+    graph_in, graph_out = {v.name for v in graph.input}, {v.name for v in graph.output}
+    decoder = config["model"]["decoder"]
+    assert decoder["filename"] == manifest.model_file
+    named_in, named_out = set(), set()
+    for names, io, named in ((decoder["inputs"], graph_in, named_in), (decoder["outputs"], graph_out, named_out)):
+        for key, value in names.items():
+            found = {value % i for i in range(manifest.num_layers)} if "%d" in value else {value}
+            assert found <= io, (key, found - io)
+            named |= found
+    assert named_in == graph_in and named_out == graph_out      # every graph input and output, once
+    assert set(decoder["inputs"]) >= {"past_conv_names", "past_recurrent_names"}
+    assert config["search"]["past_present_share_buffer"] is False
+
+
+def test_layer_template_is_checked_against_every_layer():
+    specs = [IOSpec(f"past_{i}.conv{i}0", "float32", (1,), "conv", i, "zeros", "x") for i in range(3)]
+    with pytest.raises(ExportError, match="one layer template"):
+        layer_template(specs, 3)
+    ok = [IOSpec(f"s10.{i}%", "float32", (1,), "conv", i, "zeros", "x") for i in range(12)]
+    assert layer_template(ok, 12) == "s10.%d%%"
+    with pytest.raises(ExportError, match="once for each"):
+        layer_template(ok[:11], 12)
+
+
+def test_genai_tokenizer_gives_lmexport_ids_when_asked_for_special_tokens(tmp_path_factory):
+    folder = exported("fp32", tmp_path_factory)
+    ours = TextTokenizer(folder)
+    tokenizer = og.Tokenizer(og.Model(str(folder)))
+    plain = [list(map(int, tokenizer.encode(p))) for p in PROMPTS]
+    assert plain == [ours.encode(p, add_bos=False) for p in PROMPTS]      # genai's default: no BOS
+    tokenizer.update_options(add_special_tokens="true")
+    assert [list(map(int, tokenizer.encode(p))) for p in PROMPTS] == [ours.encode(p) for p in PROMPTS]
+    assert all(ours.encode(p)[0] == ours.bos_token_id for p in PROMPTS)
+
+
+@pytest.mark.parametrize("name", ["fp32", "int4", "plain", "tjs-fp32"])
+def test_genai_greedy_equals_lmexport_generate(name, tmp_path_factory):
+    """Batch of two equal-length prompts, 32 greedy tokens each: token for token equal,
+    and the logits each token was chosen from equal to lmexport's session's."""
+    folder = exported(name, tmp_path_factory)
+    tokenizer = TextTokenizer(folder)
+    prompt_ids = [tokenizer.encode(p) for p in PROMPTS]
+    assert len({len(ids) for ids in prompt_ids}) == 1
+    want = lmexport_tokens(folder)
+    assert all(len(row) == NEW_TOKENS for row in want)          # no EOS came: all 32 are compared
+    got, logits = genai_greedy(folder, prompt_ids, NEW_TOKENS)
+    assert got == want
+    ref = lmexport_logits(folder, prompt_ids, got)
+    assert np.abs(logits - ref).max() <= 1e-5, np.abs(logits - ref).max()
+
+
+@pytest.mark.parametrize("name", ["fp32", "int4", "plain"])
+def test_state_stays_correct_when_present_aliases_past(name, tmp_path_factory):
+    """What genai does on the CPU: each conv/context present output written into the buffer
+    of its past input. Logits and state equal those of separate buffers, bit for bit."""
+    folder = exported(name, tmp_path_factory)
+    session = Session(folder)
+    runner, outputs = session.session, session.output_names
+    prompt = np.array([TextTokenizer(folder).encode(p) for p in PROMPTS], dtype=np.int64)
+
+    def run(alias: bool, steps: int = 6):
+        ids, mask = prompt, np.ones_like(prompt)
+        state = {k: ort.OrtValue.ortvalue_from_numpy(v) for k, v in session.zero_state(len(ids)).items()}
+        shared = {s.present: s.name for s in session.states if alias and s.role in ALIASED_ROLES}
+        seen = []
+        for _ in range(steps):
+            binding = runner.io_binding()
+            for role, value in (("input_ids", ids), ("attention_mask", mask),
+                                ("position_ids", positions_from_mask(mask, ids.shape[1]))):
+                binding.bind_cpu_input(session.manifest.input(role).name, value)
+            for name_, value in state.items():
+                binding.bind_ortvalue_input(name_, value)
+            for out in outputs:
+                if out in shared:
+                    binding.bind_ortvalue_output(out, state[shared[out]])
+                else:
+                    binding.bind_output(out, "cpu")
+            runner.run_with_iobinding(binding)
+            result = dict(zip(outputs, binding.get_outputs()))
+            for out, past in shared.items():          # written in place, not into a new buffer
+                assert result[out].data_ptr() == state[past].data_ptr()
+            logits = result[session.logits_name].numpy()
+            seen.append(logits[:, -1].copy())
+            # an aliased state stays in its buffer (the returned OrtValue only borrows it)
+            state = {s.name: state[s.name] if s.present in shared else result[s.present] for s in session.states}
+            ids = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
+            mask = np.concatenate([mask, np.ones_like(ids)], axis=1)
+        return np.stack(seen), {k: v.numpy().copy() for k, v in state.items()}
+
+    separate, separate_state = run(alias=False)
+    aliased, aliased_state = run(alias=True)
+    assert any(s.role in ALIASED_ROLES for s in session.states)
+    np.testing.assert_array_equal(aliased, separate)
+    for name_ in separate_state:
+        np.testing.assert_array_equal(aliased_state[name_], separate_state[name_])
