@@ -3,6 +3,7 @@ tests that run a folder in another consumer (onnxruntime-genai, transformers.js)
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,3 +45,27 @@ def lmexport_tokens(folder: Path, prompts=PROMPTS, new_tokens: int = NEW_TOKENS)
     from lmexport.runtime import Generator
 
     return [r.token_ids for r in Generator.from_folder(folder).generate(list(prompts), max_new_tokens=new_tokens)]
+
+
+DOCS = ROOT / "docs" / "runtime.md"
+# what the examples in docs/runtime.md generate: their text is compared with `lmexport generate`'s
+DOC_PROMPT, DOC_NEW_TOKENS = "def read_file(path):", 32
+
+
+def doc_example(name: str) -> str:
+    """The code block right after ``<!-- example: NAME -->`` in docs/runtime.md."""
+    text = DOCS.read_text(encoding="utf-8")
+    marker = f"<!-- example: {name} -->"
+    assert text.count(marker) == 1, marker
+    block = re.match(r"\s*```\w+\n(.*?)```", text.split(marker, 1)[1], re.S)
+    assert block, f"no code block after {marker}"
+    code = block.group(1)
+    assert repr(DOC_PROMPT)[1:-1] in code and str(DOC_NEW_TOKENS) in code
+    return code
+
+
+def lmexport_generate_text(cwd: Path, folder: str) -> str:
+    """What `lmexport generate FOLDER --prompt DOC_PROMPT` prints (stdout)."""
+    done = run_cli("generate", folder, "--prompt", DOC_PROMPT, "--max-new-tokens", DOC_NEW_TOKENS, cwd=cwd)
+    assert done.returncode == 0, done.stderr
+    return done.stdout

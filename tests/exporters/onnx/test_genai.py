@@ -4,6 +4,8 @@ a layer's past and present state. The real package (test extra), nothing mocked.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -17,7 +19,8 @@ from lmexport.manifest import IOSpec, Manifest
 from lmexport.runtime.ort import Session, positions_from_mask
 from lmexport.runtime.tokenizer import TextTokenizer
 
-from onnx_consumers import NEW_TOKENS, PROMPTS, VARIANTS, exported, lmexport_tokens
+from onnx_consumers import (NEW_TOKENS, PROMPTS, VARIANTS, doc_example, exported, lmexport_generate_text,
+                            lmexport_tokens)
 
 # genai binds these states' past and present to one buffer (CPU); keys/values grow per call
 ALIASED_ROLES = ("conv", "context")
@@ -154,3 +157,34 @@ def test_state_stays_correct_when_present_aliases_past(name, tmp_path_factory):
     np.testing.assert_array_equal(aliased, separate)
     for name_ in separate_state:
         np.testing.assert_array_equal(aliased_state[name_], separate_state[name_])
+
+
+def test_left_padded_batch_equals_lmexport_and_encode_batch_pads_right(tmp_path_factory):
+    """Prompts of 8 and 6 tokens: left-padded with pad_token_id by the caller, genai's tokens
+    are lmexport's; genai's own encode_batch pads on the right (docs: what a user must do)."""
+    folder = exported("fp32", tmp_path_factory)
+    prompts = ("def read_file(path):", "def main(argv):")
+    tokenizer = TextTokenizer(folder)
+    encoded = [tokenizer.encode(p) for p in prompts]
+    width = max(map(len, encoded))
+    assert len(encoded[1]) < width
+    pad = Manifest.read(folder).tokenizer["pad_token_id"]
+    want = lmexport_tokens(folder, prompts)
+    assert all(len(row) == NEW_TOKENS for row in want)
+    got, _ = genai_greedy(folder, [[pad] * (width - len(ids)) + ids for ids in encoded], NEW_TOKENS)
+    assert got == want
+    og_tokenizer = og.Tokenizer(og.Model(str(folder)))
+    og_tokenizer.update_options(add_special_tokens="true")
+    batch = og_tokenizer.encode_batch(list(prompts)).as_numpy().tolist()
+    assert batch[1] == encoded[1] + [pad] * (width - len(encoded[1]))
+
+
+def test_docs_example_prints_what_lmexport_generate_prints(tmp_path, tmp_path_factory):
+    """docs/runtime.md's genai example, run as written against out/onnx."""
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "onnx").symlink_to(exported("fp32", tmp_path_factory))
+    script = tmp_path / "genai_example.py"
+    script.write_text(doc_example("genai"), encoding="utf-8")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == lmexport_generate_text(tmp_path, "out/onnx")

@@ -16,7 +16,8 @@ from lmexport.exporters.onnx.transformersjs import SHIM_FILE, STATE_NAMES, write
 from lmexport.manifest import Manifest
 from lmexport.runtime.tokenizer import TextTokenizer
 
-from onnx_consumers import NEW_TOKENS, PROMPTS, exported, lmexport_tokens
+from onnx_consumers import (NEW_TOKENS, PROMPTS, doc_example, exported, lmexport_generate_text,
+                            lmexport_tokens)
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 DRIVER = NODE_DIR / "generate.mjs"
@@ -86,3 +87,16 @@ def test_default_names_are_not_carried_by_transformersjs(node, tmp_path_factory)
     done = run_node(node, DRIVER, folder, 4, PROMPTS[0])
     assert done.returncode != 0
     assert "past_key_values_context.0" in done.stderr and "--target transformers.js" in done.stderr
+
+
+def test_docs_example_prints_what_lmexport_generate_prints(node, tmp_path, tmp_path_factory):
+    """docs/runtime.md's transformers.js example, run as written in a folder with the packages
+    installed (node_modules) and the export at out/onnx-tjs."""
+    (tmp_path / "node_modules").symlink_to((NODE_DIR / "node_modules").resolve())
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "onnx-tjs").symlink_to(exported("tjs-fp32", tmp_path_factory))
+    script = tmp_path / "generate.mjs"
+    script.write_text(doc_example("transformers.js"), encoding="utf-8")
+    done = run_node(node, script, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == lmexport_generate_text(tmp_path, "out/onnx-tjs")
