@@ -11,6 +11,8 @@ place; a failed validation leaves nothing at OUT_DIR)::
     config.json                   the source config (normalised, inferred keys filled in)
     tokenizer files               as found next to the checkpoint
     lmexport.json                 the manifest: IO, mode, dtype, quantization, probes, files
+    genai_config.json             the same IO for onnxruntime-genai (genai.py)
+    liquid_metal.mjs              --target transformers.js: its loader (transformersjs.py)
 
 See docs/onnx.md for the graph IO, the precision variants and their tolerances.
 """
