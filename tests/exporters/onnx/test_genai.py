@@ -13,9 +13,11 @@ import onnxruntime as ort
 import onnxruntime_genai as og
 import pytest
 
+from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
 from lmexport.exporters.onnx.genai import GENAI_CONFIG_FILE, genai_config, layer_template
 from lmexport.errors import ExportError
 from lmexport.manifest import IOSpec, Manifest
+from lmexport.modeling.tiny import make_model_folder
 from lmexport.runtime.ort import Session, positions_from_mask
 from lmexport.runtime.tokenizer import TextTokenizer
 
@@ -24,6 +26,9 @@ from onnx_consumers import (NEW_TOKENS, PROMPTS, VARIANTS, doc_example, exported
 
 # genai binds these states' past and present to one buffer (CPU); keys/values grow per call
 ALIASED_ROLES = ("conv", "context")
+# tiny random models (config overrides, export options): the variants the bundled folders do not cover
+TINY_VARIANTS = {"legacy": ({"context_mode": "legacy"}, {}), "fp16": ({}, {"dtype": "fp16"}),
+                 "int8": ({}, {"quantize": "int8"}), "plain-opset18": ({}, {"fused_ops": False, "opset": 18})}
 
 
 def genai_greedy(folder, prompt_ids: list[list[int]], new_tokens: int):
@@ -40,6 +45,19 @@ def genai_greedy(folder, prompt_ids: list[list[int]], new_tokens: int):
         generator.generate_next_token()
         tokens.append(generator.get_next_tokens().astype(np.int64))
     return np.stack(tokens, axis=1).tolist(), np.stack(logits, axis=1)
+
+
+def lmexport_greedy(folder, prompt_ids: list[list[int]], new_tokens: int) -> list[list[int]]:
+    """Greedy tokens from lmexport's session (raw ids: tiny models have toy tokenizers)."""
+    session = Session(folder)
+    ids = np.array(prompt_ids, dtype=np.int64)
+    mask, state, out = np.ones_like(ids), session.zero_state(len(ids)), []
+    for _ in range(new_tokens):
+        logits, state = session.step(ids, mask, positions_from_mask(mask, ids.shape[1]), state)
+        ids = logits[:, -1].argmax(-1)[:, None].astype(np.int64)
+        out.append(ids[:, 0])
+        mask = np.concatenate([mask, np.ones_like(ids)], axis=1)
+    return np.stack(out, axis=1).tolist()
 
 
 def lmexport_logits(folder, prompt_ids: list[list[int]], tokens: list[list[int]]) -> np.ndarray:
@@ -188,3 +206,22 @@ def test_docs_example_prints_what_lmexport_generate_prints(tmp_path, tmp_path_fa
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert done.stdout == lmexport_generate_text(tmp_path, "out/onnx")
+
+
+@pytest.mark.parametrize("variant", list(TINY_VARIANTS))
+def test_genai_runs_every_variant(variant, tmp_path):
+    """Legacy mode (keys/values only), fp16, int8, the plain graph at opset 18: genai_config.json
+    read back, 12 greedy tokens equal to lmexport's session's for a batch of two."""
+    overrides, options = TINY_VARIANTS[variant]
+    model = make_model_folder(tmp_path / "model", seed=3, **overrides)
+    folder = tmp_path / "onnx"
+    export_onnx(model, folder, OnnxExportOptions(validate=False, **options))
+    manifest = Manifest.read(folder)
+    config = json.loads((folder / GENAI_CONFIG_FILE).read_text())
+    assert config == genai_config(manifest)
+    assert ("past_conv_names" in config["model"]["decoder"]["inputs"]) == (variant != "legacy")
+    vocab, pad = manifest.config["vocab_size"], manifest.tokenizer["pad_token_id"]
+    ids = [t for t in np.random.default_rng(0).integers(0, vocab, 40).tolist() if t != pad][:14]
+    prompt_ids = [ids[:7], ids[7:]]                          # no pad id: genai masks that id
+    got, _ = genai_greedy(folder, prompt_ids, 12)
+    assert got == lmexport_greedy(folder, prompt_ids, 12)
