@@ -14,6 +14,7 @@ Layout (format_version 1)::
       "quantization": {"method": "none" | "int8" | "int4", ...options},
       "opset": 23,
       "fused_ops": true,        # opset-23 Attention/RotaryEmbedding/RMSNormalization (false: plain ops)
+      "tolerance_preset": "int4", # the preset the export was validated with (lmexport.parity.tolerances)
       "source": {"weights_hash": "sha256:...", "config": {...config.json...}},
       "num_layers": N,
       "inputs":  [IOSpec...],   # graph inputs, in graph order
@@ -46,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from lmexport.errors import ArtifactError
+from lmexport.jsonio import read_json_object
 
 MANIFEST_FILE = "lmexport.json"
 FORMAT = "lmexport-onnx"
@@ -56,6 +58,11 @@ DTYPES = ("int64", "float32", "float16")
 # Sanity bounds: a manifest outside them is rejected before anything is allocated.
 MAX_LAYERS = 1024
 MAX_DIM = 1 << 20
+
+
+def variant_name(dtype: str, method: str | None) -> str:
+    """An export's variant, also its default tolerance preset: the quantization method, else the dtype."""
+    return method if method and method != "none" else dtype
 
 
 @dataclass(frozen=True)
@@ -97,6 +104,7 @@ class Manifest:
     probes: dict[str, str] = field(default_factory=dict)
     initializers: dict[str, dict[str, Any]] = field(default_factory=dict)
     fused_ops: bool = False
+    tolerance_preset: str | None = None
 
     # ------------------------------------------------------------ queries
     def input(self, role: str) -> IOSpec | None:
@@ -104,6 +112,18 @@ class Manifest:
 
     def state_inputs(self) -> list[IOSpec]:
         return [s for s in self.inputs if s.is_state]
+
+    def output(self, role: str) -> IOSpec | None:
+        return next((s for s in self.outputs if s.role == role), None)
+
+    @property
+    def variant(self) -> str:
+        return variant_name(self.dtype, self.quantization.get("method"))
+
+    @property
+    def preset(self) -> str:
+        """The tolerance preset to compare this folder with: the one it was validated with."""
+        return self.tolerance_preset or self.variant
 
     @property
     def weights_hash(self) -> str | None:
@@ -119,7 +139,9 @@ class Manifest:
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "model_file": self.model_file, "data_file": self.data_file,
             "mode": self.mode, "dtype": self.dtype, "quantization": self.quantization,
-            "opset": self.opset, "fused_ops": self.fused_ops, "source": self.source, "num_layers": self.num_layers,
+            "opset": self.opset, "fused_ops": self.fused_ops,
+            **({"tolerance_preset": self.tolerance_preset} if self.tolerance_preset else {}),
+            "source": self.source, "num_layers": self.num_layers,
             "inputs": [s.to_json() for s in self.inputs],
             "outputs": [s.to_json() for s in self.outputs],
             "files": self.files, "tokenizer": self.tokenizer, "versions": self.versions,
@@ -138,11 +160,7 @@ class Manifest:
         if not path.is_file():
             raise ArtifactError(f"{folder} has no {MANIFEST_FILE}",
                                 hint="export the folder with lmexport onnx, or restore the file")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ArtifactError(f"{path} is not valid JSON ({exc})", hint="re-export the folder") from exc
-        return cls.from_json(data, path)
+        return cls.from_json(read_json_object(path, ArtifactError), path)
 
     @classmethod
     def from_json(cls, data: Any, where: Path | str = MANIFEST_FILE) -> "Manifest":
@@ -191,6 +209,8 @@ class Manifest:
         return cls(mode=data["mode"], dtype=str(data.get("dtype", "fp32")),
                    quantization=dict(data.get("quantization") or {"method": "none"}),
                    opset=int(data.get("opset", 0)), fused_ops=bool(data.get("fused_ops", False)),
+                   tolerance_preset=data.get("tolerance_preset") if isinstance(data.get("tolerance_preset"), str)
+                   else None,
                    source=dict(data.get("source") or {}),
                    num_layers=n, inputs=specs["inputs"], outputs=specs["outputs"],
                    files=dict(data.get("files") or {}), tokenizer=dict(data.get("tokenizer") or {}),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Node and the npm packages the transformers.js tests drive (idempotent).
-#   * node/npm: from Debian packages when `node` is missing (apt-get, as root or via sudo);
+#   * node/npm: from Debian packages when missing (scripts/system_deps.sh);
 #   * packages: `npm ci` of tests/exporters/onnx/node/package-lock.json into
 #     ~/.cache/lmexport/node/<lockfile sha256>/ (reruns with the same lockfile install nothing),
 #     linked as tests/exporters/onnx/node/node_modules.
@@ -11,11 +11,7 @@ cd "$(dirname "$0")/.."
 NODE_DIR=tests/exporters/onnx/node
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-  SUDO=""
-  if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
-  echo "installing nodejs and npm from Debian packages"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nodejs npm >/dev/null
+  bash scripts/system_deps.sh     # Debian's nodejs and npm (apt-get, as root or via sudo)
 fi
 
 HASH=$(sha256sum "$NODE_DIR/package-lock.json" | cut -c1-16)
