@@ -32,7 +32,7 @@ def gguf(model_dir, output, outtype, split_max_size, arch, name, allow_pickle, o
     """
     from lmexport.atomic import check_output_path
 
-    check_output_path(output.absolute(), overwrite)        # before importing torch
+    check_output_path(output.absolute(), overwrite, directory=False, inputs=[model_dir])  # before importing torch
     from lmexport.exporters.gguf.write import GGUFOptions, export_gguf, parse_size
 
     logging.getLogger("gguf").setLevel(logging.WARNING)   # the writer's own info lines repeat ours

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,9 @@ from lmexport.atomic import atomic_output
 from lmexport.errors import CheckpointError, ConfigError, InputError, UnsafeFileError
 from lmexport.modeling.config import LiquidMetalConfig
 from lmexport.modeling.model import LiquidMetalForCausalLM
+from lmexport.jsonfile import load_json_object
+from lmexport.modeling.folder_files import copy_verified
+from lmexport.safe_paths import name_problem
 from lmexport.tensor_names import expected_tensors, lookup
 
 log = logging.getLogger(__name__)
@@ -63,10 +65,14 @@ def _weight_files(folder: Path, allow_pickle: bool) -> tuple[list[Path], list[st
     """The safetensors files to read, and problems (missing shards) found on the way."""
     index = folder / INDEX_FILE
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError, TypeError) as exc:
-            raise CheckpointError(f"{index} is not a valid safetensors index ({exc})") from exc
+        weight_map = read_json_object(index, CheckpointError).get("weight_map")
+        if not isinstance(weight_map, dict) or not weight_map:
+            raise CheckpointError(f"{index} is not a valid safetensors index (no weight_map object)")
+        bad = sorted({f"{tensor}: {problem}" for tensor, shard in weight_map.items()
+                      if (problem := name_problem(shard)) is not None})
+        if bad:
+            raise CheckpointError(f"{index.name} names shard files that are not inside {folder}", bad,
+                                  hint="every shard must be a file of the model folder, named relative to it")
         names = sorted(set(weight_map.values()))
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
@@ -146,13 +152,7 @@ def _infer_config_keys(raw: dict, tensors: dict[str, torch.Tensor]) -> dict:
 
 def read_json_object(path: Path, error: type[InputError] = InputError) -> dict:
     """A JSON file that must hold an object; ``error`` for unreadable or other JSON."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise error(f"{path} is not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise error(f"{path} must hold a JSON object")
-    return data
+    return load_json_object(path, error)
 
 
 def read_config_dict(folder: Path) -> dict:
@@ -248,13 +248,14 @@ def save_checkpoint(model: LiquidMetalForCausalLM, out_dir: str | Path, *, token
     """Write config.json, safetensors (sharded above ``max_shard_bytes``) and tokenizer files, atomically."""
     tensors = model_tensors(model)
     needed = sum(t.numel() * t.element_size() for t in tensors.values())
-    with atomic_output(out_dir, overwrite=overwrite, directory=True, needed_bytes=needed) as tmp:
+    inputs = [tokenizer_from] if tokenizer_from is not None else []
+    with atomic_output(out_dir, overwrite=overwrite, directory=True, needed_bytes=needed, inputs=inputs) as tmp:
         (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
         _write_safetensors(tensors, tmp, max_shard_bytes)
         if tokenizer_from is not None:
             for name in TOKENIZER_FILES:
                 if (tokenizer_from / name).is_file():
-                    shutil.copy2(tokenizer_from / name, tmp / name)
+                    copy_verified(tokenizer_from / name, tmp / name)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
     return Path(out_dir)

@@ -127,7 +127,7 @@ def measure_distance(ckpt: Checkpoint, converted: LiquidMetalForCausalLM, gate_b
 def convert(llama_dir: str | Path, out_dir: str | Path, options: ConvertOptions = ConvertOptions(),
             *, overwrite: bool = False, allow_pickle: bool = False) -> ConvertReport:
     """Convert a plain Llama folder into a Liquid-Metal folder and report the logit distance."""
-    check_output_path(Path(out_dir).absolute(), overwrite)
+    check_output_path(Path(out_dir).absolute(), overwrite, directory=True, inputs=[llama_dir])
     ckpt = read_checkpoint(llama_dir, allow_pickle=allow_pickle, llama_only=True)
     config = liquid_config_from_llama(ckpt.raw_config, options)
     ckpt.config = config
