@@ -112,3 +112,9 @@ def copy_verified(src: Path, dst: Path) -> None:
     data = read_bounded(src, CheckpointError, MAX_TOKENIZER_BYTES)
     verify(src.name, data, src)
     dst.write_bytes(data)
+
+
+def verify_files(paths: list[Path]) -> None:
+    """Check every file that will be copied, before the export's long work starts."""
+    for path in paths:
+        verify(path.name, read_bounded(path, CheckpointError, MAX_TOKENIZER_BYTES), path)

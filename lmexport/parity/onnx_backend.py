@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from lmexport.modeling.checkpoint import Checkpoint
-from lmexport.manifest import Manifest, file_digest
-from lmexport.runtime.ort import Session
+from lmexport.manifest import Manifest, check_files
+from lmexport.runtime.ort import Session, graph_values
 from lmexport.parity.artifacts import check_same_model
 
 log = logging.getLogger(__name__)
@@ -27,6 +27,7 @@ class OnnxBackend:
         self.stepper = Session(folder, device=device)
         self._state: dict[str, np.ndarray] = {}
         self._probe_stepper: Session | None = None
+        self._probes: dict[str, str] = {}
 
     def reset(self, batch: int) -> None:
         self._state = self.stepper.zero_state(batch)
@@ -42,9 +43,20 @@ class OnnxBackend:
             log.warning("%s lists no probes: cannot localise inside the graph", self.folder)
             return {}
         if self._probe_stepper is None:
-            self._probe_stepper = Session(self.folder, device=self.device, extra_outputs=tuple(probes.values()))
+            present = graph_values(self.folder, self.manifest)
+            self._probes = {key: value for key, value in probes.items() if value in present}
+            gone = len(probes) - len(self._probes)
+            if not self._probes:
+                log.warning("none of the %d probe values of %s is left in its graph (optimised or re-written?): "
+                            "cannot localise the divergence inside it", len(probes), self.folder)
+                return {}
+            if gone:
+                log.warning("%d of %d probe values of %s are gone from its graph (optimised or re-written?): "
+                            "localisation covers only the %d left", gone, len(probes), self.folder, len(self._probes))
+            self._probe_stepper = Session(self.folder, device=self.device,
+                                          extra_outputs=tuple(self._probes.values()))
         out = self._probe_stepper.run(ids, mask, pos, self._probe_stepper.zero_state(ids.shape[0]))
-        return {key: out[value].astype(np.float32) for key, value in probes.items()}
+        return {key: out[value].astype(np.float32) for key, value in self._probes.items()}
 
 
 def preset_for(manifest: Manifest) -> str:
@@ -55,13 +67,8 @@ def preset_for(manifest: Manifest) -> str:
 def open_onnx_backend(folder: Path, ckpt: Checkpoint, device: str = "cpu") -> tuple[OnnxBackend, str]:
     manifest = Manifest.read(folder)
     check_same_model(ckpt, folder, manifest.weights_hash, manifest.config)
-    changed = _changed_files(folder, manifest)
+    changed = check_files(folder, manifest, hashes=True)
     if changed:
         log.warning("%s differ from the sha256 recorded at export; comparing anyway", ", ".join(changed))
     return OnnxBackend(folder, manifest, device), preset_for(manifest)
-
-
-def _changed_files(folder: Path, manifest: Manifest) -> list[str]:
-    return [name for name, info in manifest.files.items()
-            if "sha256" in info and file_digest(folder / name)["sha256"] != info["sha256"]]
 

@@ -28,7 +28,7 @@ from lmexport.atomic import atomic_output, check_output_path
 from lmexport.errors import ExportError, InputError, ValidationError
 from lmexport.manifest import IOSpec, Manifest, file_digest
 from lmexport.modeling.config import LiquidMetalConfig
-from lmexport.modeling.folder_files import copy_verified
+from lmexport.modeling.folder_files import copy_verified, verify_files
 from lmexport.modeling.modules import CONTEXT_SLOTS
 from lmexport.tensor_names import expected_tensors, lookup
 
@@ -198,6 +198,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, options: OnnxExportO
     out_dir = Path(out_dir)
     check_output_path(out_dir.absolute(), overwrite, directory=True, inputs=[model_dir])  # before reading gigabytes
     model, ckpt = load_model(model_dir)
+    verify_files(ckpt.tokenizer_files())                      # a link to a host file fails here, not after the trace
     with atomic_output(out_dir, overwrite=overwrite, directory=True, inputs=[model_dir],
                        needed_bytes=estimate_bytes(model, options)) as tmp:
         manifest = write_folder(model, tmp, options, source_hash=ckpt.weights_hash(),
