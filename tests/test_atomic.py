@@ -129,3 +129,29 @@ def test_overwrite_replaces_and_failure_keeps_the_old(tmp_path):
     with staging_folder(target) as stage:
         assert stage.name == f".out.lmexport-stage-{os.getpid()}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def _child_export(target: str, written, go) -> None:
+    with atomic_output(target) as tmp:
+        tmp.write_text("child")
+        written.set()
+        go.wait(30)
+
+
+def test_of_two_processes_writing_one_new_path_the_second_to_finish_fails(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    written, go = ctx.Event(), ctx.Event()
+    target = tmp_path / "out.gguf"
+    child = ctx.Process(target=_child_export, args=(str(target), written, go))
+    with pytest.raises(OutputExistsError, match="appeared while the export ran"):
+        with atomic_output(target) as tmp:
+            tmp.write_text("parent")
+            child.start()
+            assert written.wait(30)           # both have checked the target and written their temporary
+            go.set()
+            child.join(30)
+            assert child.exitcode == 0
+    assert target.read_text() == "child"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf"]

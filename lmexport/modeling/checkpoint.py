@@ -25,12 +25,11 @@ from lmexport.modeling.config import LiquidMetalConfig
 from lmexport.modeling.model import LiquidMetalForCausalLM
 from lmexport.jsonfile import load_json_object
 from lmexport.modeling.folder_files import copy_verified
-from lmexport.safe_paths import name_problem
+from lmexport.modeling.precheck import INDEX_FILE, check_model_folder, read_config_dict, shard_names  # noqa: F401
 from lmexport.tensor_names import expected_tensors, lookup
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "model.safetensors.index.json"
 PICKLE_FILES = ("pytorch_model.bin", "model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
 # Files copied with a model: tokenizer and generation settings, never code.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -65,15 +64,7 @@ def _weight_files(folder: Path, allow_pickle: bool) -> tuple[list[Path], list[st
     """The safetensors files to read, and problems (missing shards) found on the way."""
     index = folder / INDEX_FILE
     if index.is_file():
-        weight_map = read_json_object(index, CheckpointError).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise CheckpointError(f"{index} is not a valid safetensors index (no weight_map object)")
-        bad = sorted({f"{tensor}: {problem}" for tensor, shard in weight_map.items()
-                      if (problem := name_problem(shard)) is not None})
-        if bad:
-            raise CheckpointError(f"{index.name} names shard files that are not inside {folder}", bad,
-                                  hint="every shard must be a file of the model folder, named relative to it")
-        names = sorted(set(weight_map.values()))
+        names = shard_names(folder)
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise CheckpointError(f"{index.name} names shard(s) that are not in {folder}",
@@ -153,22 +144,6 @@ def _infer_config_keys(raw: dict, tensors: dict[str, torch.Tensor]) -> dict:
 def read_json_object(path: Path, error: type[InputError] = InputError) -> dict:
     """A JSON file that must hold an object; ``error`` for unreadable or other JSON."""
     return load_json_object(path, error)
-
-
-def read_config_dict(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{folder} has no config.json", hint="point at a Hugging Face-style model folder")
-    return read_json_object(path, ConfigError)
-
-
-def check_model_folder(path: str | Path) -> Path:
-    folder = Path(path)
-    if not folder.exists():
-        raise InputError(f"model folder {folder} does not exist")
-    if not folder.is_dir():
-        raise InputError(f"{folder} is not a folder", hint="pass the folder that holds config.json")
-    return folder
 
 
 def read_checkpoint(path: str | Path, *, allow_pickle: bool = False, llama_only: bool = False) -> Checkpoint:
