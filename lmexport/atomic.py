@@ -144,22 +144,34 @@ def check_disk_space(folder: Path, needed: int, what: str) -> None:
 
 # ---------------------------------------------------------------- stale temporaries
 
+def _start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), on Linux; None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat", encoding="ascii") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")     # field 22: starttime, in clock ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 def _alive(pid: int, since: float) -> bool:
-    """Whether process ``pid`` may still own a file last changed at ``since``."""
+    """Whether process ``pid`` may still own a temporary last changed (ctime) at ``since``.
+
+    A process that no longer exists owns nothing; one that started after the temporary
+    was last changed is another process that got the same PID.
+    """
     if pid == os.getpid():
         return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        pass
     except OSError:
-        return True
-    with contextlib.suppress(OSError):       # Linux: a process started after the file changed is another one
-        if os.stat(f"/proc/{pid}").st_mtime > since + 2:
-            return False
-    return True
+        pass                                 # another user's process, say: it exists
+    started = _start_time(pid)
+    return started is None or started <= since + 2
 
 
 def sweep_stale(folder: Path) -> list[Path]:
@@ -175,7 +187,8 @@ def sweep_stale(folder: Path) -> list[Path]:
             continue
         path = Path(entry.path)
         try:
-            since = entry.stat(follow_symlinks=False).st_mtime
+            info = entry.stat(follow_symlinks=False)
+            since = max(info.st_mtime, info.st_ctime)     # a rename (an "old") changes only the ctime
         except OSError:
             continue
         if _alive(int(m["pid"]), since):

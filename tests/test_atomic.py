@@ -155,3 +155,18 @@ def test_of_two_processes_writing_one_new_path_the_second_to_finish_fails(tmp_pa
             assert child.exitcode == 0
     assert target.read_text() == "child"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.gguf"]
+
+
+def test_a_pid_reused_by_a_younger_process_owns_no_older_temporary():
+    import time
+
+    before = time.time() - 100                 # a temporary last changed 100 s ago
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert atomic._alive(proc.pid, time.time())           # changed now: may be this process's
+        if atomic._start_time(proc.pid) is not None:          # Linux: the start time is known
+            assert not atomic._alive(proc.pid, before)         # older than the process: a dead owner's
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not atomic._alive(dead_pid(), time.time())

@@ -133,6 +133,12 @@ def with_file(folder: Path, name: str, content: bytes) -> Path:
     return folder
 
 
+def text_file(t: Path) -> Path:
+    path = t / "text.txt"
+    path.write_text("def add(a, b):\n    return a + b\n" * 4)
+    return path
+
+
 def llama_with_link(t: Path, name: str, target: Path) -> Path:
     folder = make_llama_folder(t / "llama")
     (folder / name).symlink_to(target)
@@ -179,6 +185,20 @@ def link_to_host_file(t: Path, name: str, content: bytes) -> Path:
     host.write_bytes(content)
     (folder / name).unlink(missing_ok=True)
     (folder / name).symlink_to(host)
+    return folder
+
+
+def graph_data_elsewhere(t: Path) -> Path:
+    """An export whose graph reads its weights from another folder's data file."""
+    import onnx
+
+    folder = export(t)
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    for tensor in graph.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = str(Path("..", "..", SOURCE.name, "onnx", "model.onnx.data"))
+    onnx.save(graph, str(folder / "model.onnx"))
     return folder
 
 
@@ -305,6 +325,8 @@ OUTSIDE_CASES = [
     Case("special_tokens_map.json linked to a JSON list",
          lambda t: ["onnx", link_to_host_file(t, "special_tokens_map.json", b"[1, 2, 3]"), "-o", t / "out",
                     "--no-validate"], 2, "does not hold a JSON object"),
+    Case("graph naming weights outside the folder",
+         lambda t: ["generate", graph_data_elsewhere(t), "--prompt", "a"], 2, "escapes model directory"),
     Case("lmexport.json model file absolute",
          lambda t: ["generate", manifest_with(t, lambda d: d.update(model_file=str(SOURCE / "onnx" / "model.onnx"))),
                     "--prompt", "a"], 2, "is an absolute path"),
@@ -402,6 +424,11 @@ TRACEBACK_CASES = [
          "hidden_size must be an integer in 1..131072, got '64'; rope_theta must be a finite number"),
     Case("config nested 200,000 deep", lambda t: ["gguf", raw_config(t, deep_json()), "-o", t / "o.gguf"], 2,
          "nested too deeply"),
+    Case("perplexity on a config nested 200,000 deep",
+         lambda t: ["perplexity", raw_config(t, deep_json()), "--text", text_file(t)], 2, "nested too deeply"),
+    Case("perplexity with a tokenizer.json that is not one",
+         lambda t: ["perplexity", with_file(export(t), "tokenizer.json", b"{}"), "--text", text_file(t)], 2,
+         "is not a tokenizers file"),
     Case("config not UTF-8", lambda t: ["gguf", with_file(model(t), "config.json", b'{"a": "\xff"}'), "-o",
                                         t / "o.gguf"], 2, "is not UTF-8"),
 ]
@@ -431,8 +458,7 @@ VERDICT_CASES = [
                                                "--gate-bias", "nan"], 2, "--gate-bias must be a finite number"),
     Case("generate on a NaN artifact", lambda t: _gen(nan_export(t)), 1, "NaN or infinite logit"),
     Case("perplexity on a NaN artifact",
-         lambda t: ["perplexity", nan_export(t), "--text", t / "text.txt"]
-         if (t / "text.txt").write_text("def add(a, b):\n    return a + b\n" * 4) else [], 1,
+         lambda t: ["perplexity", nan_export(t), "--text", text_file(t)], 1,
          "NaN or infinite logits"),
 ]
 

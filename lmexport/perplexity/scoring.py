@@ -57,15 +57,16 @@ def torch_folder_scorer(folder: Path) -> WindowScorer:
 
 def open_scorer(path: Path, device: str = "cpu") -> tuple[WindowScorer, str, int]:
     """(scorer, kind, context length) for a model folder, an ONNX folder or a GGUF file."""
-    import json
-
     if path.is_dir() and (path / "lmexport.json").is_file():
         from lmexport.manifest import Manifest
         manifest = Manifest.read(path)
         return onnx_scorer(path, device), "onnx", int(manifest.config.get("max_position_embeddings", 2048))
     if path.is_dir() and (path / "config.json").is_file():
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-        return torch_folder_scorer(path), "pytorch", int(config.get("max_position_embeddings", 2048))
+        from lmexport.modeling.config import LiquidMetalConfig
+        from lmexport.modeling.precheck import precheck, read_config_dict
+
+        config = LiquidMetalConfig.from_dict(read_config_dict(precheck(path)))
+        return torch_folder_scorer(path), "pytorch", config.max_position_embeddings
     if path.is_file():
         from lmexport.exporters.gguf.reader import open_gguf
         g = open_gguf(path)
