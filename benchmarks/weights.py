@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from lmexport.tensor_names import EMBEDDING
+
 ONNX_ELEM_BYTES = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 16: 2, 21: 1, 22: 1}
 GATHER_OPS = {"Gather", "GatherBlockQuantized"}
-EMBEDDING_NAMES = ("model.embed_tokens.weight",)
-GGUF_EMBEDDING = "token_embd.weight"
+EMBEDDING_NAMES = (EMBEDDING.name,)
+GGUF_EMBEDDING = EMBEDDING.gguf
 
 
 def safetensors_bytes(folder: Path, bytes_per_param: int | None = None) -> int:

@@ -53,6 +53,20 @@ def _available(name: str) -> bool:
     return importlib.util.find_spec(COMMANDS[name][0]) is not None
 
 
+# Packages of the `export` extra (pip install 'lmexport[export]'); the plain install lacks them.
+EXPORT_EXTRA = ("torch", "transformers", "safetensors", "onnx", "onnxscript", "accelerate", "sentencepiece")
+
+
+def missing_extra_message(exc: ModuleNotFoundError, command: str | None) -> str | None:
+    """One line for a command that needs the export extra in an install without it, else None."""
+    root = (exc.name or "").split(".")[0]
+    if root not in EXPORT_EXTRA:
+        return None
+    what = f"`lmexport {command}`" if command else "this command"
+    return (f"{what} needs {root}, which this installation lacks (the plain install is the runtime only): "
+            "pip install torch==2.13.0 'lmexport[export]' (torch first, for its CPU build)")
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -94,6 +108,12 @@ def main(argv: list[str] | None = None) -> None:
             raise
         click.echo(f"error: {exc.one_line()}", err=True)
         sys.exit(exc.exit_code)
+    except ModuleNotFoundError as exc:
+        message = missing_extra_message(exc, next((a for a in args if a in COMMANDS), None))
+        if debug or message is None:
+            raise
+        click.echo(f"error: {message}", err=True)
+        sys.exit(EXIT_USAGE)
     except click.exceptions.Abort:
         click.echo("interrupted", err=True)
         sys.exit(EXIT_INTERRUPTED)

@@ -14,6 +14,7 @@ Layout (format_version 1)::
       "quantization": {"method": "none" | "int8" | "int4", ...options},
       "opset": 23,
       "fused_ops": true,        # opset-23 Attention/RotaryEmbedding/RMSNormalization (false: plain ops)
+      "tolerance_preset": "int4", # the preset the export was validated with (lmexport.parity.tolerances)
       "source": {"weights_hash": "sha256:...", "config": {...config.json...}},
       "num_layers": N,
       "inputs":  [IOSpec...],   # graph inputs, in graph order
@@ -46,12 +47,17 @@ from pathlib import Path
 from typing import Any
 
 from lmexport.errors import ArtifactError
-from lmexport.jsonfile import load_json_object
+from lmexport.jsonio import read_json_object
 from lmexport.manifest_schema import DTYPES, MAX_DIM, MAX_LAYERS, ROLES, STATE_ROLES, manifest_problems  # noqa: F401
 
 MANIFEST_FILE = "lmexport.json"
 FORMAT = "lmexport-onnx"
 FORMAT_VERSION = 1
+
+
+def variant_name(dtype: str, method: str | None) -> str:
+    """An export's variant, also its default tolerance preset: the quantization method, else the dtype."""
+    return method if method and method != "none" else dtype
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ class Manifest:
     probes: dict[str, str] = field(default_factory=dict)
     initializers: dict[str, dict[str, Any]] = field(default_factory=dict)
     fused_ops: bool = False
+    tolerance_preset: str | None = None
 
     # ------------------------------------------------------------ queries
     def input(self, role: str) -> IOSpec | None:
@@ -100,6 +107,18 @@ class Manifest:
 
     def state_inputs(self) -> list[IOSpec]:
         return [s for s in self.inputs if s.is_state]
+
+    def output(self, role: str) -> IOSpec | None:
+        return next((s for s in self.outputs if s.role == role), None)
+
+    @property
+    def variant(self) -> str:
+        return variant_name(self.dtype, self.quantization.get("method"))
+
+    @property
+    def preset(self) -> str:
+        """The tolerance preset to compare this folder with: the one it was validated with."""
+        return self.tolerance_preset or self.variant
 
     @property
     def weights_hash(self) -> str | None:
@@ -115,7 +134,9 @@ class Manifest:
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "model_file": self.model_file, "data_file": self.data_file,
             "mode": self.mode, "dtype": self.dtype, "quantization": self.quantization,
-            "opset": self.opset, "fused_ops": self.fused_ops, "source": self.source, "num_layers": self.num_layers,
+            "opset": self.opset, "fused_ops": self.fused_ops,
+            **({"tolerance_preset": self.tolerance_preset} if self.tolerance_preset else {}),
+            "source": self.source, "num_layers": self.num_layers,
             "inputs": [s.to_json() for s in self.inputs],
             "outputs": [s.to_json() for s in self.outputs],
             "files": self.files, "tokenizer": self.tokenizer, "versions": self.versions,
@@ -134,7 +155,7 @@ class Manifest:
         if not path.is_file():
             raise ArtifactError(f"{folder} has no {MANIFEST_FILE}",
                                 hint="export the folder with lmexport onnx, or restore the file")
-        return cls.from_json(load_json_object(path, ArtifactError), path)
+        return cls.from_json(read_json_object(path, ArtifactError), path)
 
     @classmethod
     def from_json(cls, data: Any, where: Path | str = MANIFEST_FILE) -> "Manifest":
@@ -155,6 +176,7 @@ class Manifest:
         return cls(mode=data["mode"], dtype=data.get("dtype", "fp32"),
                    quantization=dict(data.get("quantization") or {"method": "none"}),
                    opset=data.get("opset", 0), fused_ops=data.get("fused_ops", False),
+                   tolerance_preset=data.get("tolerance_preset"),
                    source=dict(data.get("source") or {}),
                    num_layers=data["num_layers"], inputs=specs["inputs"], outputs=specs["outputs"],
                    files=dict(data.get("files") or {}), tokenizer=dict(data.get("tokenizer") or {}),

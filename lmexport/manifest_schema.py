@@ -173,6 +173,9 @@ def manifest_problems(data: dict) -> list[str]:
     opset = data.get("opset", 0)
     if not _is_int(opset) or not 0 <= opset <= MAX_OPSET:
         problems.append(f"opset {opset!r} is not an opset number")
+    preset = data.get("tolerance_preset")
+    if preset is not None and not isinstance(preset, str):
+        problems.append(f"tolerance_preset {preset!r} is not a preset name")
     if not isinstance(data.get("fused_ops", False), bool):
         problems.append(f"fused_ops {data.get('fused_ops')!r} is not true or false")
     for key in ("model_file", "data_file"):

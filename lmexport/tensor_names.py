@@ -31,6 +31,7 @@ class TensorEntry:
     aliases: tuple[str, ...] = ()
     llama: bool = True          # part of a plain Llama checkpoint
     gguf_layout: str | None = None  # a key of LAYOUTS, applied on the way into GGUF
+    sigmoid_bias: bool = False  # the bias of a sigmoid gate (convert opens the gate through it)
 
     @property
     def per_layer(self) -> bool:
@@ -52,7 +53,7 @@ TABLE: tuple[TensorEntry, ...] = (
     TensorEntry(L + "input_layernorm.gate.weight", "blk.{bid}.attn_norm_gate.weight", "norm_in", "matrix",
                 lambda c: (_h(c), _h(c)), aliases=(L + "input_layernorm.gate_proj.weight",), llama=False),
     TensorEntry(L + "input_layernorm.gate.bias", "blk.{bid}.attn_norm_gate.bias", "norm_in", "bias",
-                lambda c: (_h(c),), aliases=(L + "input_layernorm.gate_proj.bias",), llama=False),
+                lambda c: (_h(c),), aliases=(L + "input_layernorm.gate_proj.bias",), llama=False, sigmoid_bias=True),
     # token mixing (depthwise conv)
     TensorEntry(L + "token_mixing.conv.weight", "blk.{bid}.token_conv.weight", "token_mixing", "conv",
                 lambda c: (_h(c), 1, c.token_mixing_kernel_size),
@@ -76,7 +77,8 @@ TABLE: tuple[TensorEntry, ...] = (
                 "matrix", lambda c: (_h(c), _h(c)),
                 aliases=(L + "post_attention_layernorm.gate_proj.weight",), llama=False),
     TensorEntry(L + "post_attention_layernorm.gate.bias", "blk.{bid}.ffn_norm_gate.bias", "norm_post", "bias",
-                lambda c: (_h(c),), aliases=(L + "post_attention_layernorm.gate_proj.bias",), llama=False),
+                lambda c: (_h(c),), aliases=(L + "post_attention_layernorm.gate_proj.bias",), llama=False,
+                sigmoid_bias=True),
     # SwiGLU MLP
     TensorEntry(L + "mlp.gate_proj.weight", "blk.{bid}.ffn_gate.weight", "mlp", "matrix",
                 lambda c: (c.intermediate_size, _h(c))),
@@ -94,12 +96,25 @@ TABLE: tuple[TensorEntry, ...] = (
                 lambda c: (_h(c), c.se_hidden_size),
                 aliases=(L + "se_block.fc2.weight", L + "squeeze_excitation.fc2.weight"), llama=False),
     TensorEntry(L + "se.fc2.bias", "blk.{bid}.se_fc2.bias", "se", "bias", lambda c: (_h(c),),
-                aliases=(L + "se_block.fc2.bias", L + "squeeze_excitation.fc2.bias"), llama=False),
+                aliases=(L + "se_block.fc2.bias", L + "squeeze_excitation.fc2.bias"), llama=False,
+                sigmoid_bias=True),
     # head
     TensorEntry("model.norm.weight", "output_norm.weight", "final_norm", "norm", lambda c: (_h(c),)),
     TensorEntry("lm_head.weight", "output.weight", "lm_head", "matrix",
                 lambda c: (c.vocab_size, c.hidden_size)),
 )
+
+
+
+def _entry(name: str) -> TensorEntry:
+    return next(e for e in TABLE if e.name == name)
+
+
+# The entries code refers to by role; every other use goes through lookup()/expected_tensors().
+EMBEDDING = _entry("model.embed_tokens.weight")
+LM_HEAD = _entry("lm_head.weight")
+TOKEN_CONV = _entry(L + "token_mixing.conv.weight")
+SE_FC1 = _entry(L + "se.fc1.weight")
 
 
 @dataclass(frozen=True)
@@ -177,7 +192,9 @@ def iter_aliases() -> Iterator[tuple[str, str]]:
 
 
 # ---------------------------------------------------------------- layout transforms
-# Each transform has an inverse; tests check inverse(forward(x)) == x.
+# A layout maps a tensor from its checkpoint form to the form one format stores;
+# each has its inverse and the shape it produces, and tests check
+# inverse(forward(x)) == x and forward(x).shape == shape(...) for every one.
 
 def rope_permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp's Q/K row order: HF's rotate-half halves become interleaved pairs."""
@@ -188,40 +205,45 @@ def rope_unpermute(w: np.ndarray, n_head: int) -> np.ndarray:
     return w.reshape(n_head, w.shape[0] // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
 
 
-def conv_squeeze(w: np.ndarray) -> np.ndarray:
-    """[H, 1, K] -> [H, K], as llama.cpp stores LFM2's short convolution."""
-    return w.reshape(w.shape[0], w.shape[-1])
+@dataclass(frozen=True)
+class Layout:
+    """A named, invertible layout transform. ``forward``/``inverse`` take the array
+    and the model config; ``shape`` gives the stored shape from the checkpoint shape."""
+    name: str
+    forward: Callable[[np.ndarray, LiquidMetalConfig], np.ndarray]
+    inverse: Callable[[np.ndarray, LiquidMetalConfig], np.ndarray]
+    shape: Callable[[tuple[int, ...]], tuple[int, ...]] = lambda shape: shape
 
 
-def conv_unsqueeze(w: np.ndarray) -> np.ndarray:
-    return w.reshape(w.shape[0], 1, w.shape[-1])
+LAYOUTS: dict[str, Layout] = {layout.name: layout for layout in (
+    Layout("rope_q",          # llama.cpp's Q permutation (n_head)
+           lambda w, c: rope_permute(w, c.num_attention_heads),
+           lambda w, c: rope_unpermute(w, c.num_attention_heads)),
+    Layout("rope_k",          # the K permutation (n_head_kv)
+           lambda w, c: rope_permute(w, c.num_key_value_heads),
+           lambda w, c: rope_unpermute(w, c.num_key_value_heads)),
+    Layout("conv_squeeze",    # [H, 1, K] -> [H, K], as llama.cpp stores LFM2's short convolution
+           lambda w, c: w.reshape(w.shape[0], w.shape[-1]),
+           lambda w, c: w.reshape(w.shape[0], 1, w.shape[-1]),
+           lambda shape: (shape[0], shape[-1])),
+)}
+
+
+def gguf_layout(ref: TensorRef) -> Layout | None:
+    return LAYOUTS[ref.entry.gguf_layout] if ref.entry.gguf_layout else None
 
 
 def gguf_layout_shape(ref: TensorRef, config: LiquidMetalConfig) -> tuple[int, ...]:
     """The numpy shape a tensor has in GGUF (after ``to_gguf_layout``)."""
-    shape = ref.shape(config)
-    if ref.entry.gguf_layout == "conv_squeeze":
-        return (shape[0], shape[-1])
-    return shape
+    layout = gguf_layout(ref)
+    return layout.shape(ref.shape(config)) if layout else ref.shape(config)
 
 
 def to_gguf_layout(ref: TensorRef, w: np.ndarray, config: LiquidMetalConfig) -> np.ndarray:
-    layout = ref.entry.gguf_layout
-    if layout == "rope_q":
-        return rope_permute(w, config.num_attention_heads)
-    if layout == "rope_k":
-        return rope_permute(w, config.num_key_value_heads)
-    if layout == "conv_squeeze":
-        return conv_squeeze(w)
-    return w
+    layout = gguf_layout(ref)
+    return layout.forward(w, config) if layout else w
 
 
 def from_gguf_layout(ref: TensorRef, w: np.ndarray, config: LiquidMetalConfig) -> np.ndarray:
-    layout = ref.entry.gguf_layout
-    if layout == "rope_q":
-        return rope_unpermute(w, config.num_attention_heads)
-    if layout == "rope_k":
-        return rope_unpermute(w, config.num_key_value_heads)
-    if layout == "conv_squeeze":
-        return conv_unsqueeze(w)
-    return w
+    layout = gguf_layout(ref)
+    return layout.inverse(w, config) if layout else w

@@ -76,13 +76,13 @@ def source(tmp_path_factory):
     return root
 
 
+SOURCE = Path("/nonexistent")      # the module's source folder, set by the autouse fixture below
+
+
 @pytest.fixture(autouse=True)
 def _sources(source):
     global SOURCE
     SOURCE = source
-
-
-SOURCE: Path
 
 
 def model(t: Path, name: str = "model") -> Path:

@@ -2,9 +2,8 @@
 import numpy as np
 import pytest
 
-from lmexport.tensor_names import (TABLE, conv_squeeze, conv_unsqueeze, expected_tensors, from_gguf_layout,
-                                   iter_aliases, lookup, lookup_gguf, rope_permute, rope_unpermute,
-                                   to_gguf_layout)
+from lmexport.tensor_names import (LAYOUTS, TABLE, expected_tensors, from_gguf_layout, gguf_layout_shape, iter_aliases,
+                                   lookup, lookup_gguf, rope_permute, rope_unpermute, to_gguf_layout)
 
 from conftest import tiny_config, tiny_model
 
@@ -57,4 +56,24 @@ def test_layout_transforms_invert():
     assert not np.array_equal(rope_permute(q, 2), q)
     assert np.array_equal(rope_unpermute(rope_permute(q, 2), 2), q)
     c = rng.standard_normal((5, 1, 3))
-    assert conv_squeeze(c).shape == (5, 3) and np.array_equal(conv_unsqueeze(conv_squeeze(c)), c)
+    squeeze = LAYOUTS["conv_squeeze"]
+    assert squeeze.forward(c, config).shape == (5, 3) == squeeze.shape(c.shape)
+    assert np.array_equal(squeeze.inverse(squeeze.forward(c, config), config), c)
+
+
+@pytest.mark.parametrize("name", sorted(LAYOUTS))
+def test_every_layout_inverts_and_states_its_shape(name):
+    layout = LAYOUTS[name]
+    config = tiny_config(num_attention_heads=4, num_key_value_heads=2)
+    refs = [r for r in expected_tensors(config) if r.entry.gguf_layout == name]
+    assert refs, f"layout {name} is used by no tensor"
+    rng = np.random.default_rng(1)
+    for ref in refs:
+        w = rng.standard_normal(ref.shape(config)).astype(np.float32)
+        stored = layout.forward(w, config)
+        assert stored.shape == layout.shape(w.shape) == gguf_layout_shape(ref, config)
+        assert np.array_equal(layout.inverse(stored, config), w)
+
+
+def test_every_layout_named_in_the_table_exists():
+    assert {e.gguf_layout for e in TABLE if e.gguf_layout} <= set(LAYOUTS)

@@ -41,9 +41,9 @@ def _model_config(folder: Path, kind: str) -> dict:
         from lmexport.manifest import Manifest
         return Manifest.read(folder).config
     from lmexport.errors import ConfigError
-    from lmexport.jsonfile import load_json_object
+    from lmexport.jsonio import read_json_object
     from lmexport.modeling.config import LiquidMetalConfig
-    return LiquidMetalConfig.from_dict(load_json_object(folder / "config.json", ConfigError)).to_dict()
+    return LiquidMetalConfig.from_dict(read_json_object(folder / "config.json", ConfigError)).to_dict()
 
 
 def run_bench(artifact: str | Path, workload: Workload, *, device: str = "auto", threads: int | None = None,

@@ -15,11 +15,11 @@ from lmexport.bench.measure import BenchResult, Workload, run_protocol
 
 
 class OnnxStepper:
-    """A runtime Session and the state of the sequence it is generating."""
+    """The runtime's Stepper, returning the next token; ``session`` is the runtime Session."""
 
     def __init__(self, session):
         self.session = session
-        self._state: dict = {}
+        self._stepper = session.stepper()
 
     @classmethod
     def open(cls, folder: str | Path, *, device: str = "cpu", threads: int | None = None) -> "OnnxStepper":
@@ -32,11 +32,10 @@ class OnnxStepper:
         return int(self.session.manifest.config["vocab_size"])
 
     def reset(self, batch: int) -> None:
-        self._state = self.session.zero_state(batch)
+        self._stepper.reset(batch)
 
     def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        logits, self._state = self.session.step(ids, mask, positions, self._state)
-        return logits[:, -1, :].argmax(axis=-1)
+        return self._stepper.step(ids, mask, positions)[:, -1, :].argmax(axis=-1)
 
 
 def bench_onnx(folder: str, workload: Workload, *, device: str = "auto", threads: int | None = None,
@@ -44,8 +43,6 @@ def bench_onnx(folder: str, workload: Workload, *, device: str = "auto", threads
     import onnxruntime as ort
 
     manifest = Manifest.read(folder)
-    method = manifest.quantization.get("method", "none")
-    variant = manifest.dtype if method == "none" else method
     opened: list[OnnxStepper] = []
 
     def load():
@@ -53,7 +50,7 @@ def bench_onnx(folder: str, workload: Workload, *, device: str = "auto", threads
         opened.append(stepper)
         return stepper, stepper.vocab_size
 
-    result = run_protocol(load, workload, artifact=folder, backend="onnxruntime", variant=variant,
+    result = run_protocol(load, workload, artifact=folder, backend="onnxruntime", variant=manifest.variant,
                           device=device, threads=threads, versions={"onnxruntime": ort.__version__},
                           progress=progress)
     result.device = opened[0].session.device

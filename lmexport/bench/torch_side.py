@@ -9,29 +9,19 @@ import numpy as np
 import torch
 
 from lmexport.modeling.checkpoint import load_model
+from lmexport.modeling.stepper import TorchStepper
 from lmexport.errors import DeviceError, InputError
 from lmexport.bench.measure import BenchResult, Workload, run_protocol
 
 TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class TorchStepper:
-    def __init__(self, model, device: torch.device):
-        self.model = model
-        self.device = device
-        self._state = None
+class ArgmaxStepper(TorchStepper):
+    """The reference stepper, returning the next token; the argmax runs on the device so
+    a CUDA row is timed without copying logits to the host."""
 
-    def reset(self, batch: int) -> None:
-        self._state = None
-
-    @torch.inference_mode()
     def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        kv, conv, ctx = self._state if self._state else (None, None, None)
-        to = lambda a: torch.from_numpy(a).to(self.device)  # noqa: E731
-        out = self.model(to(ids), to(mask), to(positions), past_key_values=kv, past_conv=conv,
-                         past_context=ctx)
-        self._state = (out.present_key_values, out.present_conv, out.present_context)
-        return out.logits[:, -1, :].argmax(dim=-1).cpu().numpy()
+        return super().step(ids, mask, positions)[:, -1, :].argmax(dim=-1).cpu().numpy()
 
 
 def resolve_torch_device(device: str) -> torch.device:
@@ -56,7 +46,7 @@ def bench_torch(model_dir: str, workload: Workload, *, device: str = "auto", thr
 
     def load():
         model, ckpt = load_model(model_dir, dtype=TORCH_DTYPES[torch_dtype])
-        return TorchStepper(model.to(dev), dev), ckpt.config.vocab_size
+        return ArgmaxStepper(model.to(dev), dev), ckpt.config.vocab_size
 
     return run_protocol(load, workload, artifact=str(model_dir), backend="pytorch", variant=torch_dtype,
                         device=dev.type, threads=torch.get_num_threads() if dev.type == "cpu" else None,

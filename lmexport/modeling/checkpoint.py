@@ -20,13 +20,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lmexport.atomic import atomic_output
-from lmexport.errors import CheckpointError, ConfigError, InputError, UnsafeFileError
+from lmexport.errors import CheckpointError, UnsafeFileError
 from lmexport.modeling.config import LiquidMetalConfig
 from lmexport.modeling.model import LiquidMetalForCausalLM
-from lmexport.jsonfile import load_json_object
 from lmexport.modeling.folder_files import copy_verified
 from lmexport.modeling.precheck import INDEX_FILE, check_model_folder, read_config_dict, shard_names  # noqa: F401
-from lmexport.tensor_names import expected_tensors, lookup
+from lmexport.tensor_names import LM_HEAD, SE_FC1, TOKEN_CONV, expected_tensors, lookup
 
 log = logging.getLogger(__name__)
 
@@ -129,21 +128,18 @@ def _infer_config_keys(raw: dict, tensors: dict[str, torch.Tensor]) -> dict:
     """Fill token_mixing_kernel_size and se_reduction from tensor shapes where config lacks them."""
     raw = dict(raw)
     if "token_mixing_kernel_size" not in raw:
-        conv = tensors.get("model.layers.0.token_mixing.conv.weight")
+        conv = tensors.get(TOKEN_CONV.name.format(bid=0))
         if conv is not None:
             raw["token_mixing_kernel_size"] = int(conv.shape[-1])
             log.info("token_mixing_kernel_size=%d read from the conv weight shape", conv.shape[-1])
     if "se_reduction" not in raw:
-        fc1 = tensors.get("model.layers.0.se.fc1.weight")
+        fc1 = tensors.get(SE_FC1.name.format(bid=0))
         if fc1 is not None and fc1.shape[0] > 0:
             raw["se_reduction"] = int(raw["hidden_size"]) // int(fc1.shape[0])
             log.info("se_reduction=%d read from the SE fc1 shape", raw["se_reduction"])
     return raw
 
 
-def read_json_object(path: Path, error: type[InputError] = InputError) -> dict:
-    """A JSON file that must hold an object; ``error`` for unreadable or other JSON."""
-    return load_json_object(path, error)
 
 
 def read_checkpoint(path: str | Path, *, allow_pickle: bool = False, llama_only: bool = False) -> Checkpoint:
@@ -171,9 +167,9 @@ def read_checkpoint(path: str | Path, *, allow_pickle: bool = False, llama_only:
             and not any(not r.entry.llama for r in expected.values() if r.name in tensors)):
         raise CheckpointError(f"{folder} is a plain Llama checkpoint, without the Liquid-Metal modules",
                               hint=f"convert it first: lmexport convert {folder} -o OUT_DIR")
-    if config.tie_word_embeddings and "lm_head.weight" in tensors:
-        log.info("tie_word_embeddings is set: ignoring the stored lm_head.weight")
-        tensors.pop("lm_head.weight")
+    if config.tie_word_embeddings and LM_HEAD.name in tensors:
+        log.info("tie_word_embeddings is set: ignoring the stored %s", LM_HEAD.name)
+        tensors.pop(LM_HEAD.name)
     for name in sorted(set(expected) - set(tensors)):
         problems.append(f"missing tensor {name}")
     for name in sorted(set(tensors) - set(expected)):
@@ -195,7 +191,7 @@ def build_model(config: LiquidMetalConfig, tensors: dict[str, torch.Tensor],
         model = LiquidMetalForCausalLM(config)
     state = {k: v.to(dtype) for k, v in tensors.items()}
     if config.tie_word_embeddings:
-        state.pop("lm_head.weight", None)
+        state.pop(LM_HEAD.name, None)
     model.load_state_dict(state, strict=not config.tie_word_embeddings, assign=True)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.model.embed_tokens.weight

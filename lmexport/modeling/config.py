@@ -15,10 +15,8 @@ Choices docs/ARCHITECTURE.md leaves open are fields here, with their defaults st
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from lmexport.errors import ConfigError
@@ -211,19 +209,6 @@ class LiquidMetalConfig:
         for stale in ("auto_map",):  # never point at code in a model folder
             out.pop(stale, None)
         return out
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> "LiquidMetalConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ConfigError(f"{path} not found", hint="a model folder needs config.json") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path} must hold a JSON object")
-        return cls.from_dict(data)
 
     def replace(self, **changes: Any) -> "LiquidMetalConfig":
         return dataclasses.replace(self, **changes)

@@ -29,7 +29,7 @@ from lmexport.modeling.folder_files import verify_files
 from lmexport.modeling.checkpoint import Checkpoint, build_model, read_checkpoint, save_checkpoint
 from lmexport.modeling.config import LiquidMetalConfig
 from lmexport.modeling.model import LiquidMetalForCausalLM
-from lmexport.tensor_names import expected_tensors
+from lmexport.tensor_names import LM_HEAD, TOKEN_CONV, expected_tensors
 
 log = logging.getLogger(__name__)
 MAX_GATE_BIAS = 100.0
@@ -68,12 +68,11 @@ def identity_module_tensors(config: LiquidMetalConfig, gate_bias: float) -> dict
             continue
         shape = ref.shape(config)
         t = torch.zeros(shape)
-        name = ref.name
-        if name.endswith("token_mixing.conv.weight"):
+        if ref.entry is TOKEN_CONV:
             t[:, 0, current_tap] = 1.0
-        elif name.endswith("layernorm.gate.bias") or name.endswith("se.fc2.bias"):
+        elif ref.entry.sigmoid_bias:
             t.fill_(gate_bias)
-        out[name] = t
+        out[ref.name] = t
     return out
 
 
@@ -106,7 +105,7 @@ def hf_llama_reference(config: LiquidMetalConfig, tensors: dict[str, torch.Tenso
     model = LlamaForCausalLM(hf_config)
     state = {n: t.float() for n, t in tensors.items()}
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [m for m in missing if not (config.tie_word_embeddings and m == "lm_head.weight")]
+    missing = [m for m in missing if not (config.tie_word_embeddings and m == LM_HEAD.name)]
     if missing or unexpected:
         raise RuntimeError(f"transformers Llama did not take the weights: missing {missing}, extra {unexpected}")
     if config.tie_word_embeddings:

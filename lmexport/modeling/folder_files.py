@@ -13,7 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmexport.errors import CheckpointError
-from lmexport.jsonfile import parse_json, read_bounded
+from lmexport.jsonio import parse_json, read_bounded
 
 MAX_TOKENIZER_BYTES = 512 << 20
 

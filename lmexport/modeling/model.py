@@ -21,8 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmexport.modeling.config import LiquidMetalConfig
-from lmexport.modeling.modules import (CONTEXT_SLOTS, AdaptiveRMSNorm, ContextState, SqueezeExcitation, TokenMixing, rms_normalize,
-                      valid_counts)
+from lmexport.modeling.modules import (CONTEXT_SLOTS, AdaptiveRMSNorm, ContextState, SqueezeExcitation, TokenMixing,
+                                       rms_normalize, valid_counts)
+from lmexport.tensor_names import lookup
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
@@ -272,11 +273,12 @@ def init_random(model: LiquidMetalForCausalLM, seed: int = 0, std: float = 0.02,
     with torch.no_grad():
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen)
-            if name.endswith("norm.weight"):
+            entry = lookup(name).entry
+            if entry.role == "norm":
                 p.copy_(1.0 + 0.1 * noise)
-            elif ".token_mixing." in name:
+            elif entry.module == "token_mixing":
                 p.copy_(module_std * noise)
-            elif ".gate." in name or ".se." in name:
+            elif not entry.llama:                                    # the gates and the SE block
                 fan_in = p.shape[-1] if p.dim() > 1 else 1
                 p.copy_(module_std / fan_in ** 0.5 * noise)
             else:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmexport.errors import CheckpointError, ConfigError, InputError
-from lmexport.jsonfile import load_json_object
+from lmexport.jsonio import read_json_object
 from lmexport.modeling.config import LiquidMetalConfig
 from lmexport.safe_paths import name_problem
 
@@ -30,7 +30,7 @@ def read_config_dict(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise ConfigError(f"{folder} has no config.json", hint="point at a Hugging Face-style model folder")
-    return load_json_object(path, ConfigError)
+    return read_json_object(path, ConfigError)
 
 
 def shard_names(folder: Path) -> list[str] | None:
@@ -38,7 +38,7 @@ def shard_names(folder: Path) -> list[str] | None:
     index = folder / INDEX_FILE
     if not index.is_file():
         return None
-    weight_map = load_json_object(index, CheckpointError).get("weight_map")
+    weight_map = read_json_object(index, CheckpointError).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index} is not a valid safetensors index (no weight_map object)")
     bad = sorted({f"{tensor}: {problem}" for tensor, shard in weight_map.items()

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from lmexport.modeling.model import LiquidMetalForCausalLM
+from lmexport.modeling.stepper import TorchStepper
 
 
 class TorchBackend:
@@ -19,18 +20,13 @@ class TorchBackend:
     def __init__(self, model: LiquidMetalForCausalLM, name: str = "pytorch"):
         self.model = model.eval()
         self.name = name
-        self._state = None
+        self.stepper = TorchStepper(self.model)
 
     def reset(self, batch: int) -> None:
-        self._state = None
+        self.stepper.reset(batch)
 
-    @torch.no_grad()
     def step(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        kv, conv, ctx = self._state if self._state else (None, None, None)
-        out = self.model(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(pos),
-                         past_key_values=kv, past_conv=conv, past_context=ctx)
-        self._state = (out.present_key_values, out.present_conv, out.present_context)
-        return out.logits.float().numpy()
+        return self.stepper.step(ids, mask, pos).float().numpy()
 
     @torch.no_grad()
     def intermediates(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> dict[str, np.ndarray]:

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from lmexport.errors import InputError
+from lmexport.runtime.batch import left_pad
 
 # Different lengths on purpose: batched together they exercise left padding.
 BUILTIN_PROMPTS = (
@@ -65,11 +66,6 @@ def make_batches(token_lists: list[list[int]], batch_size: int, pad_id: int) -> 
     batches = []
     for start in range(0, len(token_lists), batch_size):
         group = token_lists[start:start + batch_size]
-        width = max(len(t) for t in group)
-        ids = np.full((len(group), width), pad_id, dtype=np.int64)
-        mask = np.zeros((len(group), width), dtype=np.int64)
-        for row, toks in enumerate(group):
-            ids[row, width - len(toks):] = toks
-            mask[row, width - len(toks):] = 1
+        ids, mask = left_pad(group, pad_id)
         batches.append(Batch(ids, mask, [len(t) for t in group]))
     return batches

@@ -12,7 +12,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-METRIC_NAMES = ("max_abs", "mean_abs", "rel", "cosine_min", "top1", "kl_mean", "kl_max")
 
 
 def _log_softmax(x: np.ndarray) -> np.ndarray:

@@ -12,10 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from lmexport.modeling.checkpoint import Checkpoint
-from lmexport.manifest import Manifest, check_files
+from lmexport.manifest import Manifest
 from lmexport.runtime.ort import Session, graph_values
-from lmexport.parity.artifacts import check_same_model
 
 log = logging.getLogger(__name__)
 
@@ -24,18 +22,15 @@ class OnnxBackend:
     def __init__(self, folder: Path, manifest: Manifest, device: str):
         self.folder, self.manifest, self.device = folder, manifest, device
         self.name = f"onnx {manifest.dtype}/{manifest.quantization.get('method', 'none')}"
-        self.stepper = Session(folder, device=device)
-        self._state: dict[str, np.ndarray] = {}
+        self.stepper = Session(folder, device=device).stepper()
         self._probe_stepper: Session | None = None
         self._probes: dict[str, str] = {}
 
     def reset(self, batch: int) -> None:
-        self._state = self.stepper.zero_state(batch)
+        self.stepper.reset(batch)
 
     def step(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        out = self.stepper.run(ids, mask, pos, self._state)
-        self._state = self.stepper.next_state(out)
-        return out["logits"].astype(np.float32)
+        return self.stepper.step(ids, mask, pos).astype(np.float32)
 
     def intermediates(self, ids: np.ndarray, mask: np.ndarray, pos: np.ndarray) -> dict[str, np.ndarray]:
         probes = self.manifest.probes
@@ -57,18 +52,3 @@ class OnnxBackend:
                                           extra_outputs=tuple(self._probes.values()))
         out = self._probe_stepper.run(ids, mask, pos, self._probe_stepper.zero_state(ids.shape[0]))
         return {key: out[value].astype(np.float32) for key, value in self._probes.items()}
-
-
-def preset_for(manifest: Manifest) -> str:
-    method = manifest.quantization.get("method", "none")
-    return method if method != "none" else manifest.dtype
-
-
-def open_onnx_backend(folder: Path, ckpt: Checkpoint, device: str = "cpu") -> tuple[OnnxBackend, str]:
-    manifest = Manifest.read(folder)
-    check_same_model(ckpt, folder, manifest.weights_hash, manifest.config)
-    changed = check_files(folder, manifest, hashes=True)
-    if changed:
-        log.warning("%s differ from the sha256 recorded at export; comparing anyway", ", ".join(changed))
-    return OnnxBackend(folder, manifest, device), preset_for(manifest)
-

@@ -17,7 +17,7 @@ import numpy as np
 from lmexport.errors import ArtifactError, InputError
 from lmexport.modeling.model import LAYER_MODULES
 from lmexport.parity.tolerances import Tolerance, check, get_tolerance
-from lmexport.runtime.ort import positions_from_mask as positions
+from lmexport.runtime.batch import positions_from_mask as positions
 from lmexport.parity.inputs import BUILTIN_PROMPTS, Batch, make_batches, read_prompt_file, tokenize
 from lmexport.parity.metrics import StepMetrics, compare_logits, greedy_agreement_length, overall, relative_difference
 

@@ -33,7 +33,7 @@ def onnx_scorer(folder: Path, device: str = "cpu") -> WindowScorer:
         mask = np.ones_like(x)
         pos = np.arange(x.shape[1], dtype=np.int64)[None]
         out = stepper.run(x, mask, pos, stepper.zero_state(1))
-        return _nll_sum(out["logits"][0, first_target - 1:-1], ids[first_target:])
+        return _nll_sum(out[stepper.logits_name][0, first_target - 1:-1], ids[first_target:])
 
     return score
 
@@ -57,8 +57,9 @@ def torch_folder_scorer(folder: Path) -> WindowScorer:
 
 def open_scorer(path: Path, device: str = "cpu") -> tuple[WindowScorer, str, int]:
     """(scorer, kind, context length) for a model folder, an ONNX folder or a GGUF file."""
-    if path.is_dir() and (path / "lmexport.json").is_file():
-        from lmexport.manifest import Manifest
+    from lmexport.manifest import MANIFEST_FILE, Manifest
+
+    if path.is_dir() and (path / MANIFEST_FILE).is_file():
         manifest = Manifest.read(path)
         return onnx_scorer(path, device), "onnx", int(manifest.config.get("max_position_embeddings", 2048))
     if path.is_dir() and (path / "config.json").is_file():

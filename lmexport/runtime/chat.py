@@ -20,9 +20,9 @@ from typing import Iterator
 import numpy as np
 
 from lmexport.errors import GenerationError
-from lmexport.runtime.generator import Generation, Generator, Stats, _Row
+from lmexport.runtime.generator import Generation, Generator, RowProgress, Stats
 from lmexport.runtime.sampling import SamplingParams
-from lmexport.runtime.ort import positions_from_mask
+from lmexport.runtime.batch import positions_from_mask
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,12 @@ class ChatSession:
             self.fed, self.state = [], self.gen.session.zero_state(1)
 
         reply = Generation(text, prompt_tokens=len(new))
-        row = _Row(reply, self.gen.tokenizer, self.fed + new, ())
+        row = RowProgress(reply, self.gen.tokenizer, self.fed + new, ())
         self.last_stats = Stats(prompt_tokens=len(new))
         seen = [set(self.fed) | set(new)]
-        loop = self.gen._loop(np.asarray([new], dtype=np.int64), np.ones((1, past + len(new)), dtype=np.int64),
-                              self.state, [row], self.sampling, [self.rng], seen, self.max_new_tokens,
-                              self.last_stats)
+        loop = self.gen.decode_loop(np.asarray([new], dtype=np.int64),
+                                    np.ones((1, past + len(new)), dtype=np.int64), self.state, [row],
+                                    self.sampling, [self.rng], seen, self.max_new_tokens, self.last_stats)
         while True:
             try:
                 yield next(loop).text

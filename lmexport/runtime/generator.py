@@ -23,7 +23,8 @@ import numpy as np
 
 from lmexport.errors import GenerationError, NonFiniteError
 from lmexport.runtime.sampling import SamplingParams, choose
-from lmexport.runtime.ort import Session, positions_from_mask
+from lmexport.runtime.batch import left_pad, positions_from_mask
+from lmexport.runtime.ort import Session
 from lmexport.runtime.tokenizer import TextTokenizer
 
 # Generated text is decoded after this many prompt tokens, so that a decoder
@@ -91,7 +92,7 @@ def check_finite(logits: np.ndarray, folder, where: str) -> None:
                              "graph or its weights are broken", hint="run lmexport parity against its model folder")
 
 
-class _Row:
+class RowProgress:
     """One prompt's progress: its new ids, their text, and how much of it was released."""
 
     def __init__(self, gen: Generation, tokenizer: TextTokenizer, prompt_ids: Sequence[int],
@@ -181,12 +182,12 @@ class Generator:
         return ids
 
     # ------------------------------------------------------------ the loop
-    def _loop(self, tokens: np.ndarray, mask: np.ndarray, state: dict, rows: list[_Row], params: SamplingParams,
-              rngs: list[np.random.Generator], seen: list[set[int]], max_new_tokens: int,
-              stats: Stats) -> Iterator[Piece]:
+    def decode_loop(self, tokens: np.ndarray, mask: np.ndarray, state: dict, rows: list[RowProgress],
+                    params: SamplingParams, rngs: list[np.random.Generator], seen: list[set[int]],
+                    max_new_tokens: int, stats: Stats) -> Iterator[Piece]:
         """Feed ``tokens`` ([B, T]; ``mask`` covers the past and them), then choose, release and feed
         back one token per row until every row is done. Returns (through StopIteration) the state,
-        which holds every chosen token but the last (``_Row.last``)."""
+        which holds every chosen token but the last (``RowProgress.last``)."""
         for step in range(max_new_tokens):
             started = time.perf_counter()
             logits, state = self.session.step(tokens, mask, positions_from_mask(mask, tokens.shape[1]), state)
@@ -237,17 +238,13 @@ class Generator:
         gens = [Generation(p, prompt_tokens=len(ids)) for p, ids in zip(prompts, encoded)]
         if results is not None:
             results.extend(gens)
-        rows = [_Row(g, self.tokenizer, ids, stop) for g, ids in zip(gens, encoded)]
+        rows = [RowProgress(g, self.tokenizer, ids, stop) for g, ids in zip(gens, encoded)]
         rngs = [np.random.default_rng(params.seed) for _ in rows]
         seen = [set(ids) for ids in encoded]
         stats = self.last_stats = Stats(prompt_tokens=sum(map(len, encoded)))
 
-        width = max(map(len, encoded))
-        ids = np.full((len(encoded), width), self.pad_token_id, dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for i, toks in enumerate(encoded):
-            ids[i, width - len(toks):], mask[i, width - len(toks):] = toks, 1
-        yield from self._loop(ids, mask, self.session.zero_state(len(encoded)), rows, params, rngs, seen,
+        ids, mask = left_pad(encoded, self.pad_token_id)
+        yield from self.decode_loop(ids, mask, self.session.zero_state(len(encoded)), rows, params, rngs, seen,
                               max_new_tokens, stats)
 
     def generate(self, prompts: str | Sequence[str], **kwargs) -> list[Generation]:

@@ -134,7 +134,7 @@ class Session:
                                 hint="re-export the folder, or keep the graph's inputs and outputs when editing it")
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.states = self.manifest.state_inputs()
-        self.logits_name = next(o.name for o in self.manifest.outputs if o.role == "logits")
+        self.logits_name = self.manifest.output("logits").name
         self._roles = {role: self.manifest.input(role).name
                        for role in ("input_ids", "attention_mask", "position_ids")}
 
@@ -178,6 +178,9 @@ class Session:
         outputs = dict(zip(self.output_names, binding.get_outputs()))
         return outputs[self.logits_name].numpy(), self.next_state(outputs)
 
+    def stepper(self) -> "Stepper":
+        return Stepper(self)
+
     def _call(self, run):
         """Run one call; a kernel the provider lacks becomes one clear DeviceError.
 
@@ -195,7 +198,19 @@ class Session:
                                    "or use --device cpu" if fused else "use --device cpu") from exc
 
 
-def positions_from_mask(mask: np.ndarray, new_tokens: int) -> np.ndarray:
-    """Hugging Face convention: the number of valid tokens before each one; padding at 0."""
-    pos = np.maximum(np.cumsum(mask, axis=1) - 1, 0)
-    return pos[:, mask.shape[1] - new_tokens:].astype(np.int64)
+class Stepper:
+    """A Session and the state of the one batch it runs, call after call (parity, bench).
+
+    The twin of ``lmexport.modeling.stepper.TorchStepper``: ``reset(batch)``, then
+    ``step(ids, mask, positions)`` returns the logits [B, T, V] on the host."""
+
+    def __init__(self, session: Session):
+        self.session = session
+        self.state: dict = {}
+
+    def reset(self, batch: int) -> None:
+        self.state = self.session.zero_state(batch)
+
+    def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        logits, self.state = self.session.step(ids, mask, positions, self.state)
+        return logits

@@ -15,7 +15,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
 from lmexport.errors import ArtifactError, DeviceError, GenerationError
 from lmexport.runtime.generator import Generation, _Row, held_back
 from lmexport.runtime.sampling import SamplingParams, apply_repetition_penalty, choose, filter_top_k_top_p
-from lmexport.runtime.ort import choose_providers, positions_from_mask
+from lmexport.runtime.ort import choose_providers
 from lmexport.runtime.tokenizer import TextTokenizer
 from lmexport.modeling.tiny import make_tokenizer, write_tokenizer_files
 
@@ -138,12 +138,6 @@ def test_bad_sampling_parameters_are_reported_together():
     with pytest.raises(GenerationError) as err:
         SamplingParams(temperature=-1, top_k=-2, top_p=0, repetition_penalty=0)
     assert all(word in str(err.value) for word in ("temperature", "top-k", "top-p", "repetition"))
-
-
-def test_positions_follow_the_hugging_face_left_padding_convention():
-    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
-    assert positions_from_mask(mask, 5).tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]]
-    assert positions_from_mask(mask, 1).tolist() == [[2], [4]]
 
 
 # ------------------------------------------------------------ device choice

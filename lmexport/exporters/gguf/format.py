@@ -144,7 +144,6 @@ WEIGHT_BOUNDS: dict[QT, float] = {
     QT.Q4_0: 1.3e-1,
 }
 ABS_FLOOR = 1e-7   # f16 subnormals
-ROUND_TRIP_TYPES = tuple(WEIGHT_BOUNDS)
 
 # Sanity bounds checked before anything is allocated from a file's numbers.
 MAX_TENSORS = 1 << 20

@@ -39,7 +39,7 @@ from gguf.quants import dequantize
 from lmexport.exporters.gguf import format as fmt
 from lmexport.errors import ArtifactError, ConfigError
 from lmexport.modeling.config import MODEL_TYPE, LiquidMetalConfig
-from lmexport.tensor_names import TensorRef, expected_tensors, from_gguf_layout, gguf_layout_shape
+from lmexport.tensor_names import (EMBEDDING, LM_HEAD, TensorRef, expected_tensors, from_gguf_layout, gguf_layout_shape)
 
 GGUF_MAGIC = 0x46554747          # b"GGUF" little-endian
 _SHARD = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
@@ -151,9 +151,9 @@ class GGUFFile:
             kwargs["head_dim"] = self.value(Keys.Rope.DIMENSION_COUNT.format(arch=arch))
         tokens = self.fields.get(Keys.Tokenizer.LIST)
         if "vocab_size" not in kwargs:
-            embd = self.tensors.get("token_embd.weight")
+            embd = self.tensors.get(EMBEDDING.gguf)
             if embd is None:
-                problems.append("no vocab_size key and no token_embd.weight")
+                problems.append(f"no vocab_size key and no {EMBEDDING.gguf}")
             else:
                 kwargs["vocab_size"] = int(embd.shape[1])
         elif tokens is not None and len(tokens.data) > kwargs["vocab_size"]:
@@ -163,7 +163,7 @@ class GGUFFile:
         for typ, key in fmt.TOKENIZER_ID_KEYS.items():
             if typ != "unk" and self.value(key) is not None:
                 kwargs[f"{typ}_token_id"] = int(self.value(key))
-        kwargs["tie_word_embeddings"] = "output.weight" not in self.tensors
+        kwargs["tie_word_embeddings"] = LM_HEAD.gguf not in self.tensors
         kwargs["model_type"] = MODEL_TYPE if arch == fmt.ARCH_LIQUIDMETAL else "llama"
         try:
             config = LiquidMetalConfig(**kwargs)

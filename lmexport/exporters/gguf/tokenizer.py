@@ -25,7 +25,7 @@ from typing import Any
 import gguf
 from gguf import TokenType
 
-from lmexport.modeling.checkpoint import read_json_object
+from lmexport.jsonio import read_json_object
 from lmexport.errors import InputError
 from lmexport.exporters.gguf.format import TOKENIZER_ID_KEYS
 

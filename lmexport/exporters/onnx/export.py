@@ -26,11 +26,11 @@ import torch
 
 from lmexport.atomic import atomic_output, check_output_path
 from lmexport.errors import ExportError, InputError, ValidationError
-from lmexport.manifest import IOSpec, Manifest, file_digest
+from lmexport.manifest import IOSpec, Manifest, file_digest, variant_name
 from lmexport.modeling.config import LiquidMetalConfig
 from lmexport.modeling.folder_files import copy_verified, verify_files
 from lmexport.modeling.modules import CONTEXT_SLOTS
-from lmexport.tensor_names import expected_tensors, lookup
+from lmexport.tensor_names import EMBEDDING, expected_tensors, lookup
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ class OnnxExportOptions:
 
     @property
     def variant(self) -> str:
-        """The tolerance preset (lmexport.tolerances) this export is validated with."""
-        return self.quantize if self.quantize != "none" else self.dtype
+        """The export's variant: its default tolerance preset (lmexport.parity.tolerances)."""
+        return variant_name(self.dtype, self.quantize)
 
     @property
     def preset(self) -> str:
@@ -152,7 +152,7 @@ def initializer_map(initializers, config: LiquidMetalConfig) -> dict[str, dict]:
         transposed = ref.entry.role == "matrix"          # every nn.Linear is stored [in, out]
         info = {"tensor": ref.name, "layout": layout or ("transposed [in, out]" if transposed else "as stored")}
         if ref.entry.module == "lm_head" and config.tie_word_embeddings:
-            info["tied_to"] = "model.embed_tokens.weight"
+            info["tied_to"] = EMBEDDING.name
         where = {e.key: e.value for e in tensor.external_data}
         info.update(file=where.get("location"), offset=int(where.get("offset", 0)), length=int(where.get("length", 0)))
         out[name] = info
@@ -254,7 +254,7 @@ def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash
     files = {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.is_file()}
     manifest = Manifest(
         mode=config.context_mode, dtype=options.dtype, quantization=options.quantization(),
-        opset=traced.opset, fused_ops=options.fused_ops,
+        opset=traced.opset, fused_ops=options.fused_ops, tolerance_preset=options.preset,
         source={"weights_hash": source_hash, "config": config.to_dict()},
         num_layers=config.num_hidden_layers, inputs=inputs, outputs=outputs, files=files,
         tokenizer={"bos_token_id": config.bos_token_id, "eos_token_ids": config.eos_token_ids,

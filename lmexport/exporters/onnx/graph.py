@@ -97,26 +97,32 @@ def export_copy(model: LiquidMetalForCausalLM, dtype: torch.dtype, fused: bool =
 
 class OnnxExportWrapper(nn.Module):
     """Graph signature: (input_ids, attention_mask, position_ids, [state...]) ->
-    (logits, present states..., probe values...), states in IOSpec order."""
+    (outputs..., probe values...). The state tensors arrive in the order of the state
+    IOSpecs and the outputs leave in the order of the output IOSpecs; each is matched
+    to the model's by its role and layer, never by position."""
 
-    def __init__(self, model: LiquidMetalForCausalLM):
+    def __init__(self, model: LiquidMetalForCausalLM, inputs: list[IOSpec], outputs: list[IOSpec]):
         super().__init__()
         self.model = model
+        self.state_specs = [(s.role, s.layer) for s in inputs if s.is_state]
+        self.output_specs = [(s.role, s.layer) for s in outputs]
 
     def forward(self, input_ids, attention_mask, position_ids, state: list[torch.Tensor]):
         c = self.model.config
-        n = c.num_hidden_layers
-        kv = [(state[2 * i], state[2 * i + 1]) for i in range(n)]
-        conv = list(state[2 * n:3 * n]) if c.streaming else None
-        context = list(state[3 * n:4 * n]) if c.streaming else None
-        out = self.model(input_ids, attention_mask, position_ids, past_key_values=kv, past_conv=conv,
-                         past_context=context, return_intermediates=True)
-        results = [out.logits]
-        for k, v in out.present_key_values:
-            results += [k, v]
-        if c.streaming:
-            results += out.present_conv + out.present_context
-        results += [out.intermediates[key] for key in probe_names(n)]
+        layers = range(c.num_hidden_layers)
+        past = dict(zip(self.state_specs, state))
+        out = self.model(input_ids, attention_mask, position_ids,
+                         past_key_values=[(past["key", i], past["value", i]) for i in layers],
+                         past_conv=[past["conv", i] for i in layers] if c.streaming else None,
+                         past_context=[past["context", i] for i in layers] if c.streaming else None,
+                         return_intermediates=True)
+        produced = {("logits", None): out.logits}
+        for i, (k, v) in enumerate(out.present_key_values):
+            produced["key", i], produced["value", i] = k, v
+        for i in layers if c.streaming else ():
+            produced["conv", i], produced["context", i] = out.present_conv[i], out.present_context[i]
+        results = [produced[key] for key in self.output_specs]
+        results += [out.intermediates[key] for key in probe_names(c.num_hidden_layers)]
         return tuple(results)
 
 
@@ -204,7 +210,7 @@ def trace(model: LiquidMetalForCausalLM, path: Path, inputs: list[IOSpec], outpu
     if fused:
         from lmexport.exporters.onnx.fused import TRANSLATIONS as translations
     probes = probe_names(model.config.num_hidden_layers)
-    wrapper = OnnxExportWrapper(view).eval()
+    wrapper = OnnxExportWrapper(view, inputs, outputs).eval()
     log.info("tracing the model with torch.export (opset %d)", opset)
     try:
         with torch.no_grad(), quiet("onnxscript", "onnx_ir", "torch.onnx", "torch.export", "torch._export"):

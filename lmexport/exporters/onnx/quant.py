@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnx
 
-from lmexport.tensor_names import lookup
+from lmexport.tensor_names import LM_HEAD, lookup
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,6 @@ QUANT_SUFFIXES = {
     "_scales": "MatMulNBits scales [out * in/block]",
     "_zero_points": "MatMulNBits zero points",
 }
-LM_HEAD = "lm_head.weight"
 
 
 def canonical_of(name: str) -> tuple[str, str | None] | None:
@@ -97,7 +96,7 @@ def _int4(src: Path, options) -> onnx.ModelProto:
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     model = onnx.load(str(src))
-    head = _weight_node(model, LM_HEAD)
+    head = _weight_node(model, LM_HEAD.name)
     exclude = [head] if head and options.lm_head_bits == 8 else []
     log.info("quantizing MatMul weights to 4 bits (block %d, symmetric, accuracy level %d)",
              options.block_size, options.accuracy_level)

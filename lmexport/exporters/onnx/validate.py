@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from lmexport.parity.metrics import StepMetrics, compare_logits, overall
-from lmexport.runtime.ort import Session, positions_from_mask
+from lmexport.manifest import IOSpec
+from lmexport.runtime.batch import left_pad, positions_from_mask
+from lmexport.runtime.ort import Session
 from lmexport.parity.tolerances import Tolerance, check, get_tolerance
 
 log = logging.getLogger(__name__)
-_NP = {"int64": np.int64, "float32": np.float32, "float16": np.float16}
 
 
 @dataclass
@@ -109,13 +110,7 @@ class ValidationReport:
 def validation_batch(vocab_size: int, pad_id: int, lengths: tuple[int, ...] = (11, 4), seed: int = 0):
     """A left-padded batch of random prompts: (input_ids, attention_mask), [B, max(lengths)]."""
     rng = np.random.default_rng(seed)
-    width = max(lengths)
-    ids = np.full((len(lengths), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(lengths), width), dtype=np.int64)
-    for row, n in enumerate(lengths):
-        ids[row, width - n:] = rng.integers(0, vocab_size, n)
-        mask[row, width - n:] = 1
-    return ids, mask
+    return left_pad([rng.integers(0, vocab_size, n) for n in lengths], pad_id)
 
 
 def validate_folder(folder: str | Path, model, variant: str, *, decode_steps: int = 8,
@@ -139,10 +134,10 @@ def validate_folder(folder: str | Path, model, variant: str, *, decode_steps: in
         out = runner.run(tokens, mask, pos, state)
         valid = mask[:, mask.shape[1] - tokens.shape[1]:].astype(bool)
         ref_logits = ref.logits.float().numpy()
-        report.add_logits(ref_logits[valid], out["logits"][valid])
-        for name, value in _reference_presents(ref).items():
-            keep = mask[:, None, :, None] if name.startswith("present.") else None
-            report.states.setdefault(name, StateStats()).add(value, out[name], keep)
+        report.add_logits(ref_logits[valid], out[runner.logits_name][valid])
+        for spec, value in _reference_presents(ref, runner.manifest.outputs):
+            keep = mask[:, None, :, None] if spec.role in ("key", "value") else None   # padded KV rows are junk
+            report.states.setdefault(spec.name, StateStats()).add(value, out[spec.name], keep)
         state = runner.next_state(out)
         ref_state = {"past_key_values": ref.present_key_values, "past_conv": ref.present_conv,
                      "past_context": ref.present_context}
@@ -153,13 +148,8 @@ def validate_folder(folder: str | Path, model, variant: str, *, decode_steps: in
     return report
 
 
-def _reference_presents(out) -> dict[str, np.ndarray]:
-    """The PyTorch model's present state under the graph's output names."""
-    res = {}
-    for i, (k, v) in enumerate(out.present_key_values):
-        res[f"present.{i}.key"], res[f"present.{i}.value"] = k.float().numpy(), v.float().numpy()
-    for i, t in enumerate(out.present_conv or []):
-        res[f"present_conv.{i}"] = t.float().numpy()
-    for i, t in enumerate(out.present_context or []):
-        res[f"present_context.{i}"] = t.float().numpy()
-    return res
+def _reference_presents(out, outputs: list[IOSpec]) -> list[tuple[IOSpec, np.ndarray]]:
+    """The PyTorch model's present state, paired with the graph output of each role and layer."""
+    by_role = {"key": lambda i: out.present_key_values[i][0], "value": lambda i: out.present_key_values[i][1],
+               "conv": lambda i: out.present_conv[i], "context": lambda i: out.present_context[i]}
+    return [(spec, by_role[spec.role](spec.layer).float().numpy()) for spec in outputs if spec.is_state]

@@ -20,7 +20,8 @@ from lmexport.modeling.checkpoint import load_model
 from lmexport.errors import ValidationError
 from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
 from lmexport.exporters.onnx.validate import validate_folder
-from lmexport.runtime.ort import Session, positions_from_mask
+from lmexport.runtime.batch import positions_from_mask
+from lmexport.runtime.ort import Session
 from lmexport.manifest import MANIFEST_FILE, Manifest, check_files
 from lmexport.modeling.model import LAYER_MODULES
 from lmexport.tensor_names import expected_tensors

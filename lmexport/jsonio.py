@@ -1,8 +1,9 @@
-"""Reading the small JSON files of a folder (config.json, lmexport.json, indexes) defensively.
+"""The one reader of the JSON files in a folder (config.json, lmexport.json, tokenizer
+and index files): an object or a typed error, never a traceback. Torch-free.
 
 Such a file may be damaged or hostile: not UTF-8, not JSON, nested 200,000 levels
 deep (Python's parser then overflows its recursion limit), a link to a device that
-never ends, or gigabytes long. Each becomes one ``error`` naming the file. Torch-free.
+never ends, or gigabytes long. Each becomes one ``error`` naming the file.
 """
 from __future__ import annotations
 
@@ -48,8 +49,9 @@ def parse_json(data: bytes, where: Path | str, error: type[InputError] = InputEr
         raise error(f"{where} is nested too deeply to be a real file of its kind") from None
 
 
-def load_json_object(path: Path, error: type[InputError] = InputError) -> dict:
-    """A JSON file that must hold an object; ``error`` for anything else."""
+def read_json_object(path: str | Path, error: type[InputError] = InputError) -> dict:
+    """A JSON file that must hold an object; ``error`` for unreadable or other JSON."""
+    path = Path(path)
     data = parse_json(read_bounded(path, error), path, error)
     if not isinstance(data, dict):
         raise error(f"{path} must hold a JSON object")
