@@ -103,3 +103,7 @@ class GenerationError(InputError):
 
 class DeviceError(InputError):
     """The requested execution device is not available."""
+
+
+class NonFiniteError(ValidationError):
+    """An artifact computed NaN or infinite logits: it ran, and what it computes is wrong."""

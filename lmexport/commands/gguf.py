@@ -31,8 +31,10 @@ def gguf(model_dir, output, outtype, split_max_size, arch, name, allow_pickle, o
       lmexport gguf TinyLlama-1.1B -o tinyllama.gguf --arch llama --outtype f16
     """
     from lmexport.atomic import check_output_path
+    from lmexport.modeling.precheck import precheck
 
-    check_output_path(output.absolute(), overwrite)        # before importing torch
+    check_output_path(output.absolute(), overwrite, directory=False, inputs=[model_dir])  # before importing torch
+    precheck(model_dir)
     from lmexport.exporters.gguf.write import GGUFOptions, export_gguf, parse_size
 
     logging.getLogger("gguf").setLevel(logging.WARNING)   # the writer's own info lines repeat ours

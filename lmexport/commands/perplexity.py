@@ -38,7 +38,11 @@ def perplexity(target, text_file, tokenizer, max_tokens, window, stride, device,
         raise InputError(f"text file {text_file} is not UTF-8 (byte {exc.start})", hint="save it as UTF-8") from None
     tok_path = _tokenizer_path(target, tokenizer)
     from tokenizers import Tokenizer
-    ids = Tokenizer.from_file(str(tok_path)).encode(text, add_special_tokens=False).ids
+    try:
+        tok = Tokenizer.from_file(str(tok_path))
+    except Exception as exc:  # tokenizers raises a bare Exception for a bad file
+        raise InputError(f"{tok_path} is not a tokenizers file ({str(exc)[:120]})") from None
+    ids = tok.encode(text, add_special_tokens=False).ids
     if max_tokens:
         ids = ids[:max_tokens]
     scorer, kind, context = open_scorer(target, device)

@@ -30,6 +30,7 @@ from lmexport.atomic import atomic_output, check_output_path
 from lmexport.errors import ExportError, InputError, ValidationError
 from lmexport.manifest import IOSpec, Manifest, file_digest, variant_name
 from lmexport.modeling.config import LiquidMetalConfig
+from lmexport.modeling.folder_files import copy_verified, verify_files
 from lmexport.modeling.modules import CONTEXT_SLOTS
 from lmexport.tensor_names import EMBEDDING, expected_tensors, lookup
 
@@ -211,9 +212,10 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, options: OnnxExportO
     from lmexport.modeling.checkpoint import load_model
 
     out_dir = Path(out_dir)
-    check_output_path(out_dir.absolute(), overwrite)          # fail before reading gigabytes
+    check_output_path(out_dir.absolute(), overwrite, directory=True, inputs=[model_dir])  # before reading gigabytes
     model, ckpt = load_model(model_dir)
-    with atomic_output(out_dir, overwrite=overwrite, directory=True,
+    verify_files(ckpt.tokenizer_files())                      # a link to a host file fails here, not after the trace
+    with atomic_output(out_dir, overwrite=overwrite, directory=True, inputs=[model_dir],
                        needed_bytes=estimate_bytes(model, options)) as tmp:
         manifest = write_folder(model, tmp, options, source_hash=ckpt.weights_hash(),
                                 tokenizer_files=ckpt.tokenizer_files())
@@ -264,7 +266,7 @@ def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash
 
     (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
     for src in tokenizer_files:
-        shutil.copy2(src, folder / src.name)
+        copy_verified(src, folder / src.name)
     if options.target == transformersjs.TARGET:
         transformersjs.write_shim(folder)
     manifest = Manifest(
