@@ -147,7 +147,7 @@ def run_parity(model_dir: str | Path, artifact: str | Path, *, prompts: list[str
     ref = TorchBackend(model)
 
     c = ckpt.config
-    token_lists = tokenize(prompts, Path(model_dir) / "tokenizer.json", c.vocab_size, c.bos_token_id,
+    token_lists = tokenize(prompts, Path(model_dir), c.vocab_size, c.bos_token_id,
                            c.max_position_embeddings - steps)
     pad = c.pad_token_id if c.pad_token_id is not None else 0
     batches = make_batches(token_lists, batch_size, pad)
