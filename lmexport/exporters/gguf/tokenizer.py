@@ -100,13 +100,14 @@ def read_tokenizer(folder: str | Path, vocab_size: int, *, pre: str | None = Non
         raise InputError(f"{pretokenizer.PRE_FLAG} applies to byte-level BPE vocabularies; {folder}'s is "
                          "SentencePiece-style", hint=f"drop {pretokenizer.PRE_FLAG}")
     sp_model = inside(folder, "tokenizer.model")
+    unk = bpe.get("unk_token") or token_text(resolved.config.get("unk_token"))
     if byte_level:
         model, name = "gpt2", pretokenizer.choose(tj, pre, f"{folder}'s tokenizer.json")
-        tokens, types = _vocab(tj, byte_level=True)
+        tokens, types = _vocab(tj, unk, byte_level=True)
         scores = None
     else:
         model, name = "llama", None
-        tokens, types = _vocab(tj, byte_level=False)
+        tokens, types = _vocab(tj, unk, byte_level=False)
         scores = _sentencepiece_scores(sp_model, tokens) if sp_model else _merge_scores(tj, tokens, types)
     merges = _merges(bpe.get("merges") or []) if byte_level else None
 
@@ -139,7 +140,7 @@ def _is_byte_piece(text: str) -> bool:
     return len(text) == 6 and text.startswith("<0x") and text.endswith(">")
 
 
-def _vocab(tj: dict, *, byte_level: bool) -> tuple[list[str], list[TokenType]]:
+def _vocab(tj: dict, unk: str | None, *, byte_level: bool) -> tuple[list[str], list[TokenType]]:
     """Tokens by id and their llama.cpp types, from the resolved tokenizer.json."""
     model = tj["model"]
     by_id: dict[int, str] = {int(i): t for t, i in (model.get("vocab") or {}).items()}
@@ -153,7 +154,6 @@ def _vocab(tj: dict, *, byte_level: bool) -> tuple[list[str], list[TokenType]]:
             added[i] = TokenType.USER_DEFINED
             if not byte_level:
                 by_id[i] = text.replace(SPACE, " ")   # llama.cpp expects user-defined spaces pre-normalised
-    unk = model.get("unk_token")
     n = max(by_id) + 1 if by_id else 0
     tokens, types = [], []
     for i in range(n):
