@@ -69,6 +69,20 @@ class _Budget:
             raise ChatTemplateError(f"the chat template ran longer than {self.limits.seconds:g} s",
                                     hint="the template loops too long; fix it, or drop --chat")
 
+    def check_call(self, args, kwargs, format_string: str | None) -> None:
+        """Before a call: no int argument (a width, a count) and no format width above the limit."""
+        self.tick()
+        for value in (*args, *kwargs.values()):
+            if isinstance(value, int) and not isinstance(value, bool) and value > self.limits.max_chars:
+                self.size(value, "an argument")      # center(4000000000), indent(...), ...
+        if format_string is not None:
+            self.size(_format_width(format_string, ()), "a formatted string")
+
+    def checked(self, result):
+        if isinstance(result, _REPEATABLE):
+            self.size(len(result), "a value")
+        return result
+
     def size(self, n: float, what: str) -> None:
         if n > self.limits.max_chars:
             raise ChatTemplateError(f"the chat template would build {what} of about {n:.3g} characters, "
@@ -102,15 +116,10 @@ def _environment(budget: _Budget, templates: Mapping[str, str]):
                 budget.size(len(result), "a sequence")
             return result
 
-        def call(self, __context, __obj, *args, **kwargs):  # every function, method and filter call
-            budget.tick()
-            for value in (*args, *kwargs.values()):
-                if isinstance(value, int) and not isinstance(value, bool) and value > budget.limits.max_chars:
-                    budget.size(value, "an argument")      # center(4000000000), indent(...), ...
-            result = super().call(__context, __obj, *args, **kwargs)
-            if isinstance(result, _REPEATABLE):
-                budget.size(len(result), "a value")
-            return result
+        def call(self, __context, __obj, *args, **kwargs):  # every function and method call
+            budget.check_call(args, kwargs, getattr(__obj, "__self__", None)
+                              if getattr(__obj, "__name__", "") in ("format", "format_map") else None)
+            return budget.checked(super().call(__context, __obj, *args, **kwargs))
 
         def getattr(self, obj, attribute):
             budget.tick()
@@ -132,15 +141,29 @@ def _environment(budget: _Budget, templates: Mapping[str, str]):
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
     env.filters["tojson"] = tojson
+    # Filters are called directly by the compiled template, not through ``call``: guard each one.
+    env.filters = {name: _guarded(f, budget, format_filter=name == "format") for name, f in env.filters.items()}
     return env, TemplateError
 
 
+def _guarded(f, budget: "_Budget", *, format_filter: bool):
+    import functools
+
+    @functools.wraps(f)         # keeps jinja_pass_arg (pass_context / pass_environment ...)
+    def filter_(*args, **kwargs):
+        budget.check_call(args, kwargs, next((a for a in args if isinstance(a, str)), None) if format_filter
+                          else None)
+        return budget.checked(f(*args, **kwargs))
+    return filter_
+
+
 def _format_width(fmt: str, args: Any) -> int:
-    """An upper bound of the length of ``fmt % args``: the widths and precisions it asks for, plus the text."""
+    """An upper bound of the length of ``fmt % args`` or ``fmt.format(...)``: every number in a
+    conversion (widths, precisions), plus the text and the arguments."""
     import re
 
-    widths = sum(int(w) for w in re.findall(r"%[-+ #0]*(\d+)", fmt)) + \
-        sum(int(p) for p in re.findall(r"\.(\d+)", fmt))
+    specs = re.findall(r"%[-+ #0-9.*]*[a-zA-Z%]|\{[^{}]*\}", fmt)
+    widths = sum(int(n) for spec in specs for n in re.findall(r"\d+", spec))
     values = args if isinstance(args, tuple) else (args,)
     return len(fmt) + widths + sum(len(v) if isinstance(v, str) else 24 for v in values)
 

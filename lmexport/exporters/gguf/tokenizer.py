@@ -15,8 +15,8 @@ BOS/EOS rule). Three kinds are written:
   ``tokenizer.ggml.pre`` from ``pretokenizer.choose`` (identified, or
   ``--tokenizer-pre``; never a silent default).
 
-Token types follow llama.cpp's converter: the unknown token is UNKNOWN, ``<0xNN>``
-pieces of a SentencePiece vocabulary BYTE, added tokens CONTROL when special (or
+Token types follow llama.cpp's converter: in a SentencePiece vocabulary the unknown
+token is UNKNOWN and ``<0xNN>`` pieces are BYTE; added tokens CONTROL when special (or
 looking special: ``<|...|>``) and USER_DEFINED otherwise, rows past the
 vocabulary ``[PAD{id}]`` UNUSED (a vocabulary longer than the embedding is an
 error). ``add_bos_token`` / ``add_eos_token`` are the resolved rule;
@@ -163,7 +163,7 @@ def _vocab(tj: dict, unk: str | None, *, byte_level: bool) -> tuple[list[str], l
             types.append(TokenType.UNUSED)
             continue
         tokens.append(text)
-        if text == unk and unk is not None:
+        if text == unk and unk is not None and not byte_level:   # byte-level: CONTROL, as the converter's
             types.append(TokenType.UNKNOWN)
         elif not byte_level and _is_byte_piece(text) and i not in added:
             types.append(TokenType.BYTE)

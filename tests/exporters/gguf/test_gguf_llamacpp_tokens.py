@@ -92,4 +92,4 @@ def test_gguf_tokenizer_metadata(ggufs, family):
             assert scores[tokens.index(first)] == 0.0
     else:
         assert g.value(Keys.Tokenizer.MODEL) == "gpt2" and g.value(Keys.Tokenizer.PRE) == PRE[family]
-        assert types[hf.bos_token_id] == TokenType.CONTROL and types[hf.unk_token_id] == TokenType.UNKNOWN
+        assert types[hf.bos_token_id] == types[hf.unk_token_id] == TokenType.CONTROL   # added special tokens
