@@ -114,11 +114,10 @@ def hf_llama_reference(config: LiquidMetalConfig, tensors: dict[str, torch.Tenso
 
 
 def probe_ids(folder: Path, vocab_size: int) -> torch.Tensor:
-    tokenizer_file = folder / "tokenizer.json"
-    if tokenizer_file.is_file():
-        from tokenizers import Tokenizer
-        ids = Tokenizer.from_file(str(tokenizer_file)).encode(PROBE_TEXT).ids
-        ids = [i for i in ids if i < vocab_size]
+    from lmexport.modeling.tokenizer import checkpoint_tokenizer, has_tokenizer
+
+    if has_tokenizer(folder):
+        ids = [i for i in checkpoint_tokenizer(folder).encode(PROBE_TEXT) if i < vocab_size]
         if ids:
             return torch.tensor([ids])
     return (torch.arange(16) * 7919 % vocab_size).unsqueeze(0)

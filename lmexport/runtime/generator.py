@@ -151,9 +151,8 @@ class Generator:
     def from_folder(cls, folder: str | Path, *, device: str = "cpu", threads: int | None = None,
                     optimization: str = "all") -> "Generator":
         session = Session(folder, device=device, threads=threads, optimization=optimization)
-        tok = session.manifest.tokenizer
-        tokenizer = TextTokenizer(folder, bos_token_id=tok.get("bos_token_id"),
-                                  eos_token_ids=tok.get("eos_token_ids") or ())
+        tokenizer = TextTokenizer.from_folder(folder, eos_token_ids=session.manifest.tokenizer.get("eos_token_ids")
+                                              or ())
         return cls(session, tokenizer)
 
     @property
@@ -164,8 +163,11 @@ class Generator:
     def encode_prompt(self, prompt: str, *, chat: bool = False, max_new_tokens: int = 0,
                       truncate: bool = False) -> list[int]:
         check_text(prompt, "the prompt")
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
-        ids = self.tokenizer.encode(text)
+        if chat:   # a rendered template holds its own special tokens (transformers: add_special_tokens=False)
+            ids = self.tokenizer.encode(self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}]),
+                                        add_special_tokens=False)
+        else:
+            ids = self.tokenizer.encode(prompt)
         room = self.context_length - max_new_tokens
         if room < 1:
             raise GenerationError(f"--max-new-tokens {max_new_tokens} leaves no room in the model's context of "

@@ -48,6 +48,7 @@ class GGUFOptions:
     split_max_size: int = 0          # bytes per shard; 0 writes one file
     name: str | None = None          # general.name; default: the model folder's name
     allow_pickle: bool = False
+    tokenizer_pre: str | None = None # tokenizer.ggml.pre for a byte-level BPE lmexport cannot identify
 
     def __post_init__(self) -> None:
         if self.outtype not in fmt.OUTTYPES:
@@ -195,7 +196,7 @@ def export_gguf(model_dir: str | Path, output: str | Path, options: GGUFOptions 
     arch = resolve_arch(folder, options.arch)
     ckpt = read_checkpoint(folder, allow_pickle=options.allow_pickle, llama_only=arch == fmt.ARCH_LLAMA)
     config = ckpt.config
-    tokenizer = read_tokenizer(folder, config.vocab_size)
+    tokenizer = read_tokenizer(folder, config.vocab_size, pre=options.tokenizer_pre)
     plan = plan_tensors(config, arch, options.outtype)
 
     weights_hash = ckpt.weights_hash()
