@@ -18,15 +18,6 @@ FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config
          "heldout.txt", "loss_curve.png", "metrics.json")
 
 
-@pytest.fixture
-def one_thread():
-    """Score on one thread: on a busy shared machine a spinning 2-thread pool runs ~30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def metrics() -> dict:
     return json.loads((MODEL_DIR / "metrics.json").read_text(encoding="utf-8"))

@@ -11,15 +11,6 @@ from lmexport.perplexity import Window, aggregate, perplexity, perplexity_torch,
 from conftest import tiny_model
 
 
-@pytest.fixture
-def one_thread():
-    """Score on one thread: on a busy shared machine a spinning 2-thread pool runs ~30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize("window", [2, 3, 5, 8])
 def test_windows_score_every_token_but_the_first_exactly_once(window):
     for n in range(2, 30):
