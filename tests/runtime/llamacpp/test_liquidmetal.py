@@ -219,3 +219,33 @@ def test_unpatched_library_is_reported(monkeypatch, llamacpp):
     monkeypatch.setattr(e, "is_patched", lambda *_: False)
     with pytest.raises(e.LlamaCppUnavailable, match="lmexport llamacpp build"):
         e.LlamaCppEngine(BUNDLED / "config.json")
+
+
+def test_parallel_decode_one_token_per_sequence_per_batch(llamacpp, gguf_files, torch_models):
+    """Two sequences decoding side by side (one token of each per llama_batch, the server's pattern):
+    n_seq_tokens = 1, n_seqs = 2 ubatches, each sequence's state kept apart."""
+    ref_model = torch_models("k4-gqa4-se6")
+    a, b = prompt_ids(ref_model, 11, seed=8), prompt_ids(ref_model, 6, seed=9)
+    steps = 6
+    with engine(llamacpp, gguf_files("k4-gqa4-se6", "f32"), f32_kv=True) as eng:
+        ctx = eng._context(eng.options.n_ubatch, 2)
+        eng.llama_cpp.llama_memory_clear(eng.llama_cpp.llama_get_memory(ctx), True)
+        eng._decode(ctx, [(t, p, 0) for p, t in enumerate(a)] + [(t, p, 1) for p, t in enumerate(b)])
+        rows = eng._rows(ctx, len(a) + len(b))
+        last = {0: rows[len(a) - 1], 1: rows[-1]}
+        seqs = {0: list(a), 1: list(b)}
+        got = {0: [rows[:len(a)]], 1: [rows[len(a):]]}
+        for _ in range(steps):
+            nxt = {s: int(last[s].argmax()) for s in (0, 1)}
+            eng._decode(ctx, [(nxt[s], len(seqs[s]), s) for s in (0, 1)])
+            step_rows = eng._rows(ctx, 2)
+            for s in (0, 1):
+                seqs[s].append(nxt[s])
+                got[s].append(step_rows[s:s + 1])
+                last[s] = step_rows[s]
+    for s in (0, 1):
+        ref = torch_logits(ref_model, seqs[s])
+        mine = np.concatenate(got[s])
+        rel = float(np.abs(mine - ref).max()) / float(np.abs(ref).max())
+        print(f"parallel decode seq {s}: max|diff|/max|logit| = {rel:.2e}")
+        assert rel <= 1e-4
