@@ -249,3 +249,20 @@ def test_parallel_decode_one_token_per_sequence_per_batch(llamacpp, gguf_files, 
         rel = float(np.abs(mine - ref).max()) / float(np.abs(ref).max())
         print(f"parallel decode seq {s}: max|diff|/max|logit| = {rel:.2e}")
         assert rel <= 1e-4
+
+
+def test_prompt_longer_than_n_batch_and_input_errors(llamacpp, gguf_files, torch_models):
+    from lmexport.errors import InputError
+
+    ref_model = torch_models("k2-untied-se5")
+    ids = prompt_ids(ref_model, 70, seed=11)
+    with engine(llamacpp, gguf_files("k2-untied-se5", "f32"), f32_kv=True, n_batch=16, n_ubatch=8) as eng:
+        got = eng.logits(ids)                                   # 5 llama_decode calls of <= 16 tokens
+        ref = torch_logits(ref_model, ids)
+        assert float(np.abs(got - ref).max()) <= 1e-4 * float(np.abs(ref).max())
+        with pytest.raises(InputError, match="out of range"):
+            eng.logits([1, eng.n_vocab])
+        with pytest.raises(InputError, match="do not fit"):
+            eng.logits(list(range(4, 200)))
+        with pytest.raises(InputError, match="temperature"):
+            next(eng.generate("x", temperature=-1))
