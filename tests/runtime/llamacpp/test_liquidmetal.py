@@ -266,3 +266,26 @@ def test_prompt_longer_than_n_batch_and_input_errors(llamacpp, gguf_files, torch
             eng.logits(list(range(4, 200)))
         with pytest.raises(InputError, match="temperature"):
             next(eng.generate("x", temperature=-1))
+
+
+def test_saved_state_restores_conv_window_and_running_sums(llamacpp, gguf_files):
+    """llama-cpp-python's save_state/load_state carries the recurrent rows (conv window, sums, count)."""
+    llm = llamacpp.Llama(str(gguf_files("bundled", "f32")), n_ctx=128, logits_all=True, type_k=0, type_v=0,
+                         verbose=False)
+    try:
+        a, b = list(range(10, 30)), list(range(40, 50))
+        llm.eval(a)
+        state = llm.save_state()
+        llm.eval(b)
+        first = llm.scores[20:30].copy()
+        llm.load_state(state)
+        llm.eval(b)
+        again = llm.scores[20:30].copy()
+        llm.reset()
+        llm.eval(a + b)
+        whole = llm.scores[20:30].copy()
+    finally:
+        llm.close()
+    print(f"state restore: {np.abs(first - again).max():.2e}, vs one call {np.abs(first - whole).max():.2e}")
+    assert np.abs(first - again).max() == 0
+    assert np.abs(first - whole).max() <= 1e-5
