@@ -16,7 +16,6 @@ backend supports it (if a context cannot be created with it, the engine retries 
 """
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
