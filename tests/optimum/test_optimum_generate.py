@@ -129,6 +129,15 @@ def test_text_generation_pipeline_gives_the_greedy_text(model, tok):
     assert result["generated_text"] == tok.decode(ids, skip_special_tokens=True)
 
 
+def test_optimums_own_class_cannot_feed_the_folder(fp32, tok):
+    """Why the subclass exists: the parent carries only .key/.value inputs."""
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    parent = ORTModelForCausalLM.from_pretrained(fp32)     # loads: lmexport.optimum registered the config
+    with pytest.raises(ValueError, match="is required by model but not provided"):   # a conv state input
+        parent.generate(**tok(PROMPTS[0], return_tensors="pt"), max_new_tokens=2)
+
+
 def test_a_folder_without_lmexport_json_is_a_clear_error(tmp_path):
     with pytest.raises(ArtifactError, match="lmexport.json"):
         ORTModelForLiquidMetal.from_pretrained(tmp_path)
