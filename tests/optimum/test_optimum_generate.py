@@ -7,6 +7,7 @@ import torch
 from transformers import TextStreamer, pipeline, set_seed
 
 from lmexport.errors import ArtifactError, GenerationError, InputError
+from lmexport.manifest import Manifest
 from lmexport.optimum import ORTModelForLiquidMetal, OnnxState, config_from_manifest, load_tokenizer
 from lmexport.runtime import Generator
 from optimum_helpers import BUNDLED, PROMPTS, lmexport_tokens, new_tokens
@@ -134,8 +135,10 @@ def test_optimums_own_class_cannot_feed_the_folder(fp32, tok):
     from optimum.onnxruntime import ORTModelForCausalLM
 
     parent = ORTModelForCausalLM.from_pretrained(fp32)     # loads: lmexport.optimum registered the config
-    with pytest.raises(ValueError, match="is required by model but not provided"):   # a conv state input
+    with pytest.raises(ValueError, match="is required by model but not provided") as failed:
         parent.generate(**tok(PROMPTS[0], return_tensors="pt"), max_new_tokens=2)
+    not_kv = [s.name for s in Manifest.read(fp32).state_inputs() if s.role in ("conv", "context")]
+    assert str(failed.value).split()[1] in not_kv
 
 
 def test_a_folder_without_lmexport_json_is_a_clear_error(tmp_path):
