@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system_deps.sh          # compilers, cmake, node (only what is missing)
 bash scripts/setup.sh
+bash scripts/setup_node.sh           # transformers.js packages for tests/exporters/onnx/test_transformersjs.py
 . .venv/bin/activate
 bash scripts/plain_wheels.sh          # wheels for the plain-install test (a fresh venv built offline)
+export LMEXPORT_REQUIRE_NODE=1         # set up above: those tests must run, not skip
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
 python -m pytest -q "$@"
 if [ $# -eq 0 ] && [ "${LMEXPORT_OPTIMUM:-1}" != 0 ]; then

@@ -4,6 +4,8 @@ from pathlib import Path
 
 import click
 
+from lmexport.exporters.onnx.transformersjs import TARGET as TRANSFORMERSJS   # torch-free
+
 
 @click.command("onnx")
 @click.argument("model_dir", type=click.Path(path_type=Path))
@@ -22,10 +24,13 @@ import click
 @click.option("--accuracy-level", type=int, default=4, show_default=True,
               help="int4: MatMulNBits accuracy level (4 = int8 compute on CPU).")
 @click.option("--lm-head-int8", is_flag=True, help="int4: keep lm_head at 8 bits.")
+@click.option("--target", type=click.Choice(["lmexport", TRANSFORMERSJS]), default="lmexport", show_default=True,
+              help="Whose state-name conventions the graph IO follows: transformers.js names the context sums "
+                   "its 'recurrent' state and adds the liquid_metal.mjs loader (docs/runtime.md).")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with PyTorch (not recommended).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
 def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, block_size, accuracy_level, lm_head_int8,
-         no_validate, overwrite):
+         target, no_validate, overwrite):
     """Export a Liquid-Metal checkpoint to a stateful ONNX folder, validated against PyTorch.
 
     One graph serves prefill and decode; the folder's lmexport.json names every input
@@ -36,12 +41,18 @@ def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, block_size, a
     Examples:
       lmexport onnx examples/liquid-metal-tiny -o out/onnx
       lmexport onnx examples/liquid-metal-tiny -o out/onnx-int4 --quantize int4 --lm-head-int8
+      lmexport onnx examples/liquid-metal-tiny -o out/onnx-tjs --target transformers.js
     """
+    from lmexport.atomic import check_output_path
+    from lmexport.modeling.precheck import precheck
+
+    check_output_path(out_dir.absolute(), overwrite, directory=True, inputs=[model_dir])   # before importing torch
+    precheck(model_dir)
     from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
 
     options = OnnxExportOptions(dtype=dtype, quantize=quantize, opset=opset, fused_ops=not no_fused_ops,
                                 block_size=block_size, accuracy_level=accuracy_level,
-                                lm_head_bits=8 if lm_head_int8 else 4,
+                                lm_head_bits=8 if lm_head_int8 else 4, target=target,
                                 validate=not no_validate)
     result = export_onnx(model_dir, out_dir, options, overwrite=overwrite)
     if result.report is not None:

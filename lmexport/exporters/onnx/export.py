@@ -9,8 +9,13 @@ place; a failed validation leaves nothing at OUT_DIR)::
 
     model.onnx, model.onnx.data   one graph for prefill and decode, weights external
     config.json                   the source config (normalised, inferred keys filled in)
-    tokenizer files               as found next to the checkpoint
+    tokenizer.json,               the checkpoint's tokenizer as transformers reads it, the BOS/EOS
+    tokenizer_config.json         rule stated in both (lmexport.modeling.tokenizer), so the runtime
+                                  encodes like AutoTokenizer.from_pretrained(checkpoint)
+    other tokenizer files         as found next to the checkpoint (tokenizer.model, chat_template.jinja, ...)
     lmexport.json                 the manifest: IO, mode, dtype, quantization, probes, files
+    genai_config.json             the same IO for onnxruntime-genai (genai.py)
+    liquid_metal.mjs              --target transformers.js: its loader (transformersjs.py)
 
 See docs/onnx.md for the graph IO, the precision variants and their tolerances.
 """
@@ -28,8 +33,13 @@ from lmexport.atomic import atomic_output, check_output_path
 from lmexport.errors import ExportError, InputError, ValidationError
 from lmexport.manifest import IOSpec, Manifest, file_digest, variant_name
 from lmexport.modeling.config import LiquidMetalConfig
+from lmexport.modeling.folder_files import copy_verified, verify_files
 from lmexport.modeling.modules import CONTEXT_SLOTS
+from lmexport.modeling.tokenizer import ResolvedTokenizer
 from lmexport.tensor_names import EMBEDDING, expected_tensors, lookup
+
+from lmexport.exporters.onnx import transformersjs
+from lmexport.exporters.onnx.genai import write_genai_config
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +50,13 @@ DTYPES = {"fp32": (torch.float32, "float32"), "fp16": (torch.float16, "float16")
 QUANTIZATIONS = ("none", "int8", "int4")
 MODEL_FILE = "model.onnx"
 DATA_FILE = "model.onnx.data"
+# Graph names of each state kind, (past input, present output); {layer} is the layer index.
+STATE_NAMES = {"key": ("past_key_values.{layer}.key", "present.{layer}.key"),
+               "value": ("past_key_values.{layer}.value", "present.{layer}.value"),
+               "conv": ("past_conv.{layer}", "present_conv.{layer}"),
+               "context": ("past_context.{layer}", "present_context.{layer}")}
+# The consumer a folder's state names follow: each target overrides some of STATE_NAMES.
+TARGETS = {"lmexport": {}, transformersjs.TARGET: transformersjs.STATE_NAMES}
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,7 @@ class OnnxExportOptions:
     validate: bool = True
     decode_steps: int = 8               # validation: decode steps after the prefill
     tolerance: str | None = None        # validation: a preset other than the variant's own
+    target: str = "lmexport"            # whose state-name conventions the graph IO follows (TARGETS)
 
     def __post_init__(self) -> None:
         problems = []
@@ -81,6 +99,8 @@ class OnnxExportOptions:
                 problems.append(f"tolerance preset {self.tolerance!r} is unknown")
         if self.decode_steps < 1:
             problems.append("validation needs at least one decode step")
+        if self.target not in TARGETS:
+            problems.append(f"target {self.target!r} is not one of {', '.join(TARGETS)}")
         if problems:
             raise InputError("; ".join(problems))
 
@@ -105,32 +125,33 @@ class OnnxExportOptions:
 
 # ---------------------------------------------------------------- graph IO, declared once
 
-def graph_io(config: LiquidMetalConfig, dtype: str = "fp32") -> tuple[list[IOSpec], list[IOSpec]]:
+def graph_io(config: LiquidMetalConfig, dtype: str = "fp32",
+             target: str = "lmexport") -> tuple[list[IOSpec], list[IOSpec]]:
     """Every graph input and output, in graph order. ``dtype`` is the float type of the
-    keys, values and conv window; context sums and logits are always float32."""
+    keys, values and conv window; context sums and logits are always float32. State
+    names are STATE_NAMES, with the ``target``'s overrides (TARGETS)."""
     f = DTYPES[dtype][1]
     c = config
+    names = {**STATE_NAMES, **TARGETS[target]}
+
+    def state(kind: str, layer: int, dtype_: str, past_shape, present_shape) -> tuple[IOSpec, IOSpec]:
+        past, present = (n.format(layer=layer) for n in names[kind])
+        return (IOSpec(past, dtype_, past_shape, kind, layer, "zeros", present),
+                IOSpec(present, dtype_, present_shape, kind, layer))
+
     ins = [IOSpec("input_ids", "int64", ("batch_size", "sequence_length"), "input_ids"),
            IOSpec("attention_mask", "int64", ("batch_size", "total_sequence_length"), "attention_mask"),
            IOSpec("position_ids", "int64", ("batch_size", "sequence_length"), "position_ids")]
     outs = [IOSpec("logits", "float32", ("batch_size", "sequence_length", c.vocab_size), "logits")]
     kv_in = ("batch_size", c.num_key_value_heads, "past_sequence_length", c.head_dim)
     kv_out = ("batch_size", c.num_key_value_heads, "total_sequence_length", c.head_dim)
-    for i in range(c.num_hidden_layers):
-        for kind in ("key", "value"):
-            present = f"present.{i}.{kind}"
-            ins.append(IOSpec(f"past_key_values.{i}.{kind}", f, kv_in, kind, i, "zeros", present))
-            outs.append(IOSpec(present, f, kv_out, kind, i))
+    pairs = [state(kind, i, f, kv_in, kv_out) for i in range(c.num_hidden_layers) for kind in ("key", "value")]
     if c.streaming:
         conv = ("batch_size", c.hidden_size, c.conv_state_width)
         ctx = ("batch_size", len(CONTEXT_SLOTS), c.hidden_size)
-        for i in range(c.num_hidden_layers):
-            ins.append(IOSpec(f"past_conv.{i}", f, conv, "conv", i, "zeros", f"present_conv.{i}"))
-            outs.append(IOSpec(f"present_conv.{i}", f, conv, "conv", i))
-        for i in range(c.num_hidden_layers):
-            ins.append(IOSpec(f"past_context.{i}", "float32", ctx, "context", i, "zeros", f"present_context.{i}"))
-            outs.append(IOSpec(f"present_context.{i}", "float32", ctx, "context", i))
-    return ins, outs
+        pairs += [state("conv", i, f, conv, conv) for i in range(c.num_hidden_layers)]
+        pairs += [state("context", i, "float32", ctx, ctx) for i in range(c.num_hidden_layers)]
+    return ins + [p for p, _ in pairs], outs + [q for _, q in pairs]
 
 
 # ---------------------------------------------------------------- initializer map
@@ -195,12 +216,16 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, options: OnnxExportO
     from lmexport.modeling.checkpoint import load_model
 
     out_dir = Path(out_dir)
-    check_output_path(out_dir.absolute(), overwrite)          # fail before reading gigabytes
+    check_output_path(out_dir.absolute(), overwrite, directory=True, inputs=[model_dir])  # before reading gigabytes
+    from lmexport.modeling.tokenizer import has_tokenizer, resolve_tokenizer
+
     model, ckpt = load_model(model_dir)
-    with atomic_output(out_dir, overwrite=overwrite, directory=True,
+    verify_files(ckpt.tokenizer_files())                      # a link to a host file fails here, not after the trace
+    tokenizer = resolve_tokenizer(ckpt.path) if has_tokenizer(ckpt.path) else None
+    with atomic_output(out_dir, overwrite=overwrite, directory=True, inputs=[model_dir],
                        needed_bytes=estimate_bytes(model, options)) as tmp:
         manifest = write_folder(model, tmp, options, source_hash=ckpt.weights_hash(),
-                                tokenizer_files=ckpt.tokenizer_files())
+                                tokenizer_files=ckpt.tokenizer_files(), tokenizer=tokenizer)
         report = None
         if options.validate:
             from lmexport.exporters.onnx.validate import validate_folder
@@ -215,14 +240,17 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, options: OnnxExportO
 
 
 def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash: str,
-                 tokenizer_files: list[Path] = ()) -> Manifest:
-    """Write model.onnx(.data), config.json, tokenizer files and lmexport.json into ``folder``."""
+                 tokenizer_files: list[Path] = (), tokenizer: ResolvedTokenizer | None = None) -> Manifest:
+    """Write model.onnx(.data), config.json, tokenizer files and lmexport.json into ``folder``.
+
+    ``tokenizer`` (resolved from the checkpoint) replaces its tokenizer.json and tokenizer_config.json.
+    """
     import onnx
 
     from lmexport.exporters.onnx.graph import trace
 
     config = model.config
-    inputs, outputs = graph_io(config, options.dtype)
+    inputs, outputs = graph_io(config, options.dtype, options.target)
     model_path = folder / MODEL_FILE
     if options.quantize == "none":
         traced = trace(model, model_path, inputs, outputs, DTYPES[options.dtype][0], options.opset,
@@ -247,18 +275,25 @@ def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash
         raise ExportError(f"probe values missing from the graph: {', '.join(lost[:4])}")
 
     (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    written = {p.name for p in tokenizer.write(folder)} if tokenizer is not None else set()
     for src in tokenizer_files:
-        shutil.copy2(src, folder / src.name)
-    files = {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.is_file()}
+        if src.name not in written:
+            copy_verified(src, folder / src.name)
+    if options.target == transformersjs.TARGET:
+        transformersjs.write_shim(folder)
     manifest = Manifest(
         mode=config.context_mode, dtype=options.dtype, quantization=options.quantization(),
         opset=traced.opset, fused_ops=options.fused_ops, tolerance_preset=options.preset,
         source={"weights_hash": source_hash, "config": config.to_dict()},
-        num_layers=config.num_hidden_layers, inputs=inputs, outputs=outputs, files=files,
+        num_layers=config.num_hidden_layers, inputs=inputs, outputs=outputs,
         tokenizer={"bos_token_id": config.bos_token_id, "eos_token_ids": config.eos_token_ids,
-                   "pad_token_id": config.pad_token_id},
+                   "pad_token_id": config.pad_token_id,
+                   **({"add_bos_token": tokenizer.add_bos, "add_eos_token": tokenizer.add_eos,
+                       "resolved_by": tokenizer.resolved_by} if tokenizer is not None else {})},
         versions=_versions(), model_file=MODEL_FILE, data_file=DATA_FILE,
         probes=traced.probes, initializers=inits)
+    write_genai_config(manifest, folder)      # every folder runs in onnxruntime-genai too
+    manifest.files = {p.name: file_digest(p) for p in sorted(folder.iterdir()) if p.is_file()}
     manifest.write(folder)
     return manifest
 

@@ -1,0 +1,115 @@
+// Run a Liquid-Metal folder (`lmexport onnx --target transformers.js`) in transformers.js.
+//
+//   import * as transformers from '@huggingface/transformers';
+//   import { loadLiquidMetal } from './out/onnx-tjs/liquid_metal.mjs';
+//
+//   const lm = await loadLiquidMetal(transformers, 'out/onnx-tjs');
+//   const inputs = await lm.encode(['def read_file(path):']);
+//   const ids = await lm.model.generate({ ...inputs, max_new_tokens: 32, do_sample: false });
+//   console.log(lm.tokenizer.decode(ids[0].slice(inputs.input_ids.dims[1]), { skip_special_tokens: true }));
+//
+// Why this file exists (transformers.js 4.3, unchanged): its model-type table
+// (`getCacheNames` in src/configs.js) decides which state inputs it creates before the
+// first call, and `liquid_metal` is not in it, so it would create none and stop on
+// "Missing the following inputs: past_key_values.0.key, ...". This module does three
+// things and nothing else:
+//   1. loads the folder with `LlamaForCausalLM`, transformers.js's generic decoder-only
+//      class (the class is a name: it feeds the session's inputs; the graph is
+//      Liquid-Metal's), from the folder's root (`subfolder: ''`) and its model file;
+//   2. gives `model.generate` a zero state for every state input the folder's
+//      lmexport.json declares (`init: "zeros"`: batch axis -> the batch, any other
+//      named axis -> 0); after the first call transformers.js carries each output
+//      `present*` to its input `past*` itself: the transformers.js target names the
+//      states the way it renames them;
+//   3. `encode` adds BOS as `lmexport generate` does (tokenizer_config.json's
+//      add_bos_token; transformers.js's tokenizer adds it only through a
+//      post-processor in tokenizer.json).
+// The upstream change that would remove it is in docs/runtime.md ("Run it elsewhere").
+//
+// The transformers module is passed in, so this file imports nothing but Node's fs and
+// works from any folder.
+import { readFile } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+
+const MANIFEST_FILE = 'lmexport.json';
+const BATCH_AXIS = 'batch_size';
+const ARRAYS = { float32: Float32Array, float16: Uint16Array, int64: BigInt64Array };
+
+async function readJSON(path) {
+    return JSON.parse(await readFile(path, 'utf8'));
+}
+
+/** The ids `lmexport generate` feeds for `text`: BOS first per add_bos_token, not twice. */
+function promptIds(tokenizer, text, bos, addBos) {
+    const ids = tokenizer.encode(text, { add_special_tokens: false });
+    return addBos && bos !== null && ids[0] !== bos ? [bos, ...ids] : ids;
+}
+
+export async function loadLiquidMetal(transformers, path, { device = 'cpu', session_options = {} } = {}) {
+    const folder = resolve(path); // transformers.js takes a relative path for a Hub id
+    const { AutoTokenizer, DynamicCache, LlamaForCausalLM, Tensor } = transformers;
+    const manifest = await readJSON(join(folder, MANIFEST_FILE));
+    const tokenizerConfig = await readJSON(join(folder, 'tokenizer_config.json')).catch(() => ({}));
+    const states = manifest.inputs.filter((spec) => spec.init === 'zeros');
+    const modelFile = manifest.model_file.replace(/\.onnx$/, '');
+
+    const tokenizer = await AutoTokenizer.from_pretrained(folder, { local_files_only: true });
+    const model = await LlamaForCausalLM.from_pretrained(folder, {
+        local_files_only: true,
+        subfolder: '',
+        model_file_name: modelFile,
+        dtype: 'fp32', // selects the file name `${model_file_name}.onnx`; the graph keeps its own precision
+        device,
+        session_options,
+    });
+
+    const bos = manifest.tokenizer?.bos_token_id ?? null;
+    const addBos = tokenizerConfig.add_bos_token ?? bos !== null;
+
+    const pastNames = new Set(states.map((spec) => spec.name));
+    /** The state between calls; refuses a state transformers.js carries to a name the graph lacks. */
+    class LiquidMetalState extends DynamicCache {
+        update(entries) {
+            const foreign = Object.keys(entries).filter((name) => !pastNames.has(name));
+            if (foreign.length > 0) {
+                // e.g. present_context.N -> past_key_values_context.N: the past input would keep its zeros
+                throw new Error(`transformers.js carries state to ${foreign.join(', ')}, which ${MANIFEST_FILE} ` +
+                    'does not declare as graph inputs; export the folder with `lmexport onnx --target transformers.js`');
+            }
+            super.update(entries);
+        }
+    }
+
+    /** A zero state for every state input the folder declares, for a batch of `batch` rows. */
+    function initialState(batch) {
+        const entries = {};
+        for (const spec of states) {
+            const shape = spec.shape.map((d) => (typeof d === 'number' ? d : d === BATCH_AXIS ? batch : 0));
+            const size = shape.reduce((a, b) => a * b, 1);
+            const Arr = ARRAYS[spec.dtype];
+            if (!Arr) throw new Error(`${MANIFEST_FILE}: state ${spec.name} has dtype ${spec.dtype}, unknown here`);
+            entries[spec.name] = new Tensor(spec.dtype, new Arr(size), shape);
+        }
+        return new LiquidMetalState(entries);
+    }
+
+    /** input_ids and attention_mask for prompts of equal token length (no padding). */
+    async function encode(texts) {
+        const rows = texts.map((text) => promptIds(tokenizer, text, bos, addBos));
+        const width = rows[0].length;
+        if (rows.some((r) => r.length !== width)) {
+            throw new Error(`prompts of one batch must have the same token length (got ${rows.map((r) => r.length)})`);
+        }
+        const dims = [rows.length, width];
+        return {
+            input_ids: new Tensor('int64', BigInt64Array.from(rows.flat(), BigInt), dims),
+            attention_mask: new Tensor('int64', new BigInt64Array(rows.length * width).fill(1n), dims),
+        };
+    }
+
+    const generate = model.generate.bind(model);
+    model.generate = (options) =>
+        generate({ ...options, past_key_values: options.past_key_values ?? initialState(options.input_ids.dims[0]) });
+
+    return { model, tokenizer, encode, initialState };
+}
