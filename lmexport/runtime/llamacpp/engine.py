@@ -258,7 +258,7 @@ class LlamaCppEngine:
         n_ubatch = n_ubatch or self.options.n_ubatch
         ctx = self._context(n_ubatch, 1)
         self.llama_cpp.llama_memory_clear(self.llama_cpp.llama_get_memory(ctx), True)
-        step = chunk or len(ids)
+        step = min(chunk or len(ids), max(self.options.n_batch, n_ubatch))  # one llama_decode takes <= n_batch
         out = []
         for start in range(0, len(ids), step):
             part = ids[start:start + step]
@@ -298,11 +298,17 @@ class LlamaCppEngine:
     def greedy(self, token_ids: Sequence[int], steps: int) -> tuple[list[int], np.ndarray]:
         """Prompt, then ``steps`` greedy tokens decoded one by one: (new tokens, logits [T+steps, V])."""
         ids = self._check_ids(token_ids)
+        if len(ids) + steps > self.options.n_ctx:
+            raise InputError(f"{len(ids)} + {steps} tokens do not fit the context of {self.options.n_ctx}")
         ctx = self._context(self.options.n_ubatch, 1)
         lc = self.llama_cpp
         lc.llama_memory_clear(lc.llama_get_memory(ctx), True)
-        self._decode(ctx, [(t, i, 0) for i, t in enumerate(ids)])
-        rows = [self._rows(ctx, len(ids))]
+        rows = []
+        step = self.options.n_batch
+        for start in range(0, len(ids), step):
+            part = ids[start:start + step]
+            self._decode(ctx, [(t, start + i, 0) for i, t in enumerate(part)])
+            rows.append(self._rows(ctx, len(part)))
         new: list[int] = []
         for k in range(steps):
             nxt = int(rows[-1][-1].argmax())

@@ -219,3 +219,73 @@ def test_unpatched_library_is_reported(monkeypatch, llamacpp):
     monkeypatch.setattr(e, "is_patched", lambda *_: False)
     with pytest.raises(e.LlamaCppUnavailable, match="lmexport llamacpp build"):
         e.LlamaCppEngine(BUNDLED / "config.json")
+
+
+def test_parallel_decode_one_token_per_sequence_per_batch(llamacpp, gguf_files, torch_models):
+    """Two sequences decoding side by side (one token of each per llama_batch, the server's pattern):
+    n_seq_tokens = 1, n_seqs = 2 ubatches, each sequence's state kept apart."""
+    ref_model = torch_models("k4-gqa4-se6")
+    a, b = prompt_ids(ref_model, 11, seed=8), prompt_ids(ref_model, 6, seed=9)
+    steps = 6
+    with engine(llamacpp, gguf_files("k4-gqa4-se6", "f32"), f32_kv=True) as eng:
+        ctx = eng._context(eng.options.n_ubatch, 2)
+        eng.llama_cpp.llama_memory_clear(eng.llama_cpp.llama_get_memory(ctx), True)
+        eng._decode(ctx, [(t, p, 0) for p, t in enumerate(a)] + [(t, p, 1) for p, t in enumerate(b)])
+        rows = eng._rows(ctx, len(a) + len(b))
+        last = {0: rows[len(a) - 1], 1: rows[-1]}
+        seqs = {0: list(a), 1: list(b)}
+        got = {0: [rows[:len(a)]], 1: [rows[len(a):]]}
+        for _ in range(steps):
+            nxt = {s: int(last[s].argmax()) for s in (0, 1)}
+            eng._decode(ctx, [(nxt[s], len(seqs[s]), s) for s in (0, 1)])
+            step_rows = eng._rows(ctx, 2)
+            for s in (0, 1):
+                seqs[s].append(nxt[s])
+                got[s].append(step_rows[s:s + 1])
+                last[s] = step_rows[s]
+    for s in (0, 1):
+        ref = torch_logits(ref_model, seqs[s])
+        mine = np.concatenate(got[s])
+        rel = float(np.abs(mine - ref).max()) / float(np.abs(ref).max())
+        print(f"parallel decode seq {s}: max|diff|/max|logit| = {rel:.2e}")
+        assert rel <= 1e-4
+
+
+def test_prompt_longer_than_n_batch_and_input_errors(llamacpp, gguf_files, torch_models):
+    from lmexport.errors import InputError
+
+    ref_model = torch_models("k2-untied-se5")
+    ids = prompt_ids(ref_model, 70, seed=11)
+    with engine(llamacpp, gguf_files("k2-untied-se5", "f32"), f32_kv=True, n_batch=16, n_ubatch=8) as eng:
+        got = eng.logits(ids)                                   # 5 llama_decode calls of <= 16 tokens
+        ref = torch_logits(ref_model, ids)
+        assert float(np.abs(got - ref).max()) <= 1e-4 * float(np.abs(ref).max())
+        with pytest.raises(InputError, match="out of range"):
+            eng.logits([1, eng.n_vocab])
+        with pytest.raises(InputError, match="do not fit"):
+            eng.logits(list(range(4, 200)))
+        with pytest.raises(InputError, match="temperature"):
+            next(eng.generate("x", temperature=-1))
+
+
+def test_saved_state_restores_conv_window_and_running_sums(llamacpp, gguf_files):
+    """llama-cpp-python's save_state/load_state carries the recurrent rows (conv window, sums, count)."""
+    llm = llamacpp.Llama(str(gguf_files("bundled", "f32")), n_ctx=128, logits_all=True, type_k=0, type_v=0,
+                         verbose=False)
+    try:
+        a, b = list(range(10, 30)), list(range(40, 50))
+        llm.eval(a)
+        state = llm.save_state()
+        llm.eval(b)
+        first = llm.scores[20:30].copy()
+        llm.load_state(state)
+        llm.eval(b)
+        again = llm.scores[20:30].copy()
+        llm.reset()
+        llm.eval(a + b)
+        whole = llm.scores[20:30].copy()
+    finally:
+        llm.close()
+    print(f"state restore: {np.abs(first - again).max():.2e}, vs one call {np.abs(first - whole).max():.2e}")
+    assert np.abs(first - again).max() == 0
+    assert np.abs(first - whole).max() <= 1e-5
