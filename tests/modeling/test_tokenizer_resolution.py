@@ -67,6 +67,11 @@ def test_the_bundled_files_agree_on_no_bos():
     assert config["add_bos_token"] is False and config["add_eos_token"] is False
     assert tokenizer_json["post_processor"] is None
     assert TextTokenizer.from_folder(BUNDLED).encode("def f") == hf_ids(BUNDLED, "def f")
+    # the model card's perplexity was scored on these ids: the one loader gives the same count
+    heldout = (BUNDLED / "heldout.txt").read_text(encoding="utf-8")
+    metrics = json.loads((BUNDLED / "metrics.json").read_text(encoding="utf-8"))
+    ids = checkpoint_tokenizer(BUNDLED).encode(heldout)
+    assert ids == hf_ids(BUNDLED, heldout) and len(ids) == metrics["heldout_tokens"]
 
 
 def test_a_disagreeing_config_is_reported_and_transformers_wins(folders, tmp_path, caplog):
