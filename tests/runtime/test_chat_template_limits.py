@@ -18,6 +18,23 @@ from lmexport.runtime.tokenizer import TextTokenizer
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
+@pytest.fixture(autouse=True)
+def memory_cap(request):
+    """Address space capped 2 GB above what the process holds: a guard that regresses fails the
+    test with a MemoryError instead of taking the machine's memory. (Not for the CLI test, whose
+    export and subprocess need their usual room.)"""
+    resource = pytest.importorskip("resource")
+    if "cli" in request.node.name:
+        yield
+        return
+    with open("/proc/self/status") as status:
+        held = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (held + (2 << 30), before[1]))
+    yield
+    resource.setrlimit(resource.RLIMIT_AS, before)
+
+
 def render(template: str, limits: TemplateLimits = TemplateLimits(seconds=1.0, max_chars=100_000), **named):
     return render_chat_template(template, {"messages": MESSAGES, "add_generation_prompt": True},
                                 named=named, limits=limits)
