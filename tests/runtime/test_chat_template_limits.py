@@ -132,6 +132,18 @@ def test_a_template_file_that_points_outside_the_folder_is_refused(tmp_path):
         TextTokenizer.from_folder(folder)
 
 
+def test_a_hugging_face_cache_snapshot_may_link_into_its_blobs(tmp_path):
+    repo = tmp_path / "models--org--tiny"
+    folder = tokenizer_folder(repo / "snapshots" / "abc123")
+    (repo / "blobs").mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).rename(repo / "blobs" / name)
+        os.symlink(repo / "blobs" / name, folder / name)
+    (repo / "blobs" / "t").write_text("<{{ messages[0]['content'] }}>")
+    os.symlink(repo / "blobs" / "t", folder / "chat_template.jinja")
+    assert TextTokenizer.from_folder(folder).apply_chat_template(MESSAGES) == "<hi>"
+
+
 def test_named_template_files_and_the_jinja_file_win(tmp_path):
     folder = tokenizer_folder(tmp_path / "model")
     (folder / "additional_chat_templates").mkdir()
