@@ -169,11 +169,13 @@ def _format_width(fmt: str, args: Any) -> int:
 
 
 class _Alarm:
-    """SIGALRM after ``seconds`` in the main thread (interrupts a loop that calls nothing); no-op elsewhere."""
+    """SIGALRM after ``seconds`` in the main thread (interrupts a loop that calls nothing); a no-op in
+    other threads and while the program has a real-time timer of its own running (it is left alone)."""
 
     def __init__(self, budget: _Budget):
         self.budget = budget
-        self.active = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+        self.active = (threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+                       and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
 
     def __enter__(self):
         if self.active:
