@@ -35,7 +35,8 @@ TRAIN_TEXT = SAMPLE_TEXT + ("café naïve Ångström   spaces  and\ttabs 2024 12
                             "    indented = [1, 2, 3]  # comment\n")
 # What the equality tests tokenize: code, accents, CJK, emoji, runs of spaces, digits.
 MIXED_TEXTS = (
-    "def f(x):\n    return x  +  1.25e3  # café naïve Ångström\n\n\t東京 🙂🚀  12345678 don't   CAPS 'll\r\n end",
+    "def f(x):\n    return x  +  1.25e3  # café naïve Ångström\n\n\t東京 🙂🚀  12345678 "
+    "don't   CAPS 'll\r\n end",
     "   leading spaces, trailing   ",
     "class Point:\n\tdef __init__(self, x=0, y=-1):\n\t\tself.x, self.y = x, y  # 点 ✓\n",
     "9876543210 0.5 1e-9 ½ ² ١٢٣",
