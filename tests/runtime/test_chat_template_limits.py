@@ -56,6 +56,9 @@ def test_huge_numbers_are_refused_at_once(template):
 
 @pytest.mark.parametrize("template", ['{{ "A" * 4000000000 }}', '{{ ["x"] * 4000000000 }}', '{{ 4000000000 * "A" }}',
                                       '{{ "%04000000000d" % 1 }}', '{{ "x" | center(4000000000) }}',
+                                      '{{ "{:04000000000}".format(1) }}', '{{ "{:04000000000}"["format"](1) }}',
+                                      '{{ "%04000000000d" | format(1) }}',
+                                      '{{ "x".center(4000000000) }}',
                                       '{% set a = "A" * 60000 %}{{ a + a }}'])
 def test_huge_strings_are_refused_before_they_are_built(template):
     error, took = timed(template)
