@@ -35,7 +35,8 @@ TRAIN_TEXT = SAMPLE_TEXT + ("café naïve Ångström   spaces  and\ttabs 2024 12
                             "    indented = [1, 2, 3]  # comment\n")
 # What the equality tests tokenize: code, accents, CJK, emoji, runs of spaces, digits.
 MIXED_TEXTS = (
-    "def f(x):\n    return x  +  1.25e3  # café naïve Ångström\n\n\t東京 🙂🚀  12345678 don't   CAPS 'll\r\n end",
+    "def f(x):\n    return x  +  1.25e3  # café naïve Ångström\n\n\t東京 🙂🚀  12345678 "
+    "don't   CAPS 'll\r\n end",
     "   leading spaces, trailing   ",
     "class Point:\n\tdef __init__(self, x=0, y=-1):\n\t\tself.x, self.y = x, y  # 点 ✓\n",
     "9876543210 0.5 1e-9 ½ ² ١٢٣",
@@ -45,7 +46,7 @@ MIXED_TEXTS = (
 FAMILIES = ("gpt2-nobos", "gpt2-bos", "llama3-bpe", "smollm-digits", "sp-model", "sp-model-nobos", "sp-json")
 
 
-def _byte_level_bpe(pre, *, ignore_merges: bool = False, vocab_size: int = 384) -> Tokenizer:
+def byte_level_bpe(pre, *, ignore_merges: bool = False, vocab_size: int = 384) -> Tokenizer:
     tok = Tokenizer(models.BPE(unk_token="<unk>", ignore_merges=ignore_merges))
     tok.pre_tokenizer = pre
     tok.decoder = decoders.ByteLevel()
@@ -88,11 +89,11 @@ def write_tokenizer_folder(family: str, folder: str | Path) -> Path:
     elif family == "llama3-bpe":
         pre = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(LLAMA3_REGEX), "isolated"),
                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
-        write_tokenizer_files(_byte_level_bpe(pre, ignore_merges=True), folder, add_bos=True)
+        write_tokenizer_files(byte_level_bpe(pre, ignore_merges=True), folder, add_bos=True)
     elif family == "smollm-digits":
         pre = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                        pre_tokenizers.ByteLevel(add_prefix_space=False)])
-        write_tokenizer_files(_byte_level_bpe(pre), folder, add_bos=False)
+        write_tokenizer_files(byte_level_bpe(pre), folder, add_bos=False)
     elif family in ("sp-model", "sp-model-nobos"):
         _sentencepiece_folder(folder, _sentencepiece_model(), add_bos=family == "sp-model")
     elif family == "sp-json":

@@ -105,9 +105,9 @@ def resolve_tokenizer(folder: str | Path) -> ResolvedTokenizer:
         raise ExportError(f"{resolved_by} tokenizes a probe text differently from its own backend tokenizer "
                           f"for {folder} (first difference at token {_first_difference(want, got)})",
                           hint="this tokenizer class does more than its tokenizers backend; it is not supported")
-    config = _stated_config(config, hf, TextTokenizer(resolved, _with_specials(config, hf)))
-    _warn_on_changed_rule(folder, read_tokenizer_config(folder), config, resolved_by)
-    return ResolvedTokenizer(folder, text, config, templates, resolved_by)
+    stated = _stated_config(config, hf, TextTokenizer(resolved, _with_specials(config, hf)))
+    _warn_on_changed_rule(folder, config, stated, resolved_by)
+    return ResolvedTokenizer(folder, text, stated, templates, resolved_by)
 
 
 def checkpoint_tokenizer(folder: str | Path, *, eos_token_ids=()) -> TextTokenizer:

@@ -78,6 +78,12 @@ class _Budget:
         if format_string is not None:
             self.size(_format_width(format_string, ()), "a formatted string")
 
+    def check_format(self, obj, attribute) -> None:
+        """Before ``obj.attribute``: a string's ``format`` may not ask for widths over the limit."""
+        self.tick()
+        if isinstance(obj, str) and attribute in ("format", "format_map"):   # "{:0400000000}".format(1)
+            self.size(_format_width(obj, ()), "a formatted string")
+
     def checked(self, result):
         if isinstance(result, _REPEATABLE):
             self.size(len(result), "a value")
@@ -117,16 +123,15 @@ def _environment(budget: _Budget, templates: Mapping[str, str]):
             return result
 
         def call(self, __context, __obj, *args, **kwargs):  # every function and method call
-            budget.check_call(args, kwargs, getattr(__obj, "__self__", None)
-                              if getattr(__obj, "__name__", "") in ("format", "format_map") else None)
+            budget.check_call(args, kwargs, None)
             return budget.checked(super().call(__context, __obj, *args, **kwargs))
 
         def getattr(self, obj, attribute):
-            budget.tick()
+            budget.check_format(obj, attribute)
             return super().getattr(obj, attribute)
 
-        def getitem(self, obj, argument):
-            budget.tick()
+        def getitem(self, obj, argument):    # x["format"] falls back to the attribute
+            budget.check_format(obj, argument)
             return super().getitem(obj, argument)
 
     def raise_exception(message):   # what Hugging Face templates call to reject a conversation
@@ -169,11 +174,13 @@ def _format_width(fmt: str, args: Any) -> int:
 
 
 class _Alarm:
-    """SIGALRM after ``seconds`` in the main thread (interrupts a loop that calls nothing); no-op elsewhere."""
+    """SIGALRM after ``seconds`` in the main thread (interrupts a loop that calls nothing); a no-op in
+    other threads and while the program has a real-time timer of its own running (it is left alone)."""
 
     def __init__(self, budget: _Budget):
         self.budget = budget
-        self.active = threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+        self.active = (threading.current_thread() is threading.main_thread() and hasattr(signal, "setitimer")
+                       and signal.getitimer(signal.ITIMER_REAL)[0] == 0)
 
     def __enter__(self):
         if self.active:

@@ -20,7 +20,8 @@ token names and the chat template. The chat template is ``chat_template.jinja``
 if present (it wins, as in transformers), else ``chat_template`` in the config (a
 string, or a list of named templates: "default" is used);
 ``additional_chat_templates/*.jinja`` add named templates. Every file read must
-lie inside the folder (a symlink out of it is refused). Templates render through
+lie inside the folder (a symlink out of it is refused, except into the Hugging Face
+cache's ``blobs`` beside a ``snapshots/<revision>`` folder). Templates render through
 ``lmexport.runtime.chat_template`` (sandboxed, time and size limits).
 """
 from __future__ import annotations
@@ -49,12 +50,19 @@ def token_text(value: Any) -> str | None:
 
 
 def inside(folder: Path, name: str) -> Path | None:
-    """``folder / name`` if it is a file whose real path lies inside ``folder``; None if absent."""
+    """``folder / name`` if it is a file inside ``folder``; None if absent.
+
+    Inside means: ``name`` is a relative path without "..", and the file's real path (links
+    followed) lies in the folder, or in the ``blobs`` folder of the Hugging Face cache repository
+    whose ``snapshots/<revision>`` the folder is (the cache links every file there)."""
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise ArtifactError(f"{name!r} names a file outside {folder}")
     path = folder / name
     if not path.is_file():
         return None
     real, root = path.resolve(), folder.resolve()
-    if not real.is_relative_to(root):
+    roots = [root] + ([root.parent.parent / "blobs"] if root.parent.name == "snapshots" else [])
+    if not any(real.is_relative_to(r) for r in roots):
         raise ArtifactError(f"{path} points outside {folder} (to {real})",
                             hint="a model folder's tokenizer files must lie inside it")
     return path

@@ -76,8 +76,8 @@ def test_llama_gguf_loads_in_transformers_with_the_original_logits(tmp_path):
     # BOS rule included (add_bos_token in the file is what transformers does with the folder)
     tok = AutoTokenizer.from_pretrained(out.parent, gguf_file=out.name)
     text = "def add(a, b):\n    return a + b"
-    expected = AutoTokenizer.from_pretrained(folder)(text)["input_ids"]
-    assert tok(text)["input_ids"] == expected
+    expected = AutoTokenizer.from_pretrained(folder)(text)["input_ids"]   # the tiny tokenizer adds no BOS
+    assert tok(text)["input_ids"] == expected and expected[0] != 1
     assert tok.eos_token == "</s>" and tok.bos_token == "<s>"
 
 

@@ -68,6 +68,9 @@ def test_smoke_run_reduces_the_loss_and_writes_a_loadable_folder(smoke_run):
                  "README.md", "heldout.txt", "loss_curve.png"):
         assert (out / name).is_file(), name
     model, _ = load_model(out)
+    # trained without BOS (documents joined by EOS): both tokenizer files say so
+    assert json.loads((out / "tokenizer_config.json").read_text(encoding="utf-8"))["add_bos_token"] is False
+    assert json.loads((out / "tokenizer.json").read_text(encoding="utf-8"))["post_processor"] is None
     tok = Tokenizer.from_file(str(out / "tokenizer.json"))
     ids = tok.encode((out / "heldout.txt").read_text(encoding="utf-8")).ids
     ppl = perplexity_torch(model, ids, m["perplexity_window"], m["perplexity_stride"])

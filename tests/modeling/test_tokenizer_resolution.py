@@ -67,6 +67,11 @@ def test_the_bundled_files_agree_on_no_bos():
     assert config["add_bos_token"] is False and config["add_eos_token"] is False
     assert tokenizer_json["post_processor"] is None
     assert TextTokenizer.from_folder(BUNDLED).encode("def f") == hf_ids(BUNDLED, "def f")
+    # the model card's perplexity was scored on these ids: the one loader gives the same count
+    heldout = (BUNDLED / "heldout.txt").read_text(encoding="utf-8")
+    metrics = json.loads((BUNDLED / "metrics.json").read_text(encoding="utf-8"))
+    ids = checkpoint_tokenizer(BUNDLED).encode(heldout)
+    assert ids == hf_ids(BUNDLED, heldout) and len(ids) == metrics["heldout_tokens"]
 
 
 def test_a_disagreeing_config_is_reported_and_transformers_wins(folders, tmp_path, caplog):
@@ -98,3 +103,19 @@ def test_a_broken_tokenizer_config_is_one_clear_error(folders, tmp_path, content
 def test_a_folder_without_tokenizer_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="has no tokenizer"):
         resolve_tokenizer(tmp_path)
+
+
+@pytest.mark.parametrize("content", ["[]", "{oops"])
+def test_the_cli_reports_a_broken_tokenizer_config_in_one_line(tmp_path, content):
+    import subprocess
+    import sys
+
+    from lmexport.modeling.tiny import make_model_folder
+
+    folder = make_model_folder(tmp_path / "model", seed=0)
+    (folder / "tokenizer_config.json").write_text(content, encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "lmexport.cli", "gguf", str(folder), "-o", str(tmp_path / "m.gguf")],
+                          capture_output=True, text=True, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1 and "tokenizer_config.json" in errors[0]
+    assert "Traceback" not in done.stderr

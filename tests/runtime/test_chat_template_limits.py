@@ -18,6 +18,23 @@ from lmexport.runtime.tokenizer import TextTokenizer
 MESSAGES = [{"role": "user", "content": "hi"}]
 
 
+@pytest.fixture(autouse=True)
+def memory_cap(request):
+    """Address space capped 2 GB above what the process holds: a guard that regresses fails the
+    test with a MemoryError instead of taking the machine's memory. (Not for the CLI test, whose
+    export and subprocess need their usual room.)"""
+    resource = pytest.importorskip("resource")
+    if "cli" in request.node.name:
+        yield
+        return
+    with open("/proc/self/status") as status:
+        held = next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmSize:"))
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (held + (2 << 30), before[1]))
+    yield
+    resource.setrlimit(resource.RLIMIT_AS, before)
+
+
 def render(template: str, limits: TemplateLimits = TemplateLimits(seconds=1.0, max_chars=100_000), **named):
     return render_chat_template(template, {"messages": MESSAGES, "add_generation_prompt": True},
                                 named=named, limits=limits)
@@ -39,6 +56,9 @@ def test_huge_numbers_are_refused_at_once(template):
 
 @pytest.mark.parametrize("template", ['{{ "A" * 4000000000 }}', '{{ ["x"] * 4000000000 }}', '{{ 4000000000 * "A" }}',
                                       '{{ "%04000000000d" % 1 }}', '{{ "x" | center(4000000000) }}',
+                                      '{{ "{:04000000000}".format(1) }}', '{{ "{:04000000000}"["format"](1) }}',
+                                      '{{ "%04000000000d" | format(1) }}',
+                                      '{{ "x".center(4000000000) }}',
                                       '{% set a = "A" * 60000 %}{{ a + a }}'])
 def test_huge_strings_are_refused_before_they_are_built(template):
     error, took = timed(template)
@@ -113,6 +133,18 @@ def test_a_template_file_that_points_outside_the_folder_is_refused(tmp_path):
     os.symlink(secret, folder / "additional_chat_templates" / "tool_use.jinja")
     with pytest.raises(ArtifactError, match="points outside"):
         TextTokenizer.from_folder(folder)
+
+
+def test_a_hugging_face_cache_snapshot_may_link_into_its_blobs(tmp_path):
+    repo = tmp_path / "models--org--tiny"
+    folder = tokenizer_folder(repo / "snapshots" / "abc123")
+    (repo / "blobs").mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (folder / name).rename(repo / "blobs" / name)
+        os.symlink(repo / "blobs" / name, folder / name)
+    (repo / "blobs" / "t").write_text("<{{ messages[0]['content'] }}>")
+    os.symlink(repo / "blobs" / "t", folder / "chat_template.jinja")
+    assert TextTokenizer.from_folder(folder).apply_chat_template(MESSAGES) == "<hi>"
 
 
 def test_named_template_files_and_the_jinja_file_win(tmp_path):

@@ -64,6 +64,23 @@ def test_greedy_matches_pytorch_for_32_tokens(exported, name):
     assert result.finish_reason == "length" and len(result.token_ids) == 32
 
 
+def test_exported_bundled_folder_encodes_like_transformers_on_the_checkpoint(exported):
+    """The runtime (no transformers) on the ONNX folder gives AutoTokenizer(checkpoint)'s ids."""
+    from transformers import AutoTokenizer
+
+    from lmexport.manifest import Manifest
+    from lmexport.modeling.tiny_tokenizers import MIXED_TEXTS
+
+    model_dir, folder = exported["bundled"]
+    hf = AutoTokenizer.from_pretrained(str(model_dir))
+    gen = Generator.from_folder(folder)
+    for text in MIXED_TEXTS:
+        assert gen.tokenizer.encode(text) == hf(text).input_ids
+    assert gen.encode_prompt("def f") == hf("def f").input_ids and not gen.tokenizer.add_bos
+    tok = Manifest.read(folder).tokenizer
+    assert tok["add_bos_token"] is False and tok["resolved_by"].startswith("transformers ")
+
+
 def test_batch_of_three_prompts_equals_each_alone(exported):
     gen = Generator.from_folder(exported["bundled"][1])
     prompts = ["import os\nimport sys\n\ndef main(argv):", "The", "class Point:\n    def __init__(self"]

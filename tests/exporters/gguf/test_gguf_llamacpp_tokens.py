@@ -18,7 +18,8 @@ from transformers import AutoTokenizer
 from conftest import BUNDLED
 from lmexport.exporters.gguf.reader import open_gguf
 from lmexport.exporters.gguf.write import GGUFOptions, export_gguf
-from lmexport.modeling.tiny_tokenizers import FAMILIES, MIXED_TEXTS, llama_folder_with_tokenizer, write_tokenizer_folders
+from lmexport.modeling.tiny_tokenizers import (FAMILIES, MIXED_TEXTS, llama_folder_with_tokenizer,
+                                               write_tokenizer_folders)
 
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (build it from its sdist "
                                                    "with lmexport's llama.cpp build path)")

@@ -1,4 +1,4 @@
-"""tokenizer.ggml.pre: identified by tokenizer.json's structure, or given with --tokenizer-pre; never a silent default."""
+"""tokenizer.ggml.pre: identified by tokenizer.json's structure, or given with --tokenizer-pre; no silent default."""
 from __future__ import annotations
 
 import json
@@ -13,9 +13,8 @@ from lmexport.errors import InputError
 from lmexport.exporters.gguf import pretokenizer
 from lmexport.exporters.gguf.reader import open_gguf
 from lmexport.exporters.gguf.write import GGUFOptions, export_gguf
-from lmexport.modeling.tiny import make_model_folder
-from lmexport.modeling.tiny_tokenizers import write_tokenizer_folder, _byte_level_bpe
-from lmexport.modeling.tiny import write_tokenizer_files
+from lmexport.modeling.tiny import make_model_folder, write_tokenizer_files
+from lmexport.modeling.tiny_tokenizers import byte_level_bpe, write_tokenizer_folder
 
 
 @pytest.mark.parametrize("family, name", [("gpt2-nobos", "gpt-2"), ("llama3-bpe", "llama-bpe"),
@@ -42,7 +41,7 @@ def test_near_misses_are_not_identified(tmp_path):
 def unknown_pre_model(tmp_path_factory):
     """A tiny model whose byte-level BPE splits on whitespace first: no family lmexport knows."""
     folder = make_model_folder(tmp_path_factory.mktemp("pre") / "model", seed=0)
-    tok = _byte_level_bpe(pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
+    tok = byte_level_bpe(pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(),
                                                    pre_tokenizers.ByteLevel(add_prefix_space=False)]),
                           vocab_size=384)
     write_tokenizer_files(tok, folder)

@@ -107,13 +107,12 @@ def test_layer_template_is_checked_against_every_layer():
 
 def test_genai_tokenizer_gives_lmexport_ids_when_asked_for_special_tokens(tmp_path_factory):
     folder = exported("fp32", tmp_path_factory)
-    ours = TextTokenizer(folder)
+    ours = TextTokenizer.from_folder(folder)
     tokenizer = og.Tokenizer(og.Model(str(folder)))
     plain = [list(map(int, tokenizer.encode(p))) for p in PROMPTS]
-    assert plain == [ours.encode(p, add_bos=False) for p in PROMPTS]      # genai's default: no BOS
+    assert plain == [ours.encode(p, add_special_tokens=False) for p in PROMPTS]   # genai's default: none added
     tokenizer.update_options(add_special_tokens="true")
     assert [list(map(int, tokenizer.encode(p))) for p in PROMPTS] == [ours.encode(p) for p in PROMPTS]
-    assert all(ours.encode(p)[0] == ours.bos_token_id for p in PROMPTS)
 
 
 @pytest.mark.parametrize("name", ["fp32", "int4", "plain", "tjs-fp32"])
@@ -121,7 +120,7 @@ def test_genai_greedy_equals_lmexport_generate(name, tmp_path_factory):
     """Batch of two equal-length prompts, 32 greedy tokens each: token for token equal,
     and the logits each token was chosen from equal to lmexport's session's."""
     folder = exported(name, tmp_path_factory)
-    tokenizer = TextTokenizer(folder)
+    tokenizer = TextTokenizer.from_folder(folder)
     prompt_ids = [tokenizer.encode(p) for p in PROMPTS]
     assert len({len(ids) for ids in prompt_ids}) == 1
     want = lmexport_tokens(folder)
@@ -139,7 +138,7 @@ def test_state_stays_correct_when_present_aliases_past(name, tmp_path_factory):
     folder = exported(name, tmp_path_factory)
     session = Session(folder)
     runner, outputs = session.session, session.output_names
-    prompt = np.array([TextTokenizer(folder).encode(p) for p in PROMPTS], dtype=np.int64)
+    prompt = np.array([TextTokenizer.from_folder(folder).encode(p) for p in PROMPTS], dtype=np.int64)
 
     def run(alias: bool, steps: int = 6):
         ids, mask = prompt, np.ones_like(prompt)
@@ -183,7 +182,7 @@ def test_left_padded_batch_equals_lmexport_and_encode_batch_pads_right(tmp_path_
     are lmexport's; genai's own encode_batch pads on the right (docs: what a user must do)."""
     folder = exported("fp32", tmp_path_factory)
     prompts = ("def read_file(path):", "def main(argv):")
-    tokenizer = TextTokenizer(folder)
+    tokenizer = TextTokenizer.from_folder(folder)
     encoded = [tokenizer.encode(p) for p in prompts]
     width = max(map(len, encoded))
     assert len(encoded[1]) < width

@@ -50,7 +50,7 @@ def transformersjs_generate(node, folder: Path, prompts, new_tokens: int = NEW_T
 @pytest.mark.parametrize("prompts", [PROMPTS, PROMPTS[:1]], ids=["batch2", "single"])
 def test_transformersjs_greedy_equals_lmexport_generate(node, name, prompts, tmp_path_factory):
     folder = exported(name, tmp_path_factory)
-    tokenizer = TextTokenizer(folder)
+    tokenizer = TextTokenizer.from_folder(folder)
     want = lmexport_tokens(folder, prompts)
     assert all(len(row) == NEW_TOKENS for row in want)          # no EOS came: all 32 are compared
     got = transformersjs_generate(node, folder, prompts)
