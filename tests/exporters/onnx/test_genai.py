@@ -18,7 +18,8 @@ from lmexport.exporters.onnx.genai import GENAI_CONFIG_FILE, genai_config, layer
 from lmexport.errors import ExportError
 from lmexport.manifest import IOSpec, Manifest
 from lmexport.modeling.tiny import make_model_folder
-from lmexport.runtime.ort import Session, positions_from_mask
+from lmexport.runtime.batch import positions_from_mask
+from lmexport.runtime.ort import Session
 from lmexport.runtime.tokenizer import TextTokenizer
 
 from onnx_consumers import (NEW_TOKENS, PROMPTS, VARIANTS, doc_example, exported, lmexport_generate_text,
