@@ -47,14 +47,18 @@ def transformersjs_generate(node, folder: Path, prompts, new_tokens: int = NEW_T
 
 
 @pytest.mark.parametrize("name", ["tjs-fp32", "tjs-int4"])
-@pytest.mark.parametrize("prompts", [PROMPTS, PROMPTS[:1]], ids=["batch2", "single"])
+# equal lengths, one prompt, and 8 + 6 tokens (the loader left-pads as lmexport generate does)
+@pytest.mark.parametrize("prompts", [PROMPTS, PROMPTS[:1], ("def read_file(path):", "def main(argv):")],
+                         ids=["batch2", "single", "left-padded"])
 def test_transformersjs_greedy_equals_lmexport_generate(node, name, prompts, tmp_path_factory):
     folder = exported(name, tmp_path_factory)
     tokenizer = TextTokenizer(folder)
     want = lmexport_tokens(folder, prompts)
     assert all(len(row) == NEW_TOKENS for row in want)          # no EOS came: all 32 are compared
     got = transformersjs_generate(node, folder, prompts)
-    assert got["prompt_ids"] == [tokenizer.encode(p) for p in prompts]    # BOS as lmexport adds it
+    encoded = [tokenizer.encode(p) for p in prompts]                      # BOS as lmexport adds it
+    width, pad = max(map(len, encoded)), Manifest.read(folder).tokenizer["pad_token_id"]
+    assert got["prompt_ids"] == [[pad] * (width - len(ids)) + ids for ids in encoded]
     assert got["new_ids"] == want
 
 

@@ -6,7 +6,8 @@
 //   const lm = await loadLiquidMetal(transformers, 'out/onnx-tjs');
 //   const inputs = await lm.encode(['def read_file(path):']);
 //   const ids = await lm.model.generate({ ...inputs, max_new_tokens: 32, do_sample: false });
-//   console.log(lm.tokenizer.decode(ids[0].slice(inputs.input_ids.dims[1]), { skip_special_tokens: true }));
+//   const fresh = ids.tolist()[0].slice(inputs.input_ids.dims[1]);
+//   console.log(lm.tokenizer.decode(fresh, { skip_special_tokens: true }));
 //
 // Why this file exists (transformers.js 4.3, unchanged): its model-type table
 // (`getCacheNames` in src/configs.js) decides which state inputs it creates before the
@@ -20,10 +21,11 @@
 //      lmexport.json declares (`init: "zeros"`: batch axis -> the batch, any other
 //      named axis -> 0); after the first call transformers.js carries each output
 //      `present*` to its input `past*` itself: the transformers.js target names the
-//      states the way it renames them;
-//   3. `encode` adds BOS as `lmexport generate` does (tokenizer_config.json's
-//      add_bos_token; transformers.js's tokenizer adds it only through a
-//      post-processor in tokenizer.json).
+//      states the way it renames them, and a folder it would carry elsewhere (the
+//      default names) is refused instead of silently fed zeros;
+//   3. `encode` gives the ids `lmexport generate` feeds: BOS per tokenizer_config.json's
+//      add_bos_token (transformers.js's tokenizer adds it only through a post-processor
+//      in tokenizer.json), shorter prompts of a batch left-padded with the pad id.
 // The upstream change that would remove it is in docs/runtime.md ("Run it elsewhere").
 //
 // The transformers module is passed in, so this file imports nothing but Node's fs and
@@ -33,7 +35,7 @@ import { join, resolve } from 'node:path';
 
 const MANIFEST_FILE = 'lmexport.json';
 const BATCH_AXIS = 'batch_size';
-const ARRAYS = { float32: Float32Array, float16: Uint16Array, int64: BigInt64Array };
+const ARRAYS = { float32: Float32Array, float16: Uint16Array, int64: BigInt64Array }; // zeros of each dtype
 
 async function readJSON(path) {
     return JSON.parse(await readFile(path, 'utf8'));
@@ -93,18 +95,20 @@ export async function loadLiquidMetal(transformers, path, { device = 'cpu', sess
         return new LiquidMetalState(entries);
     }
 
-    /** input_ids and attention_mask for prompts of equal token length (no padding). */
+    const pad = BigInt(manifest.tokenizer?.pad_token_id ?? 0);
+    /** input_ids and attention_mask of a batch, shorter prompts left-padded (as `lmexport generate` does). */
     async function encode(texts) {
         const rows = texts.map((text) => promptIds(tokenizer, text, bos, addBos));
-        const width = rows[0].length;
-        if (rows.some((r) => r.length !== width)) {
-            throw new Error(`prompts of one batch must have the same token length (got ${rows.map((r) => r.length)})`);
-        }
+        const width = Math.max(...rows.map((r) => r.length));
+        const ids = new BigInt64Array(rows.length * width).fill(pad);
+        const mask = new BigInt64Array(rows.length * width);
+        rows.forEach((row, i) => {
+            const start = i * width + width - row.length;
+            ids.set(row.map(BigInt), start);
+            mask.fill(1n, start, (i + 1) * width);
+        });
         const dims = [rows.length, width];
-        return {
-            input_ids: new Tensor('int64', BigInt64Array.from(rows.flat(), BigInt), dims),
-            attention_mask: new Tensor('int64', new BigInt64Array(rows.length * width).fill(1n), dims),
-        };
+        return { input_ids: new Tensor('int64', ids, dims), attention_mask: new Tensor('int64', mask, dims) };
     }
 
     const generate = model.generate.bind(model);
