@@ -359,7 +359,9 @@ def train(out: Path, preset: Preset, *, seed: int = 0, max_minutes: float = 18.0
              result.perplexity, metrics["unigram_perplexity"], metrics["final_train_loss"], train_seconds)
 
     with tempfile.TemporaryDirectory() as tmp:
-        write_tokenizer_files(tok, Path(tmp), chat_template=CHAT_TEMPLATE)
+        # no BOS: encode_docs joins documents with EOS only and perplexity is scored without BOS,
+        # so the tokenizer files say so (tokenizer.json adds nothing, add_bos_token: false)
+        write_tokenizer_files(tok, Path(tmp), chat_template=CHAT_TEMPLATE, add_bos=False)
         save_checkpoint(model, out, tokenizer_from=Path(tmp), overwrite=overwrite, extra_files={
             "metrics.json": json.dumps(metrics, indent=2) + "\n",
             "heldout.txt": corpus.heldout_text,

@@ -1,36 +1,131 @@
 """Atomic outputs: every writer writes under a temporary name beside the target
 and renames it into place only when the whole output is complete.
 
-An existing target is never replaced without ``overwrite`` and never damaged
-when the new write fails: the old target is moved aside, the new one renamed in,
-and only then is the old one removed.
+The promises (README, "Commands"):
+
+* Without ``overwrite`` an existing target is never replaced, and the decision is
+  made at the rename itself (``renameat2(RENAME_NOREPLACE)``, ``renamex_np(RENAME_EXCL)``
+  or a hard link for files), so a target that appears while the export runs (another
+  export to the same path, a user's file) is kept and the export fails.
+* A folder is never replaced by a file nor a file by a folder, even with ``overwrite``.
+* An output that is, contains or lies inside one of the command's inputs is refused
+  before any work starts (``lmexport onnx m -o m --overwrite`` would delete its input).
+* With ``overwrite`` the old target is moved aside, the new one renamed in, and only
+  then is the old one removed; a failed write leaves the old target as it was.
+* Temporaries are named ``.NAME.lmexport-{tmp,old,stage}-PID``; those of dead
+  processes (after SIGKILL, power loss) are swept by the next run that writes beside
+  them: ``tmp``/``stage`` are removed, an ``old`` (the user's previous output, moved
+  aside just before the rename) is put back when nothing took its place.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
+import errno
 import logging
 import os
+import re
 import shutil
+import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 from lmexport.errors import DiskSpaceError, InputError, OutputExistsError
 
 log = logging.getLogger(__name__)
 TMP_MARKER = ".lmexport-tmp"
+OLD_MARKER = ".lmexport-old"
+STAGE_MARKER = ".lmexport-stage"
+# .NAME.lmexport-KIND-PID: what `sweep_stale` may remove, and nothing else.
+_OURS = re.compile(r"^\.(?P<name>.+)\.lmexport-(?P<kind>tmp|old|stage)-(?P<pid>\d+)$")
 # Tests (and users who know better) can make the space check see another free
 # size, in bytes; this is how "disk full" is simulated without filling a disk.
 FREE_SPACE_OVERRIDE_ENV = "LMEXPORT_FREE_SPACE_OVERRIDE"
 
 
-def check_output_path(target: Path, overwrite: bool) -> None:
+def temp_name(target: Path, kind: str = "tmp") -> Path:
+    """The temporary path of ``kind`` (tmp, old, stage) beside ``target`` for this process."""
+    return target.parent / f".{target.name}.lmexport-{kind}-{os.getpid()}"
+
+
+# ---------------------------------------------------------------- checks before work
+
+def _real(path: Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def _input_paths(inputs: Iterable[str | Path]) -> list[tuple[Path, Path]]:
+    """(what the user named, real path) for every input and, for a folder, every file in it
+    that is a link (a Hugging Face snapshot links into ../../blobs: those blobs are inputs too)."""
+    out = []
+    for given in inputs:
+        given = Path(given)
+        if not os.path.lexists(given):
+            continue
+        out.append((given, _real(given)))
+        if given.is_dir():
+            with contextlib.suppress(OSError):
+                for entry in os.scandir(given):
+                    if entry.is_symlink():
+                        out.append((Path(entry.path), _real(Path(entry.path))))
+    return out
+
+
+def check_not_an_input(target: Path, inputs: Iterable[str | Path]) -> None:
+    """Refuse an output that is, contains or lies inside an input (compared as real paths)."""
+    real = _real(target)
+    for given, inp in _input_paths(inputs):
+        if real == inp:
+            why = "is"
+        elif _inside(real, inp):
+            why = "lies inside"
+        elif _inside(inp, real):
+            why = "contains"
+        else:
+            continue
+        raise InputError(f"the output {target} {why} the input {given}; writing it would destroy the input",
+                         hint="write the output somewhere else")
+
+
+def check_output_path(target: Path, overwrite: bool, *, directory: bool | None = None,
+                      inputs: Iterable[str | Path] = ()) -> None:
+    """Everything that can be said about an output path before the work starts.
+
+    ``directory``: the output is a folder (True) or a file (False); an existing target
+    of the other kind is refused even with ``overwrite``. ``inputs``: paths the command
+    reads, which the output must neither be, contain nor lie inside.
+    """
+    target = Path(target).absolute()
     parent = target.parent
     if not parent.is_dir():
         raise InputError(f"output folder {parent} does not exist", hint="create it first")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"output folder {parent} is not writable", hint="choose another output path")
-    if target.exists() and not overwrite:
-        raise OutputExistsError(f"{target} already exists", hint="pass --overwrite to replace it")
+    check_not_an_input(target, inputs)
+    sweep_stale(parent)
+    if not os.path.lexists(target):
+        return
+    if directory is not None:
+        _check_kind(target, directory)
+    if not overwrite:
+        dangling = " as a link to nothing" if target.is_symlink() and not target.exists() else ""
+        raise OutputExistsError(f"{target} already exists{dangling}", hint="pass --overwrite to replace it")
+
+
+def _check_kind(target: Path, directory: bool) -> None:
+    is_dir = target.is_dir()
+    if directory and os.path.lexists(target) and not is_dir:
+        raise InputError(f"{target} is a file, and this command writes a folder there; "
+                         f"a file is never replaced by a folder", hint="choose another output path")
+    if not directory and is_dir:
+        raise InputError(f"{target} is a folder, and this command writes a file there; "
+                         f"a folder is never replaced by a file (not even with --overwrite)",
+                         hint="name the output file, e.g. " + str(target / "model.gguf"))
 
 
 def free_bytes(folder: Path) -> int:
@@ -47,43 +142,230 @@ def check_disk_space(folder: Path, needed: int, what: str) -> None:
                              f"{free / 1e6:,.1f} MB free in {folder}", hint="free some space or write elsewhere")
 
 
+# ---------------------------------------------------------------- stale temporaries
+
+def _start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), on Linux; None where unknown."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        with open("/proc/stat", encoding="ascii") as f:
+            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return boot + int(fields[19]) / os.sysconf("SC_CLK_TCK")     # field 22: starttime, in clock ticks
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
+def _alive(pid: int, since: float) -> bool:
+    """Whether process ``pid`` may still own a temporary last changed (ctime) at ``since``.
+
+    A process that no longer exists owns nothing; one that started after the temporary
+    was last changed is another process that got the same PID.
+    """
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass                                 # another user's process, say: it exists
+    started = _start_time(pid)
+    return started is None or started <= since + 2
+
+
+def sweep_stale(folder: Path) -> list[Path]:
+    """Remove this tool's temporaries left in ``folder`` by dead processes; returns what was handled."""
+    handled = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return handled
+    for entry in entries:
+        m = _OURS.match(entry.name)
+        if not m:
+            continue
+        path = Path(entry.path)
+        try:
+            info = entry.stat(follow_symlinks=False)
+            since = max(info.st_mtime, info.st_ctime)     # a rename (an "old") changes only the ctime
+        except OSError:
+            continue
+        if _alive(int(m["pid"]), since):
+            continue
+        target = path.parent / m["name"]
+        if m["kind"] == "old" and not os.path.lexists(target):
+            with contextlib.suppress(OSError):
+                os.rename(path, target)
+                log.warning("put back %s, moved aside by an export that was killed (pid %s)", target, m["pid"])
+                handled.append(path)
+                continue
+        _remove(path)
+        log.info("removed %s, left by an export that was killed (pid %s)", path.name, m["pid"])
+        handled.append(path)
+    return handled
+
+
+# ---------------------------------------------------------------- rename without replacing
+
+_RENAME_NOREPLACE = 1      # linux/fs.h
+_RENAME_EXCL = 0x4         # macOS sys/stdio.h
+_AT_FDCWD = -100
+
+
+def _libc():
+    with contextlib.suppress(OSError, TypeError):
+        return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    return None
+
+
+_LIBC = _libc()
+
+
+def _native_noreplace(src: Path, dst: Path) -> bool:
+    """Rename with the kernel refusing an existing ``dst``; False where the call is unavailable."""
+    if _LIBC is None:
+        return False
+    s, d = os.fsencode(src), os.fsencode(dst)
+    if sys.platform.startswith("linux") and hasattr(_LIBC, "renameat2"):
+        rc = _LIBC.renameat2(_AT_FDCWD, s, _AT_FDCWD, d, _RENAME_NOREPLACE)
+    elif sys.platform == "darwin" and hasattr(_LIBC, "renamex_np"):
+        rc = _LIBC.renamex_np(s, d, _RENAME_EXCL)
+    else:
+        return False
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False                         # the call or this file system does not support the flag
+    raise OSError(err, os.strerror(err), str(dst))
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename ``src`` to ``dst``; FileExistsError (and ``src`` untouched) if ``dst`` exists.
+
+    Atomic through the kernel where it can (Linux renameat2, macOS renamex_np); else a
+    hard link for a file (link fails atomically on an existing name); else, for a
+    folder, a check followed by rename, which POSIX refuses over a non-empty folder and
+    Windows over anything, so only an empty folder that appears in between can be lost.
+    """
+    if _native_noreplace(src, dst):
+        return
+    if not src.is_dir():
+        try:
+            os.link(src, dst, follow_symlinks=False)
+        except FileExistsError:
+            raise
+        except OSError:
+            pass                             # no hard links here (FAT, some FUSE): the portable fallback
+        else:
+            os.unlink(src)
+            return
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "exists", str(dst))
+    try:
+        os.rename(src, dst)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+            raise FileExistsError(errno.EEXIST, "exists", str(dst)) from exc
+        raise
+
+
+# ---------------------------------------------------------------- the writers' context managers
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
-    elif path.exists() or path.is_symlink():
-        path.unlink(missing_ok=True)
+    elif os.path.lexists(path):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+def _appeared(target: Path) -> OutputExistsError:
+    return OutputExistsError(f"{target} appeared while the export ran; it was kept and nothing was written",
+                             hint="pass --overwrite to replace it, or choose another output path")
+
+
+def _commit(pairs: Sequence[tuple[Path, Path]], overwrite: bool, directory: bool) -> None:
+    """Rename every temporary to its target, or none: a failure undoes the renames already done."""
+    done: list[tuple[Path, Path | None]] = []   # (target now ours, old target moved aside)
+    try:
+        for tmp, target in pairs:
+            old = None
+            if os.path.lexists(target):
+                if not overwrite:
+                    raise _appeared(target)
+                _check_kind(target, directory)
+                old = temp_name(target, "old")
+                _remove(old)
+                os.replace(target, old)
+            try:
+                rename_noreplace(tmp, target)
+            except FileExistsError:
+                if old is not None:           # something took the place between the two renames
+                    log.warning("%s appeared while replacing it; the previous output is kept as %s", target, old)
+                raise _appeared(target) from None
+            except BaseException:
+                if old is not None and not os.path.lexists(target):
+                    os.replace(old, target)
+                raise
+            done.append((target, old))
+    except BaseException:
+        for target, old in reversed(done):
+            _remove(target)
+            if old is not None:
+                os.replace(old, target)
+        raise
+    for _, old in done:
+        if old is not None:
+            _remove(old)
+
+
+@contextlib.contextmanager
+def atomic_outputs(targets: Sequence[str | Path], *, overwrite: bool = False, directory: bool = False,
+                   needed_bytes: int = 0, inputs: Iterable[str | Path] = ()) -> Iterator[list[Path]]:
+    """Yield one temporary path per target; on success rename them all into place, or none.
+
+    On any exception (KeyboardInterrupt included) the temporaries are removed and
+    existing targets are left as they were.
+    """
+    targets = [Path(t).absolute() for t in targets]
+    inputs = list(inputs)
+    for target in targets:
+        check_output_path(target, overwrite, directory=directory, inputs=inputs)
+    if needed_bytes and targets:
+        check_disk_space(targets[0].parent, needed_bytes, targets[0].name)
+    tmps = [temp_name(t) for t in targets]
+    try:
+        for tmp in tmps:
+            _remove(tmp)
+            if directory:
+                tmp.mkdir()
+        yield tmps
+        _commit(list(zip(tmps, targets)), overwrite, directory)
+    finally:
+        for tmp in tmps:
+            _remove(tmp)
+    for target in targets:
+        log.debug("wrote %s", target)
 
 
 @contextlib.contextmanager
 def atomic_output(target: str | Path, *, overwrite: bool = False, directory: bool = False,
-                  needed_bytes: int = 0) -> Iterator[Path]:
-    """Yield a temporary path beside ``target``; rename it to ``target`` on success.
-
-    On any exception (KeyboardInterrupt included) the temporary path is removed
-    and an existing target is left as it was.
-    """
-    target = Path(target).absolute()
-    check_output_path(target, overwrite)
-    if needed_bytes:
-        check_disk_space(target.parent, needed_bytes, target.name)
-    tmp = target.parent / f".{target.name}{TMP_MARKER}-{os.getpid()}"
-    _remove(tmp)
-    if directory:
-        tmp.mkdir()
-    try:
+                  needed_bytes: int = 0, inputs: Iterable[str | Path] = ()) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; rename it to ``target`` on success (see atomic_outputs)."""
+    with atomic_outputs([target], overwrite=overwrite, directory=directory, needed_bytes=needed_bytes,
+                        inputs=inputs) as (tmp,):
         yield tmp
-    except BaseException:
-        _remove(tmp)
-        raise
-    old = target.parent / f".{target.name}.lmexport-old-{os.getpid()}"
+
+
+@contextlib.contextmanager
+def staging_folder(target: str | Path) -> Iterator[Path]:
+    """A scratch folder beside ``target`` (``.NAME.lmexport-stage-PID``), removed afterwards."""
+    path = temp_name(Path(target).absolute(), "stage")
+    _remove(path)
+    path.mkdir()
     try:
-        if target.exists() or target.is_symlink():
-            os.replace(target, old)
-        os.replace(tmp, target)
-    except BaseException:
-        if old.exists() and not target.exists():
-            os.replace(old, target)
-        _remove(tmp)
-        raise
-    _remove(old)
-    log.debug("wrote %s", target)
+        yield path
+    finally:
+        _remove(path)

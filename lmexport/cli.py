@@ -29,6 +29,7 @@ COMMANDS = {
     "parity": ("lmexport.commands.parity", "parity", "Compare an ONNX folder or GGUF file with PyTorch."),
     "perplexity": ("lmexport.commands.perplexity", "perplexity", "Perplexity of a model, ONNX folder or GGUF file."),
     "bench": ("lmexport.commands.bench", "bench", "Benchmark an ONNX folder or a PyTorch model."),
+    "llamacpp": ("lmexport.commands.llamacpp", "llamacpp", "Build llama.cpp with liquidmetal; quantize, run GGUFs."),
 }
 
 

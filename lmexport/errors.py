@@ -70,6 +70,10 @@ class ArtifactError(InputError):
     """An exported ONNX folder or GGUF file is missing, damaged or from another model."""
 
 
+class ChatTemplateError(ArtifactError):
+    """A model folder's chat template fails, is refused by the sandbox or breaks a render limit."""
+
+
 class ExportError(LmexportError):
     """The exporter could not turn the model into the requested format."""
 
@@ -103,3 +107,7 @@ class GenerationError(InputError):
 
 class DeviceError(InputError):
     """The requested execution device is not available."""
+
+
+class NonFiniteError(ValidationError):
+    """An artifact computed NaN or infinite logits: it ran, and what it computes is wrong."""

@@ -48,16 +48,11 @@ from typing import Any
 
 from lmexport.errors import ArtifactError
 from lmexport.jsonio import read_json_object
+from lmexport.manifest_schema import DTYPES, MAX_DIM, MAX_LAYERS, ROLES, STATE_ROLES, manifest_problems  # noqa: F401
 
 MANIFEST_FILE = "lmexport.json"
 FORMAT = "lmexport-onnx"
 FORMAT_VERSION = 1
-STATE_ROLES = ("key", "value", "conv", "context")
-ROLES = ("input_ids", "attention_mask", "position_ids", "logits") + STATE_ROLES
-DTYPES = ("int64", "float32", "float16")
-# Sanity bounds: a manifest outside them is rejected before anything is allocated.
-MAX_LAYERS = 1024
-MAX_DIM = 1 << 20
 
 
 def variant_name(dtype: str, method: str | None) -> str:
@@ -164,59 +159,30 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: Any, where: Path | str = MANIFEST_FILE) -> "Manifest":
-        problems: list[str] = []
         if not isinstance(data, dict):
             raise ArtifactError(f"{where} must hold a JSON object")
         if data.get("format") != FORMAT or data.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(f"{where} is not a {FORMAT} v{FORMAT_VERSION} manifest",
                                 hint="re-export with this version of lmexport")
-        n = data.get("num_layers")
-        if not isinstance(n, int) or not 0 < n <= MAX_LAYERS:
-            problems.append(f"num_layers {n!r} out of range 1..{MAX_LAYERS}")
-        if data.get("mode") not in ("streaming", "legacy"):
-            problems.append(f"mode {data.get('mode')!r} unknown")
-        specs: dict[str, list[IOSpec]] = {"inputs": [], "outputs": []}
-        for key in specs:
-            items = data.get(key)
-            if not isinstance(items, list) or not items:
-                problems.append(f"{key} missing")
-                continue
-            for item in items:
-                try:
-                    spec = IOSpec(name=str(item["name"]), dtype=item["dtype"], shape=tuple(item["shape"]),
-                                  role=item["role"], layer=item.get("layer"), init=item.get("init"),
-                                  present=item.get("present"))
-                except (KeyError, TypeError) as exc:
-                    problems.append(f"{key} entry {item!r} malformed ({exc})")
-                    continue
-                if spec.dtype not in DTYPES:
-                    problems.append(f"{spec.name}: dtype {spec.dtype!r} unknown")
-                if spec.role not in ROLES:
-                    problems.append(f"{spec.name}: role {spec.role!r} unknown")
-                for d in spec.shape:
-                    if isinstance(d, bool) or not (isinstance(d, str) or (isinstance(d, int) and 0 <= d <= MAX_DIM)):
-                        problems.append(f"{spec.name}: dimension {d!r} out of range")
-                if spec.is_state and key == "inputs" and (spec.init != "zeros" or not spec.present):
-                    problems.append(f"{spec.name}: state input needs init=zeros and a present output")
-                specs[key].append(spec)
-        out_names = {s.name for s in specs["outputs"]}
-        for s in specs["inputs"]:
-            if s.is_state and s.present and s.present not in out_names:
-                problems.append(f"{s.name}: its present output {s.present} is not an output")
+        problems = manifest_problems(data)
         if problems:
-            raise ArtifactError(f"{where} is invalid: " + "; ".join(problems[:6]),
+            more = f"; and {len(problems) - 8} more" if len(problems) > 8 else ""
+            raise ArtifactError(f"{where} is invalid: " + "; ".join(problems[:8]) + more,
                                 hint="re-export the folder with lmexport onnx")
-        return cls(mode=data["mode"], dtype=str(data.get("dtype", "fp32")),
+        specs = {key: [IOSpec(name=item["name"], dtype=item["dtype"], shape=tuple(item["shape"]),
+                              role=item["role"], layer=item.get("layer"), init=item.get("init"),
+                              present=item.get("present")) for item in data[key]]
+                 for key in ("inputs", "outputs")}
+        return cls(mode=data["mode"], dtype=data.get("dtype", "fp32"),
                    quantization=dict(data.get("quantization") or {"method": "none"}),
-                   opset=int(data.get("opset", 0)), fused_ops=bool(data.get("fused_ops", False)),
-                   tolerance_preset=data.get("tolerance_preset") if isinstance(data.get("tolerance_preset"), str)
-                   else None,
+                   opset=data.get("opset", 0), fused_ops=data.get("fused_ops", False),
+                   tolerance_preset=data.get("tolerance_preset"),
                    source=dict(data.get("source") or {}),
-                   num_layers=n, inputs=specs["inputs"], outputs=specs["outputs"],
+                   num_layers=data["num_layers"], inputs=specs["inputs"], outputs=specs["outputs"],
                    files=dict(data.get("files") or {}), tokenizer=dict(data.get("tokenizer") or {}),
                    versions=dict(data.get("versions") or {}),
-                   model_file=str(data.get("model_file", "model.onnx")),
-                   data_file=str(data.get("data_file", "model.onnx.data")),
+                   model_file=data.get("model_file", "model.onnx"),
+                   data_file=data.get("data_file", "model.onnx.data"),
                    probes=dict(data.get("probes") or {}),
                    initializers=dict(data.get("initializers") or {}))
 
@@ -229,19 +195,69 @@ def file_digest(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
 
 
-def check_files(folder: Path, manifest: Manifest, *, hashes: bool = False) -> None:
-    """Every file the manifest lists is present with its size (and hash, if asked)."""
-    problems = []
+def check_files(folder: Path, manifest: Manifest, *, hashes: bool = False) -> list[str]:
+    """Tell "this folder cannot be run" (an ArtifactError, exit 2) from "this graph differs
+    from the export" (returned: the names of the files that changed, for a warning).
+
+    A graph re-saved by ``onnx``, optimised by onnxruntime's transformer optimizer or
+    onnxslim, or quantised by the user has a model file of another size or hash and often
+    a data file of another size or name; that is a change, and whether the changed graph
+    still loads and keeps the IO contract is for ONNX Runtime and ``check_io_contract`` to
+    say. While the model file is the exported one, though, its data file must be exactly
+    the exported one too (the graph reads it at fixed offsets): a data file of another
+    size is damaged, as is any missing file the folder still needs.
+    """
+    problems, changed = [], []
+    graph = folder / manifest.model_file
+    graph_info = manifest.files.get(manifest.model_file)
+    graph_changed = graph_info is not None and graph.is_file() and (
+        graph.stat().st_size != graph_info.get("bytes")
+        or ("sha256" in graph_info and file_digest(graph)["sha256"] != graph_info["sha256"]))
     for name, info in manifest.files.items():
         path = folder / name
-        if "/" in name or name.startswith("."):
-            problems.append(f"file name {name!r} is not allowed")
-        elif not path.is_file():
-            problems.append(f"{name} is missing")
-        elif path.stat().st_size != info.get("bytes"):
-            problems.append(f"{name} has {path.stat().st_size} bytes, {MANIFEST_FILE} says {info.get('bytes')}")
-        elif hashes and file_digest(path)["sha256"] != info.get("sha256"):
-            problems.append(f"{name} does not match its sha256 in {MANIFEST_FILE}")
+        if not path.is_file():
+            if name == manifest.data_file and graph_changed:
+                changed.append(name)          # a re-saved graph may keep its weights under another name
+            else:
+                problems.append(f"{name} is missing")
+            continue
+        size = path.stat().st_size
+        if name == manifest.model_file:
+            if graph_changed:
+                changed.append(name)
+        elif size != info.get("bytes"):
+            if name == manifest.data_file and not graph_changed:
+                problems.append(f"{name} has {size} bytes, {MANIFEST_FILE} says {info.get('bytes')}")
+            else:
+                changed.append(name)
+        elif hashes and "sha256" in info and file_digest(path)["sha256"] != info["sha256"]:
+            changed.append(name)
+    if not graph.is_file() and manifest.model_file not in manifest.files:
+        problems.append(f"{manifest.model_file} is missing")
     if problems:
         raise ArtifactError(f"{folder} is damaged: " + "; ".join(problems),
                             hint="re-export the folder with lmexport onnx")
+    return changed
+
+
+ORT_TYPES = {"int64": "tensor(int64)", "float32": "tensor(float)", "float16": "tensor(float16)"}
+
+
+def io_contract_problems(manifest: Manifest, graph_inputs: list, graph_outputs: list) -> list[str]:
+    """What the graph (ONNX Runtime NodeArg lists: name, type, shape) lacks of the manifest's IO."""
+    problems = []
+    for kind, specs, args in (("input", manifest.inputs, graph_inputs), ("output", manifest.outputs, graph_outputs)):
+        have = {a.name: a for a in args}
+        for spec in specs:
+            arg = have.get(spec.name)
+            if arg is None:
+                problems.append(f"{kind} {spec.name} is gone")
+            elif arg.type != ORT_TYPES[spec.dtype]:
+                problems.append(f"{kind} {spec.name} is {arg.type}, {MANIFEST_FILE} says {ORT_TYPES[spec.dtype]}")
+            elif arg.shape is not None and len(arg.shape) != len(spec.shape):
+                problems.append(f"{kind} {spec.name} has {len(arg.shape)} dimensions, {MANIFEST_FILE} says "
+                                f"{len(spec.shape)}")
+    known = {s.name for s in manifest.inputs}
+    problems += [f"input {a.name} is not in {MANIFEST_FILE} (nothing would feed it)"
+                 for a in graph_inputs if a.name not in known]
+    return problems

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
 # The test command: set up (idempotent), then run the whole suite offline.
+# Then tests/optimum in its own environment (.venv-optimum: optimum-onnx pins
+# transformers<4.58); skipped when pytest arguments are given or LMEXPORT_OPTIMUM=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/system_deps.sh          # compilers, cmake, node (only what is missing)
@@ -10,3 +12,7 @@ bash scripts/plain_wheels.sh          # wheels for the plain-install test (a fre
 export LMEXPORT_REQUIRE_NODE=1         # set up above: those tests must run, not skip
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
 python -m pytest -q "$@"
+if [ $# -eq 0 ] && [ "${LMEXPORT_OPTIMUM:-1}" != 0 ]; then
+  bash scripts/setup_optimum.sh
+  .venv-optimum/bin/python -m pytest -q --confcutdir tests/optimum tests/optimum
+fi

@@ -31,6 +31,15 @@ def model_dir(tmp_path):
     return make_model_folder(tmp_path / "tiny-model", seed=0)
 
 
+@pytest.fixture
+def one_thread():
+    """Score on one thread: on a busy shared machine a spinning 2-thread pool runs ~30x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)

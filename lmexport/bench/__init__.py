@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmexport.errors import InputError
+from lmexport.bench.limits import workload_problems
 from lmexport.bench.measure import BenchResult, Spread, Workload
 
 __all__ = ["BenchResult", "Spread", "Workload", "artifact_kind", "run_bench"]
@@ -34,6 +35,17 @@ def artifact_kind(path: str | Path) -> str:
                      hint="pass an exported ONNX folder or a Liquid-Metal model folder")
 
 
+def _model_config(folder: Path, kind: str) -> dict:
+    """The config.json of the model (an ONNX folder's is in its lmexport.json), checked."""
+    if kind == "onnx":
+        from lmexport.manifest import Manifest
+        return Manifest.read(folder).config
+    from lmexport.errors import ConfigError
+    from lmexport.jsonio import read_json_object
+    from lmexport.modeling.config import LiquidMetalConfig
+    return LiquidMetalConfig.from_dict(read_json_object(folder / "config.json", ConfigError)).to_dict()
+
+
 def run_bench(artifact: str | Path, workload: Workload, *, device: str = "auto", threads: int | None = None,
               torch_dtype: str | None = None, progress=None) -> BenchResult:
     problems = workload.problems()
@@ -42,6 +54,9 @@ def run_bench(artifact: str | Path, workload: Workload, *, device: str = "auto",
     if problems:
         raise InputError("; ".join(problems))
     kind = artifact_kind(artifact)
+    problems = workload_problems(workload, _model_config(Path(artifact), kind), threads)
+    if problems:
+        raise InputError("; ".join(problems), hint="choose a smaller workload")
     if kind == "onnx":
         if torch_dtype is not None:
             raise InputError("--torch-dtype applies to a PyTorch model folder; "

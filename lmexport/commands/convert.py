@@ -27,6 +27,11 @@ def convert(llama_dir, out_dir, kernel_size, se_reduction, context_mode, gate_bi
     Example:
       lmexport convert TinyLlama-1.1B -o liquid-metal-1.1b
     """
+    from lmexport.atomic import check_output_path
+    from lmexport.modeling.precheck import precheck
+
+    check_output_path(out_dir.absolute(), overwrite, directory=True, inputs=[llama_dir])   # before importing torch
+    precheck(llama_dir)
     from lmexport.modeling.convert import ConvertOptions
     from lmexport.modeling.convert import convert as run_convert
 

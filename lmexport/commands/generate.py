@@ -27,6 +27,21 @@ def runtime_options(f):
     return f
 
 
+def _read_line(number: int) -> str:
+    """One line of stdin as text; a line that is not UTF-8 is a GenerationError, not a traceback."""
+    from lmexport.errors import GenerationError
+
+    raw = getattr(sys.stdin, "buffer", None)
+    if raw is None:                      # a text stream without bytes (tests, embedding)
+        return sys.stdin.readline()
+    data = raw.readline()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise GenerationError(f"line {number} of the input is not UTF-8 (byte {exc.start})",
+                              hint="send UTF-8 text") from None
+
+
 def _open(folder, device, threads, optimization):
     from lmexport.runtime import Generator
 
@@ -97,10 +112,12 @@ def chat(folder, max_new_tokens, temperature, top_k, top_p, repetition_penalty, 
     session = ChatSession(gen, max_new_tokens=max_new_tokens, system=system,
                           sampling=_sampling(temperature, top_k, top_p, repetition_penalty, seed))
     interactive = sys.stdin.isatty()
+    number = 0
     while True:
         if interactive:
             click.echo("> ", nl=False)
-        line = sys.stdin.readline()
+        number += 1
+        line = _read_line(number)
         if not line or line.strip() == "/exit":
             break
         if not line.strip():

@@ -20,9 +20,12 @@ from lmexport.exporters.gguf.format import OUTTYPES
               help="auto: liquidmetal for Liquid-Metal checkpoints; llama: a standard llama GGUF "
                    "(plain Llama checkpoints only).")
 @click.option("--name", default=None, help="general.name (default: the model folder's name).")
+@click.option("--tokenizer-pre", default=None, metavar="NAME",
+              help="llama.cpp's pre-tokenizer name (tokenizer.ggml.pre) for a byte-level BPE tokenizer that "
+                   "lmexport does not identify (it knows gpt-2, smollm, llama-bpe).")
 @click.option("--allow-pickle", is_flag=True, help="Read a .bin checkpoint (torch.load, weights_only=True).")
 @click.option("--overwrite", is_flag=True, help="Replace the output file(s) if they exist.")
-def gguf(model_dir, output, outtype, split_max_size, arch, name, allow_pickle, overwrite):
+def gguf(model_dir, output, outtype, split_max_size, arch, name, tokenizer_pre, allow_pickle, overwrite):
     """Export a checkpoint folder to GGUF, validated by reading it back.
 
     \b
@@ -31,13 +34,15 @@ def gguf(model_dir, output, outtype, split_max_size, arch, name, allow_pickle, o
       lmexport gguf TinyLlama-1.1B -o tinyllama.gguf --arch llama --outtype f16
     """
     from lmexport.atomic import check_output_path
+    from lmexport.modeling.precheck import precheck
 
-    check_output_path(output.absolute(), overwrite)        # before importing torch
+    check_output_path(output.absolute(), overwrite, directory=False, inputs=[model_dir])  # before importing torch
+    precheck(model_dir)
     from lmexport.exporters.gguf.write import GGUFOptions, export_gguf, parse_size
 
     logging.getLogger("gguf").setLevel(logging.WARNING)   # the writer's own info lines repeat ours
     options = GGUFOptions(outtype=outtype, arch=arch, split_max_size=parse_size(split_max_size),
-                          name=name, allow_pickle=allow_pickle)
+                          name=name, allow_pickle=allow_pickle, tokenizer_pre=tokenizer_pre)
     report = export_gguf(model_dir, output, options, overwrite=overwrite)
     for path in report.paths:
         click.echo(f"wrote {path}")

@@ -43,6 +43,11 @@ def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, block_size, a
       lmexport onnx examples/liquid-metal-tiny -o out/onnx-int4 --quantize int4 --lm-head-int8
       lmexport onnx examples/liquid-metal-tiny -o out/onnx-tjs --target transformers.js
     """
+    from lmexport.atomic import check_output_path
+    from lmexport.modeling.precheck import precheck
+
+    check_output_path(out_dir.absolute(), overwrite, directory=True, inputs=[model_dir])   # before importing torch
+    precheck(model_dir)
     from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
 
     options = OnnxExportOptions(dtype=dtype, quantize=quantize, opset=opset, fused_ops=not no_fused_ops,

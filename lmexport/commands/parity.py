@@ -35,13 +35,13 @@ def parity(model_dir, artifact, prompts_file, steps, batch_size, device, json_pa
     from lmexport.parity.run import run_parity
 
     if json_path is not None:
-        check_output_path(json_path.absolute(), overwrite)
+        check_output_path(json_path.absolute(), overwrite, directory=False, inputs=[model_dir, artifact])
     with tqdm(desc="parity", unit="step", disable=None, leave=False) as bar:
         report = run_parity(model_dir, artifact, prompts_file=prompts_file, steps=steps,
                             batch_size=batch_size, device=device, preset=preset, progress=bar.update)
     click.echo(format_table(report))
     if json_path is not None:
-        with atomic_output(json_path, overwrite=overwrite) as tmp:
+        with atomic_output(json_path, overwrite=overwrite, inputs=[model_dir, artifact]) as tmp:
             tmp.write_text(json.dumps(report.to_json(), indent=2) + "\n", encoding="utf-8")
     if not report.passed:
         where = f"; first divergence at {report.divergence.where}" if report.divergence else ""

@@ -10,7 +10,8 @@ import click
 @click.argument("target", type=click.Path(path_type=Path), metavar="MODEL_OR_ARTIFACT")
 @click.option("--text", "text_file", required=True, type=click.Path(path_type=Path), help="UTF-8 text to score.")
 @click.option("--tokenizer", type=click.Path(path_type=Path),
-              help="tokenizer.json or a folder holding it (default: the one beside MODEL_OR_ARTIFACT).")
+              help="The folder of the tokenizer files, or its tokenizer.json (default: MODEL_OR_ARTIFACT's "
+                   "folder). Ids are those transformers gives for that folder.")
 @click.option("--max-tokens", type=click.IntRange(2), help="Score only the first N tokens of the text.")
 @click.option("--window", default=256, show_default=True, type=click.IntRange(2),
               help="Tokens per window (capped at the model's context).")
@@ -36,9 +37,9 @@ def perplexity(target, text_file, tokenizer, max_tokens, window, stride, device,
         raise InputError(f"text file {text_file} does not exist") from None
     except UnicodeDecodeError as exc:
         raise InputError(f"text file {text_file} is not UTF-8 (byte {exc.start})", hint="save it as UTF-8") from None
-    tok_path = _tokenizer_path(target, tokenizer)
-    from tokenizers import Tokenizer
-    ids = Tokenizer.from_file(str(tok_path)).encode(text, add_special_tokens=False).ids
+    from lmexport.modeling.tokenizer import folder_tokenizer
+
+    ids = folder_tokenizer(_tokenizer_folder(target, tokenizer)).encode(text)
     if max_tokens:
         ids = ids[:max_tokens]
     scorer, kind, context = open_scorer(target, device)
@@ -50,13 +51,12 @@ def perplexity(target, text_file, tokenizer, max_tokens, window, stride, device,
                    f"(window {result.window}, stride {result.stride})")
 
 
-def _tokenizer_path(target: Path, given: Path | None) -> Path:
+def _tokenizer_folder(target: Path, given: Path | None) -> Path:
     from lmexport.errors import InputError
+    from lmexport.modeling.tokenizer import has_tokenizer
 
-    candidates = [given / "tokenizer.json" if given and given.is_dir() else given] if given else \
-        [target / "tokenizer.json" if target.is_dir() else target.parent / "tokenizer.json"]
-    for path in candidates:
-        if path is not None and path.is_file():
-            return path
-    raise InputError(f"no tokenizer.json found for {target}",
-                     hint="pass --tokenizer with the model folder it came from")
+    folder = (given if given.is_dir() else given.parent) if given else (target if target.is_dir() else target.parent)
+    if not has_tokenizer(folder):
+        raise InputError(f"no tokenizer (tokenizer.json or tokenizer.model) found in {folder}",
+                         hint="pass --tokenizer with the model folder it came from")
+    return folder

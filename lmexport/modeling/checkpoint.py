@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,15 +20,15 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from lmexport.atomic import atomic_output
-from lmexport.jsonio import read_json_object
-from lmexport.errors import CheckpointError, ConfigError, InputError, UnsafeFileError
+from lmexport.errors import CheckpointError, UnsafeFileError
 from lmexport.modeling.config import LiquidMetalConfig
 from lmexport.modeling.model import LiquidMetalForCausalLM
+from lmexport.modeling.folder_files import copy_verified
+from lmexport.modeling.precheck import INDEX_FILE, check_model_folder, read_config_dict, shard_names  # noqa: F401
 from lmexport.tensor_names import LM_HEAD, SE_FC1, TOKEN_CONV, expected_tensors, lookup
 
 log = logging.getLogger(__name__)
 
-INDEX_FILE = "model.safetensors.index.json"
 PICKLE_FILES = ("pytorch_model.bin", "model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
 # Files copied with a model: tokenizer and generation settings, never code.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -64,11 +63,7 @@ def _weight_files(folder: Path, allow_pickle: bool) -> tuple[list[Path], list[st
     """The safetensors files to read, and problems (missing shards) found on the way."""
     index = folder / INDEX_FILE
     if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError, TypeError) as exc:
-            raise CheckpointError(f"{index} is not a valid safetensors index ({exc})") from exc
-        names = sorted(set(weight_map.values()))
+        names = shard_names(folder)
         missing = [n for n in names if not (folder / n).is_file()]
         if missing:
             raise CheckpointError(f"{index.name} names shard(s) that are not in {folder}",
@@ -145,20 +140,6 @@ def _infer_config_keys(raw: dict, tensors: dict[str, torch.Tensor]) -> dict:
     return raw
 
 
-def read_config_dict(folder: Path) -> dict:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"{folder} has no config.json", hint="point at a Hugging Face-style model folder")
-    return read_json_object(path, ConfigError)
-
-
-def check_model_folder(path: str | Path) -> Path:
-    folder = Path(path)
-    if not folder.exists():
-        raise InputError(f"model folder {folder} does not exist")
-    if not folder.is_dir():
-        raise InputError(f"{folder} is not a folder", hint="pass the folder that holds config.json")
-    return folder
 
 
 def read_checkpoint(path: str | Path, *, allow_pickle: bool = False, llama_only: bool = False) -> Checkpoint:
@@ -238,13 +219,14 @@ def save_checkpoint(model: LiquidMetalForCausalLM, out_dir: str | Path, *, token
     """Write config.json, safetensors (sharded above ``max_shard_bytes``) and tokenizer files, atomically."""
     tensors = model_tensors(model)
     needed = sum(t.numel() * t.element_size() for t in tensors.values())
-    with atomic_output(out_dir, overwrite=overwrite, directory=True, needed_bytes=needed) as tmp:
+    inputs = [tokenizer_from] if tokenizer_from is not None else []
+    with atomic_output(out_dir, overwrite=overwrite, directory=True, needed_bytes=needed, inputs=inputs) as tmp:
         (tmp / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
         _write_safetensors(tensors, tmp, max_shard_bytes)
         if tokenizer_from is not None:
             for name in TOKENIZER_FILES:
                 if (tokenizer_from / name).is_file():
-                    shutil.copy2(tokenizer_from / name, tmp / name)
+                    copy_verified(tokenizer_from / name, tmp / name)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")
     return Path(out_dir)

@@ -15,6 +15,7 @@ Choices docs/ARCHITECTURE.md leaves open are fields here, with their defaults st
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,22 @@ CONTEXT_MODES = ("streaming", "legacy")
 # checkpoint published as a modified llama (extra keys, extra tensors) loads.
 ACCEPTED_MODEL_TYPES = (MODEL_TYPE, "llama")
 MAX_KERNEL_SIZE = 16
+# Field-by-field bounds: a config.json outside them is refused before anything is built.
+# (name, smallest, largest, may be null)
+INT_FIELDS = (("vocab_size", 1, 1 << 21, False), ("hidden_size", 1, 1 << 17, False),
+              ("intermediate_size", 1, 1 << 19, False), ("num_hidden_layers", 1, 1024, False),
+              ("num_attention_heads", 1, 4096, False), ("num_key_value_heads", 1, 4096, False),
+              ("head_dim", 1, 1 << 14, False), ("max_position_embeddings", 1, 1 << 24, False))
+FLOAT_FIELDS = ("rms_norm_eps", "rope_theta", "adaptive_norm_eps")     # finite, > 0
+TOKEN_FIELDS = ("bos_token_id", "pad_token_id")                        # null or an id of the vocabulary
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -55,7 +72,8 @@ class LiquidMetalConfig:
     def __post_init__(self) -> None:
         if self.num_key_value_heads is None:
             object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
-        if self.head_dim is None:
+        if self.head_dim is None and _is_int(self.hidden_size) and _is_int(self.num_attention_heads) \
+                and self.num_attention_heads > 0:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
         if self.adaptive_norm_eps is None:
             object.__setattr__(self, "adaptive_norm_eps", self.rms_norm_eps)
@@ -89,30 +107,45 @@ class LiquidMetalConfig:
 
     # ------------------------------------------------------------------ checks
     def check(self) -> None:
-        """Collect every unsupported value and raise one ConfigError."""
+        """Collect every wrong type, range or combination and raise one ConfigError."""
         problems = []
-        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                     "num_attention_heads", "num_key_value_heads", "head_dim"):
+        for name, low, high, _ in INT_FIELDS:
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                problems.append(f"{name} must be a positive integer, got {value!r}")
-        if problems:
-            raise ConfigError("unsupported config: " + "; ".join(problems))
-        if self.num_attention_heads % self.num_key_value_heads:
+            if value is None and name == "head_dim":
+                continue                     # not derived: hidden_size or num_attention_heads is reported
+            if not _is_int(value) or not low <= value <= high:
+                problems.append(f"{name} must be an integer in {low}..{high}, got {value!r}")
+        for name in FLOAT_FIELDS:
+            value = getattr(self, name)
+            if not _is_number(value) or not math.isfinite(value) or value <= 0:
+                problems.append(f"{name} must be a finite number above 0, got {value!r}")
+        if not isinstance(self.tie_word_embeddings, bool):
+            problems.append(f"tie_word_embeddings must be true or false, got {self.tie_word_embeddings!r}")
+        vocab = self.vocab_size if _is_int(self.vocab_size) else None
+        eos = self.eos_token_id
+        ids = [(name, getattr(self, name)) for name in TOKEN_FIELDS]
+        ids += [("eos_token_id", e) for e in (eos if isinstance(eos, list) else [eos])]
+        for name, value in ids:
+            if value is not None and (not _is_int(value) or value < 0 or (vocab and value >= vocab)):
+                problems.append(f"{name} must be null or a token id in 0..{(vocab or 0) - 1}, got {value!r}")
+        sizes_ok = not problems or all(_is_int(getattr(self, n)) and getattr(self, n) > 0
+                                       for n in ("num_attention_heads", "num_key_value_heads", "head_dim"))
+        if sizes_ok and self.num_attention_heads % self.num_key_value_heads:
             problems.append(f"num_attention_heads ({self.num_attention_heads}) is not a multiple "
                             f"of num_key_value_heads ({self.num_key_value_heads})")
-        if self.head_dim % 2:
+        if sizes_ok and self.head_dim % 2:
             problems.append(f"head_dim must be even for RoPE, got {self.head_dim}")
         if self.context_mode not in CONTEXT_MODES:
             problems.append(f"context_mode must be one of {', '.join(CONTEXT_MODES)}, "
                             f"got {self.context_mode!r}")
         k = self.token_mixing_kernel_size
-        if not isinstance(k, int) or not 2 <= k <= MAX_KERNEL_SIZE:
+        if not _is_int(k) or not 2 <= k <= MAX_KERNEL_SIZE:
             problems.append(f"token_mixing_kernel_size must be an integer in 2..{MAX_KERNEL_SIZE}, got {k!r}")
         elif self.context_mode == "legacy" and k % 2 == 0:
             problems.append(f"legacy mode needs an odd token_mixing_kernel_size (centred padding), got {k}")
-        if not isinstance(self.se_reduction, int) or not 1 <= self.se_reduction <= self.hidden_size:
-            problems.append(f"se_reduction must be an integer in 1..hidden_size, got {self.se_reduction!r}")
+        r, hidden = self.se_reduction, self.hidden_size if _is_int(self.hidden_size) else 1 << 17
+        if not _is_int(r) or not 1 <= r <= hidden:
+            problems.append(f"se_reduction must be an integer in 1..hidden_size, got {r!r}")
         if self.model_type not in ACCEPTED_MODEL_TYPES:
             problems.append(f"model_type {self.model_type!r} is not a Liquid-Metal or Llama model")
         if problems:
@@ -134,16 +167,20 @@ class LiquidMetalConfig:
             raise ConfigError(f"config.json describes a {model_type!r} model, not a Liquid-Metal "
                               f"or Llama one", hint="lmexport exports only the Liquid-Metal decoder")
         rope_scaling = data.get("rope_scaling")
-        if rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type")) not in (None, "default"):
+        if rope_scaling is not None and not isinstance(rope_scaling, dict):
+            problems.append(f"rope_scaling must be an object or null, got {rope_scaling!r}")
+        elif rope_scaling and rope_scaling.get("rope_type", rope_scaling.get("type")) not in (None, "default"):
             problems.append(f"rope_scaling {rope_scaling!r} is not supported (only unscaled RoPE)")
         rope_params = data.get("rope_parameters")
         if isinstance(rope_params, dict):
             if rope_params.get("rope_type", "default") != "default":
                 problems.append(f"rope_parameters {rope_params!r} are not supported (only unscaled RoPE)")
             data.setdefault("rope_theta", rope_params.get("rope_theta", 10000.0))
+        elif rope_params is not None:
+            problems.append(f"rope_parameters must be an object or null, got {rope_params!r}")
         for flag in ("attention_bias", "mlp_bias"):
-            if data.get(flag):
-                problems.append(f"{flag}=true is not supported")
+            if data.get(flag) not in (None, False):
+                problems.append(f"{flag}={data[flag]!r} is not supported (only false)")
         if data.get("hidden_act", "silu") != "silu":
             problems.append(f"hidden_act {data['hidden_act']!r} is not supported (SwiGLU uses silu)")
         required = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")

@@ -17,18 +17,22 @@ transformers' ``LlamaForCausalLM`` on a probe prompt and reported.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from lmexport.atomic import check_output_path
+from lmexport.errors import InputError
+from lmexport.modeling.folder_files import verify_files
 from lmexport.modeling.checkpoint import Checkpoint, build_model, read_checkpoint, save_checkpoint
 from lmexport.modeling.config import LiquidMetalConfig
 from lmexport.modeling.model import LiquidMetalForCausalLM
 from lmexport.tensor_names import LM_HEAD, TOKEN_CONV, expected_tensors
 
 log = logging.getLogger(__name__)
+MAX_GATE_BIAS = 100.0
 PROBE_TEXT = "The Liquid-Metal decoder mixes tokens, then attends to them."
 
 
@@ -38,6 +42,13 @@ class ConvertOptions:
     se_reduction: int = 16
     context_mode: str = "streaming"
     gate_bias: float = 8.0
+
+    def __post_init__(self) -> None:
+        bias = self.gate_bias
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)) or not math.isfinite(bias) \
+                or abs(bias) > MAX_GATE_BIAS:
+            raise InputError(f"--gate-bias must be a finite number in -{MAX_GATE_BIAS:g}..{MAX_GATE_BIAS:g}, "
+                             f"got {bias!r}", hint="the default 8.0 holds the gates open")
 
 
 @dataclass(frozen=True)
@@ -103,11 +114,10 @@ def hf_llama_reference(config: LiquidMetalConfig, tensors: dict[str, torch.Tenso
 
 
 def probe_ids(folder: Path, vocab_size: int) -> torch.Tensor:
-    tokenizer_file = folder / "tokenizer.json"
-    if tokenizer_file.is_file():
-        from tokenizers import Tokenizer
-        ids = Tokenizer.from_file(str(tokenizer_file)).encode(PROBE_TEXT).ids
-        ids = [i for i in ids if i < vocab_size]
+    from lmexport.modeling.tokenizer import checkpoint_tokenizer, has_tokenizer
+
+    if has_tokenizer(folder):
+        ids = [i for i in checkpoint_tokenizer(folder).encode(PROBE_TEXT) if i < vocab_size]
         if ids:
             return torch.tensor([ids])
     return (torch.arange(16) * 7919 % vocab_size).unsqueeze(0)
@@ -126,8 +136,9 @@ def measure_distance(ckpt: Checkpoint, converted: LiquidMetalForCausalLM, gate_b
 def convert(llama_dir: str | Path, out_dir: str | Path, options: ConvertOptions = ConvertOptions(),
             *, overwrite: bool = False, allow_pickle: bool = False) -> ConvertReport:
     """Convert a plain Llama folder into a Liquid-Metal folder and report the logit distance."""
-    check_output_path(Path(out_dir).absolute(), overwrite)
+    check_output_path(Path(out_dir).absolute(), overwrite, directory=True, inputs=[llama_dir])
     ckpt = read_checkpoint(llama_dir, allow_pickle=allow_pickle, llama_only=True)
+    verify_files(ckpt.tokenizer_files())
     config = liquid_config_from_llama(ckpt.raw_config, options)
     ckpt.config = config
     model = convert_tensors(ckpt.tensors, config, options.gate_bias)

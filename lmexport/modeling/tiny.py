@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 CHAT_TEMPLATE = ("{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}</s>\n"
@@ -32,11 +32,19 @@ def make_tokenizer(vocab_size: int = 384, text: str = SAMPLE_TEXT) -> Tokenizer:
     return tok
 
 
-def write_tokenizer_files(tok: Tokenizer, folder: Path, chat_template: str | None = CHAT_TEMPLATE) -> None:
+def write_tokenizer_files(tok: Tokenizer, folder: Path, chat_template: str | None = CHAT_TEMPLATE, *,
+                          add_bos: bool = False) -> None:
+    """tokenizer.json and tokenizer_config.json that agree on the BOS rule: with ``add_bos`` the
+    post-processor prepends ``<s>`` and the config says ``add_bos_token: true``; without, neither does
+    (the tiny models, like examples/train_tiny.py's, are trained on text without BOS)."""
     folder = Path(folder)
+    if add_bos:
+        bos = SPECIAL_TOKENS[1]
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, tok.token_to_id(bos))])
     tok.save(str(folder / "tokenizer.json"))
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
-              "unk_token": "<unk>", "pad_token": "<pad>", "add_bos_token": True, "add_eos_token": False,
+              "unk_token": "<unk>", "pad_token": "<pad>", "add_bos_token": add_bos, "add_eos_token": False,
               "model_max_length": 2048}
     if chat_template:
         config["chat_template"] = chat_template

@@ -43,18 +43,22 @@ class Batch:
     lengths: list[int]
 
 
-def tokenize(prompts: list[str], tokenizer_file: Path | None, vocab_size: int, bos_id: int | None,
+def tokenize(prompts: list[str], model_dir: Path, vocab_size: int, bos_id: int | None,
              max_tokens: int) -> list[list[int]]:
-    """Token ids per prompt; without a tokenizer, deterministic ids derived from the bytes."""
+    """Token ids per prompt, as transformers gives them for the checkpoint's tokenizer
+    (``modeling.tokenizer.checkpoint_tokenizer``: BOS only where it adds one); a folder
+    without a tokenizer gets deterministic ids derived from the bytes, after ``bos_id``."""
+    from lmexport.modeling.tokenizer import checkpoint_tokenizer, has_tokenizer
+
     out = []
-    if tokenizer_file is not None and tokenizer_file.is_file():
-        from tokenizers import Tokenizer
-        tok = Tokenizer.from_file(str(tokenizer_file))
-        encoded = [tok.encode(p, add_special_tokens=False).ids for p in prompts]
+    if has_tokenizer(model_dir):
+        tok = checkpoint_tokenizer(model_dir)
+        encoded = [tok.encode(p) for p in prompts]
     else:
-        encoded = [[(b * 31 + i) % vocab_size for i, b in enumerate(p.encode("utf-8"))] for p in prompts]
+        encoded = [([bos_id] if bos_id is not None else []) + [(b * 31 + i) % vocab_size
+                                                                for i, b in enumerate(p.encode("utf-8"))]
+                   for p in prompts]
     for ids in encoded:
-        ids = ([bos_id] if bos_id is not None else []) + ids
         if len(ids) > max_tokens:
             raise InputError(f"a prompt has {len(ids)} tokens; with the decode steps the model's context "
                              f"leaves room for {max_tokens}", hint="shorten the prompt or use fewer --steps")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from lmexport.manifest import Manifest
-from lmexport.runtime.ort import Session
+from lmexport.runtime.ort import Session, graph_values
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +24,7 @@ class OnnxBackend:
         self.name = f"onnx {manifest.dtype}/{manifest.quantization.get('method', 'none')}"
         self.stepper = Session(folder, device=device).stepper()
         self._probe_stepper: Session | None = None
+        self._probes: dict[str, str] = {}
 
     def reset(self, batch: int) -> None:
         self.stepper.reset(batch)
@@ -37,7 +38,17 @@ class OnnxBackend:
             log.warning("%s lists no probes: cannot localise inside the graph", self.folder)
             return {}
         if self._probe_stepper is None:
-            self._probe_stepper = Session(self.folder, device=self.device, extra_outputs=tuple(probes.values()))
+            present = graph_values(self.folder, self.manifest)
+            self._probes = {key: value for key, value in probes.items() if value in present}
+            gone = len(probes) - len(self._probes)
+            if not self._probes:
+                log.warning("none of the %d probe values of %s is left in its graph (optimised or re-written?): "
+                            "cannot localise the divergence inside it", len(probes), self.folder)
+                return {}
+            if gone:
+                log.warning("%d of %d probe values of %s are gone from its graph (optimised or re-written?): "
+                            "localisation covers only the %d left", gone, len(probes), self.folder, len(self._probes))
+            self._probe_stepper = Session(self.folder, device=self.device,
+                                          extra_outputs=tuple(self._probes.values()))
         out = self._probe_stepper.run(ids, mask, pos, self._probe_stepper.zero_state(ids.shape[0]))
-        return {key: out[value].astype(np.float32) for key, value in probes.items()}
-
+        return {key: out[value].astype(np.float32) for key, value in self._probes.items()}

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lmexport.errors import ArtifactError
+from lmexport.errors import ArtifactError, InputError
 from lmexport.modeling.model import LAYER_MODULES
 from lmexport.parity.tolerances import Tolerance, check, get_tolerance
 from lmexport.runtime.batch import positions_from_mask as positions
@@ -147,7 +147,10 @@ def run_parity(model_dir: str | Path, artifact: str | Path, *, prompts: list[str
     ref = TorchBackend(model)
 
     c = ckpt.config
-    token_lists = tokenize(prompts, Path(model_dir) / "tokenizer.json", c.vocab_size, c.bos_token_id,
+    if steps >= c.max_position_embeddings:
+        raise InputError(f"--steps {steps} leaves no room for a prompt in the model's context of "
+                            f"{c.max_position_embeddings} tokens", hint="use fewer --steps")
+    token_lists = tokenize(prompts, Path(model_dir), c.vocab_size, c.bos_token_id,
                            c.max_position_embeddings - steps)
     pad = c.pad_token_id if c.pad_token_id is not None else 0
     batches = make_batches(token_lists, batch_size, pad)

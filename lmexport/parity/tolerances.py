@@ -56,6 +56,10 @@ TOLERANCES: dict[str, Tolerance] = {
     "gguf-q5_1": Tolerance(max_abs=None, min_top1=0.7, max_kl=1e-1, min_cosine=0.98, hidden_rel=1.5e-1),
     "gguf-q4_0": Tolerance(max_abs=None, min_top1=0.6, max_kl=2e-1, min_cosine=0.95, hidden_rel=2.5e-1),
     "gguf-q4_1": Tolerance(max_abs=None, min_top1=0.6, max_kl=2e-1, min_cosine=0.95, hidden_rel=2.5e-1),
+    # llama.cpp's K-quant mixes (lmexport llamacpp quantize), run in the patched llama.cpp
+    "gguf-q6_k": Tolerance(max_abs=None, min_top1=0.9, max_kl=1e-2, min_cosine=0.998, hidden_rel=5e-2),
+    "gguf-q5_k_m": Tolerance(max_abs=None, min_top1=0.8, max_kl=5e-2, min_cosine=0.99, hidden_rel=1e-1),
+    "gguf-q4_k_m": Tolerance(max_abs=None, min_top1=0.7, max_kl=1e-1, min_cosine=0.98, hidden_rel=1.5e-1),
 }
 
 

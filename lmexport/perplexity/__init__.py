@@ -110,7 +110,13 @@ def perplexity(scorer: WindowScorer, token_ids: Sequence[int], window: int, stri
         spans_iter = spans
     nll_sum, n_targets = 0.0, 0
     for w in spans_iter:
-        nll_sum += float(scorer(ids[w.start:w.end], w.first_target))
+        nll = float(scorer(ids[w.start:w.end], w.first_target))
+        if not math.isfinite(nll):
+            from lmexport.errors import NonFiniteError
+            raise NonFiniteError(f"the model scored the window at token {w.start} as {nll} (NaN or infinite "
+                                 "logits): its graph or weights are broken",
+                                 hint="run lmexport parity against its model folder")
+        nll_sum += nll
         n_targets += w.n_targets
     return PerplexityResult(aggregate(nll_sum, n_targets), nll_sum, n_targets, len(ids), window,
                             window - 1 if stride is None else stride)

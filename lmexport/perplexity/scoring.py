@@ -63,9 +63,11 @@ def open_scorer(path: Path, device: str = "cpu") -> tuple[WindowScorer, str, int
         manifest = Manifest.read(path)
         return onnx_scorer(path, device), "onnx", int(manifest.config.get("max_position_embeddings", 2048))
     if path.is_dir() and (path / "config.json").is_file():
-        from lmexport.modeling.checkpoint import read_config_dict
-        config = read_config_dict(path)
-        return torch_folder_scorer(path), "pytorch", int(config.get("max_position_embeddings", 2048))
+        from lmexport.modeling.config import LiquidMetalConfig
+        from lmexport.modeling.precheck import precheck, read_config_dict
+
+        config = LiquidMetalConfig.from_dict(read_config_dict(precheck(path)))
+        return torch_folder_scorer(path), "pytorch", config.max_position_embeddings
     if path.is_file():
         from lmexport.exporters.gguf.reader import open_gguf
         g = open_gguf(path)

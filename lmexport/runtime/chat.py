@@ -58,8 +58,9 @@ class ChatSession:
         if self.state is not None:
             for covered in self._covered:
                 if rendered.startswith(covered):
-                    return False, self.gen.tokenizer.encode(rendered[len(covered):], add_bos=False)
-        return True, self.gen.tokenizer.encode(rendered)
+                    return False, self.gen.tokenizer.encode(rendered[len(covered):], add_special_tokens=False)
+        # a template writes its own special tokens; plain turns are encoded like a plain prompt
+        return True, self.gen.tokenizer.encode(rendered, add_special_tokens=not self.templated)
 
     # ------------------------------------------------------------ a turn
     def send(self, text: str) -> Iterator[str]:

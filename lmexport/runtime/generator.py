@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from lmexport.errors import GenerationError
+from lmexport.errors import GenerationError, NonFiniteError
 from lmexport.runtime.sampling import SamplingParams, choose
 from lmexport.runtime.batch import left_pad, positions_from_mask
 from lmexport.runtime.ort import Session
@@ -70,6 +70,26 @@ def held_back(text: str, stops: Sequence[str]) -> int:
                 longest = k
                 break
     return longest
+
+
+def check_text(text: str, what: str) -> None:
+    """A GenerationError unless ``text`` is a string of real characters (no lone surrogates:
+    the bytes of a non-UTF-8 command-line argument arrive in Python as such)."""
+    if not isinstance(text, str):
+        raise GenerationError(f"{what} is not text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise GenerationError(f"{what} is not valid UTF-8 (character {exc.start})",
+                              hint="pass text in UTF-8") from None
+
+
+def check_finite(logits: np.ndarray, folder, where: str) -> None:
+    """A NonFiniteError (exit 1) when the artifact computed NaN or infinite logits."""
+    if not np.isfinite(logits).all():
+        bad = int((~np.isfinite(logits)).sum())
+        raise NonFiniteError(f"{folder} computed {bad} NaN or infinite logit(s) at the {where}: the exported "
+                             "graph or its weights are broken", hint="run lmexport parity against its model folder")
 
 
 class RowProgress:
@@ -131,9 +151,8 @@ class Generator:
     def from_folder(cls, folder: str | Path, *, device: str = "cpu", threads: int | None = None,
                     optimization: str = "all") -> "Generator":
         session = Session(folder, device=device, threads=threads, optimization=optimization)
-        tok = session.manifest.tokenizer
-        tokenizer = TextTokenizer(folder, bos_token_id=tok.get("bos_token_id"),
-                                  eos_token_ids=tok.get("eos_token_ids") or ())
+        tokenizer = TextTokenizer.from_folder(folder, eos_token_ids=session.manifest.tokenizer.get("eos_token_ids")
+                                              or ())
         return cls(session, tokenizer)
 
     @property
@@ -143,8 +162,12 @@ class Generator:
     # ------------------------------------------------------------ prompts
     def encode_prompt(self, prompt: str, *, chat: bool = False, max_new_tokens: int = 0,
                       truncate: bool = False) -> list[int]:
-        text = self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}]) if chat else prompt
-        ids = self.tokenizer.encode(text)
+        check_text(prompt, "the prompt")
+        if chat:   # a rendered template holds its own special tokens (transformers: add_special_tokens=False)
+            ids = self.tokenizer.encode(self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}]),
+                                        add_special_tokens=False)
+        else:
+            ids = self.tokenizer.encode(prompt)
         room = self.context_length - max_new_tokens
         if room < 1:
             raise GenerationError(f"--max-new-tokens {max_new_tokens} leaves no room in the model's context of "
@@ -170,6 +193,7 @@ class Generator:
         for step in range(max_new_tokens):
             started = time.perf_counter()
             logits, state = self.session.step(tokens, mask, positions_from_mask(mask, tokens.shape[1]), state)
+            check_finite(logits[:, -1], self.session.folder, "prefill" if step == 0 else f"decode step {step}")
             nxt = choose(logits[:, -1], params, rngs, seen)
             elapsed = time.perf_counter() - started
             if step == 0:
@@ -208,6 +232,8 @@ class Generator:
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         if not prompts:
             raise GenerationError("no prompt given")
+        for s in stop:
+            check_text(s, "a --stop string")
         params = sampling or SamplingParams(**sampling_kw)
         encoded = [self.encode_prompt(p, chat=chat, max_new_tokens=max_new_tokens, truncate=truncate)
                    for p in prompts]

@@ -10,13 +10,14 @@ Imports only onnxruntime, numpy and lmexport's torch-free modules.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from lmexport.errors import ArtifactError, DeviceError
-from lmexport.manifest import Manifest, check_files
+from lmexport.errors import ArtifactError, DeviceError, InputError
+from lmexport.manifest import MANIFEST_FILE, Manifest, check_files, io_contract_problems
 
 log = logging.getLogger(__name__)
 NUMPY_DTYPES = {"int64": np.int64, "float32": np.float32, "float16": np.float16}
@@ -46,13 +47,38 @@ def choose_providers(device: str, available: list[str] | None = None) -> list[st
     return ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
+def max_threads() -> int:
+    """The most intra-op threads a session may ask for: the machine's logical CPUs."""
+    return os.cpu_count() or 1
+
+
+def check_threads(threads: int | None) -> None:
+    """``threads`` (None: the library's default) against the machine; InputError when beyond it."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= max_threads():
+        raise InputError(f"--threads {threads!r} is out of range: this machine has {max_threads()} CPUs",
+                         hint=f"use 1..{max_threads()}, or leave --threads out for the default")
+
+
+def graph_values(folder: Path, manifest: Manifest) -> set[str]:
+    """Names of every value the graph computes or takes (needs the onnx package: parity only)."""
+    import onnx
+
+    graph = onnx.load(str(folder / manifest.model_file), load_external_data=False).graph
+    names = {i.name for i in graph.input} | {i.name for i in graph.initializer}
+    return names | {o for node in graph.node for o in node.output if o}
+
+
 def _with_outputs(folder: Path, manifest: Manifest, names: tuple[str, ...]) -> bytes:
     """The graph with ``names`` added as outputs, in memory; weights stay in the folder."""
     import onnx  # only needed for probes (parity), not for generation
 
     model = onnx.load(str(folder / manifest.model_file), load_external_data=False)
+    have = {o.name for o in model.graph.output}
     for name in names:
-        model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+        if name not in have:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     return model.SerializeToString()
 
 
@@ -63,7 +89,12 @@ class Session:
                  optimization: str = "all", extra_outputs: tuple[str, ...] = (), low_memory: bool = False):
         self.folder = Path(folder)
         self.manifest = Manifest.read(self.folder)
-        check_files(self.folder, self.manifest)
+        check_threads(threads)
+        self.changed = check_files(self.folder, self.manifest)
+        if self.changed:
+            log.warning("%s: %s differ(s) from the export recorded in %s (re-saved or optimised?); running "
+                        "it anyway; `lmexport parity` compares it with PyTorch", self.folder,
+                        ", ".join(self.changed), MANIFEST_FILE)
         self.providers = choose_providers(device)
         options = ort.SessionOptions()
         if threads:
@@ -96,6 +127,11 @@ class Session:
                                    "or use --device cpu")
         log.log(logging.INFO if device == "auto" else logging.DEBUG,  # auto says what it chose
                 "ONNX Runtime session on %s (--device %s; providers %s)", self.device, device, ", ".join(used))
+        broken = io_contract_problems(self.manifest, self.session.get_inputs(), self.session.get_outputs())
+        if broken:
+            raise ArtifactError(f"the graph in {self.folder} no longer has the inputs and outputs {MANIFEST_FILE} "
+                                "describes, so it cannot be run: " + "; ".join(broken[:6]),
+                                hint="re-export the folder, or keep the graph's inputs and outputs when editing it")
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.states = self.manifest.state_inputs()
         self.logits_name = self.manifest.output("logits").name

@@ -7,12 +7,24 @@ positive logits of already-seen tokens by the penalty and multiplies negative on
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
 from lmexport.errors import GenerationError
+
+
+MAX_SEED = 2**64 - 1
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -25,14 +37,21 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         problems = []
-        if self.temperature < 0:
-            problems.append(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            problems.append(f"top-k must be >= 0, got {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top-p must be in (0, 1], got {self.top_p}")
-        if self.repetition_penalty <= 0:
-            problems.append(f"repetition penalty must be > 0, got {self.repetition_penalty}")
+        for name, value in (("temperature", self.temperature), ("top-p", self.top_p),
+                            ("repetition penalty", self.repetition_penalty)):
+            if not _is_number(value) or not math.isfinite(value):
+                problems.append(f"{name} must be a finite number, got {value!r}")
+        if not problems:
+            if self.temperature < 0:
+                problems.append(f"temperature must be >= 0, got {self.temperature}")
+            if not 0 < self.top_p <= 1:
+                problems.append(f"top-p must be in (0, 1], got {self.top_p}")
+            if self.repetition_penalty <= 0:
+                problems.append(f"repetition penalty must be > 0, got {self.repetition_penalty}")
+        if not _is_int(self.top_k) or self.top_k < 0:
+            problems.append(f"top-k must be >= 0, got {self.top_k!r}")
+        if self.seed is not None and (not _is_int(self.seed) or not 0 <= self.seed <= MAX_SEED):
+            problems.append(f"seed must be an integer in 0..{MAX_SEED}, got {self.seed!r}")
         if problems:
             raise GenerationError("; ".join(problems))
 

@@ -10,10 +10,10 @@ import json
 
 import numpy as np
 import pytest
-from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers
+from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, processors
 
-from lmexport.errors import ArtifactError, DeviceError, GenerationError
-from lmexport.runtime.generator import Generation, _Row, held_back
+from lmexport.errors import ArtifactError, ChatTemplateError, DeviceError, GenerationError
+from lmexport.runtime.generator import Generation, RowProgress, held_back
 from lmexport.runtime.sampling import SamplingParams, apply_repetition_penalty, choose, filter_top_k_top_p
 from lmexport.runtime.ort import choose_providers
 from lmexport.runtime.tokenizer import TextTokenizer
@@ -34,18 +34,20 @@ def sentencepiece_folder(folder, chat_template=None):
     tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
                                      decoders.Strip(" ", 1, 0)])
     tok.add_special_tokens([AddedToken(t, normalized=False) for t in ("<unk>", "<s>", "</s>")])
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])   # as TinyLlama's
     folder.mkdir(parents=True, exist_ok=True)
     tok.save(str(folder / "tokenizer.json"))
     config = {"bos_token": "<s>", "eos_token": "</s>", "add_bos_token": True}
     if chat_template:
         config["chat_template"] = chat_template
     (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
-    return TextTokenizer(folder)
+    return TextTokenizer.from_folder(folder)
 
 
 def stream_tokens(tokenizer, prompt, tokens, stops=(), eos=frozenset()):
     gen = Generation(prompt)
-    row = _Row(gen, tokenizer, tokenizer.encode(prompt), stops)
+    row = RowProgress(gen, tokenizer, tokenizer.encode(prompt), stops)
     pieces = []
     for t in tokens:
         pieces.append(row.update(set(eos), t))
@@ -58,7 +60,7 @@ def stream_tokens(tokenizer, prompt, tokens, stops=(), eos=frozenset()):
 # ------------------------------------------------------------ detokenisation and stop strings
 def test_streamed_text_keeps_the_first_space_and_waits_for_whole_characters(tmp_path):
     tok = sentencepiece_folder(tmp_path)
-    new = tok.encode("world é", add_bos=False)            # ▁world ▁ <0xC3> <0xA9>
+    new = tok.encode("world é", add_special_tokens=False)            # ▁world ▁ <0xC3> <0xA9>
     assert tok.decode(new) == "world é"                  # what decoding the new tokens alone loses
     gen, pieces = stream_tokens(tok, "Hello", new)
     assert gen.text == " world é" and "".join(pieces) == gen.text
@@ -68,7 +70,7 @@ def test_streamed_text_keeps_the_first_space_and_waits_for_whole_characters(tmp_
 
 def test_stop_string_is_never_released_even_across_a_split_character(tmp_path):
     tok = sentencepiece_folder(tmp_path)
-    new = tok.encode("world é world", add_bos=False)
+    new = tok.encode("world é world", add_special_tokens=False)
     gen, pieces = stream_tokens(tok, "Hello", new, stops=["d é"])
     assert gen.finish_reason == "stop" and gen.text == " worl"
     assert "".join(pieces) == " worl"
@@ -76,7 +78,7 @@ def test_stop_string_is_never_released_even_across_a_split_character(tmp_path):
 
 def test_eos_ends_the_row_and_is_not_text(tmp_path):
     tok = sentencepiece_folder(tmp_path)
-    new = tok.encode("world</s> world", add_bos=False)
+    new = tok.encode("world</s> world", add_special_tokens=False)
     gen, pieces = stream_tokens(tok, "Hello", new, eos={2})
     assert gen.finish_reason == "eos" and gen.text == " world" and 2 not in gen.token_ids
 
@@ -89,8 +91,8 @@ def test_held_back_is_the_longest_stop_prefix_at_the_end(text, stops, held):
 
 def test_byte_level_rows_release_only_complete_characters(tmp_path):
     write_tokenizer_files(make_tokenizer(), tmp_path)
-    tok = TextTokenizer(tmp_path)
-    new = tok.encode(" naïve ☃ end", add_bos=False)
+    tok = TextTokenizer.from_folder(tmp_path)
+    new = tok.encode(" naïve ☃ end", add_special_tokens=False)
     gen, pieces = stream_tokens(tok, "a", new, stops=["end"])
     assert gen.text == " naïve ☃ " and "".join(pieces) == gen.text
     assert all("\ufffd" not in p for p in pieces)
@@ -158,13 +160,14 @@ def test_provider_choice_errors(device, match):
 
 
 # ------------------------------------------------------------ tokenizer: BOS and chat template
-def test_bos_is_added_once(tmp_path):
+def test_bos_comes_from_the_post_processor_and_a_template_writes_its_own(tmp_path):
     template = "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}{% endfor %}"
     tok = sentencepiece_folder(tmp_path, chat_template=template)
-    assert tok.encode("world")[0] == 1 and tok.encode("world", add_bos=False)[0] != 1
+    assert tok.add_bos and not tok.add_eos
+    assert tok.encode("world")[0] == 1 and tok.encode("world", add_special_tokens=False)[0] != 1
     rendered = tok.apply_chat_template([{"role": "user", "content": "world"}])
     assert rendered.startswith("<s>[user]")
-    assert tok.encode(rendered)[:2] != [1, 1]
+    assert tok.encode(rendered, add_special_tokens=False)[:2] == [1, tok.encode("[", add_special_tokens=False)[0]]
 
 
 def test_chat_template_runs_in_a_sandbox(tmp_path):
@@ -175,13 +178,13 @@ def test_chat_template_runs_in_a_sandbox(tmp_path):
 
 def test_chat_template_can_reject_a_conversation(tmp_path):
     tok = sentencepiece_folder(tmp_path, chat_template="{{ raise_exception('roles must alternate') }}")
-    with pytest.raises(GenerationError, match="roles must alternate"):
+    with pytest.raises(ChatTemplateError, match="roles must alternate"):
         tok.apply_chat_template([{"role": "user", "content": "x"}])
 
 
 def test_chat_template_from_a_jinja_file_and_its_absence(tmp_path):
     tok = sentencepiece_folder(tmp_path / "a")
-    with pytest.raises(GenerationError, match="no chat_template"):
+    with pytest.raises(GenerationError, match="no chat template"):
         tok.apply_chat_template([{"role": "user", "content": "x"}])
     (tmp_path / "a" / "chat_template.jinja").write_text("{% for m in messages %}<{{ m['content'] }}>{% endfor %}")
-    assert TextTokenizer(tmp_path / "a").apply_chat_template([{"role": "user", "content": "x"}]) == "<x>"
+    assert TextTokenizer.from_folder(tmp_path / "a").apply_chat_template([{"role": "user", "content": "x"}]) == "<x>"

@@ -104,7 +104,7 @@ TOKENIZER_ID_KEYS = {"bos": Keys.Tokenizer.BOS_ID, "eos": Keys.Tokenizer.EOS_ID,
 TOKENIZER_OPTIONAL_TYPES: dict[str, VT] = {
     **{key: VT.UINT32 for key in TOKENIZER_ID_KEYS.values()},
     Keys.Tokenizer.ADD_BOS: VT.BOOL, Keys.Tokenizer.ADD_EOS: VT.BOOL,
-    Keys.Tokenizer.CHAT_TEMPLATE: VT.STRING, Keys.Tokenizer.PRE: VT.STRING,
+    Keys.Tokenizer.CHAT_TEMPLATE: VT.STRING, Keys.Tokenizer.PRE: VT.STRING, Keys.Tokenizer.ADD_PREFIX: VT.BOOL,
     Keys.Tokenizer.SCORES: VT.ARRAY, Keys.Tokenizer.MERGES: VT.ARRAY,
 }
 

@@ -15,12 +15,9 @@ Names, keys and type rules: ``tensor_names`` and ``gguf_format``; docs/gguf.md.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +28,7 @@ from tqdm import tqdm
 
 from lmexport import __version__
 from lmexport.exporters.gguf import format as fmt
-from lmexport.atomic import atomic_output, check_output_path
+from lmexport.atomic import atomic_outputs, check_output_path, staging_folder
 from lmexport.modeling.checkpoint import Checkpoint, check_model_folder, read_checkpoint, read_config_dict
 from lmexport.errors import CheckpointError, InputError
 from lmexport.modeling.config import MODEL_TYPE, LiquidMetalConfig
@@ -51,6 +48,7 @@ class GGUFOptions:
     split_max_size: int = 0          # bytes per shard; 0 writes one file
     name: str | None = None          # general.name; default: the model folder's name
     allow_pickle: bool = False
+    tokenizer_pre: str | None = None # tokenizer.ggml.pre for a byte-level BPE lmexport cannot identify
 
     def __post_init__(self) -> None:
         if self.outtype not in fmt.OUTTYPES:
@@ -194,11 +192,11 @@ def export_gguf(model_dir: str | Path, output: str | Path, options: GGUFOptions 
     """Write ``model_dir`` to ``output`` as GGUF, validate it, and return what was written."""
     folder = check_model_folder(model_dir)
     target = Path(output).absolute()
-    check_output_path(target, overwrite)            # fail before reading gigabytes
+    check_output_path(target, overwrite, directory=False, inputs=[folder])   # fail before reading gigabytes
     arch = resolve_arch(folder, options.arch)
     ckpt = read_checkpoint(folder, allow_pickle=options.allow_pickle, llama_only=arch == fmt.ARCH_LLAMA)
     config = ckpt.config
-    tokenizer = read_tokenizer(folder, config.vocab_size)
+    tokenizer = read_tokenizer(folder, config.vocab_size, pre=options.tokenizer_pre)
     plan = plan_tensors(config, arch, options.outtype)
 
     weights_hash = ckpt.weights_hash()
@@ -209,12 +207,8 @@ def export_gguf(model_dir: str | Path, output: str | Path, options: GGUFOptions 
     finals = writer.format_shard_names(target)
     needed = sum(p.nbytes for p in plan) + METADATA_RESERVE + sum(len(t) + 16 for t in tokenizer.tokens)
 
-    with contextlib.ExitStack() as stack:
-        tmps = [stack.enter_context(atomic_output(final, overwrite=overwrite,
-                                                  needed_bytes=needed if i == 0 else 0))
-                for i, final in enumerate(finals)]
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.lmexport-stage-", dir=target.parent))
-        stack.callback(shutil.rmtree, staging, True)
+    with atomic_outputs(finals, overwrite=overwrite, needed_bytes=needed, inputs=[folder]) as tmps, \
+            staging_folder(target) as staging:
         _write_file(writer, staging / target.name, plan, ckpt)
         staged = writer.format_shard_names(staging / target.name)
         report = validate_gguf(staged, ckpt, arch=arch, outtype=options.outtype, weights_hash=weights_hash,

@@ -9,7 +9,10 @@ place; a failed validation leaves nothing at OUT_DIR)::
 
     model.onnx, model.onnx.data   one graph for prefill and decode, weights external
     config.json                   the source config (normalised, inferred keys filled in)
-    tokenizer files               as found next to the checkpoint
+    tokenizer.json,               the checkpoint's tokenizer as transformers reads it, the BOS/EOS
+    tokenizer_config.json         rule stated in both (lmexport.modeling.tokenizer), so the runtime
+                                  encodes like AutoTokenizer.from_pretrained(checkpoint)
+    other tokenizer files         as found next to the checkpoint (tokenizer.model, chat_template.jinja, ...)
     lmexport.json                 the manifest: IO, mode, dtype, quantization, probes, files
     genai_config.json             the same IO for onnxruntime-genai (genai.py)
     liquid_metal.mjs              --target transformers.js: its loader (transformersjs.py)
@@ -30,7 +33,9 @@ from lmexport.atomic import atomic_output, check_output_path
 from lmexport.errors import ExportError, InputError, ValidationError
 from lmexport.manifest import IOSpec, Manifest, file_digest, variant_name
 from lmexport.modeling.config import LiquidMetalConfig
+from lmexport.modeling.folder_files import copy_verified, verify_files
 from lmexport.modeling.modules import CONTEXT_SLOTS
+from lmexport.modeling.tokenizer import ResolvedTokenizer
 from lmexport.tensor_names import EMBEDDING, expected_tensors, lookup
 
 from lmexport.exporters.onnx import transformersjs
@@ -211,12 +216,16 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, options: OnnxExportO
     from lmexport.modeling.checkpoint import load_model
 
     out_dir = Path(out_dir)
-    check_output_path(out_dir.absolute(), overwrite)          # fail before reading gigabytes
+    check_output_path(out_dir.absolute(), overwrite, directory=True, inputs=[model_dir])  # before reading gigabytes
+    from lmexport.modeling.tokenizer import has_tokenizer, resolve_tokenizer
+
     model, ckpt = load_model(model_dir)
-    with atomic_output(out_dir, overwrite=overwrite, directory=True,
+    verify_files(ckpt.tokenizer_files())                      # a link to a host file fails here, not after the trace
+    tokenizer = resolve_tokenizer(ckpt.path) if has_tokenizer(ckpt.path) else None
+    with atomic_output(out_dir, overwrite=overwrite, directory=True, inputs=[model_dir],
                        needed_bytes=estimate_bytes(model, options)) as tmp:
         manifest = write_folder(model, tmp, options, source_hash=ckpt.weights_hash(),
-                                tokenizer_files=ckpt.tokenizer_files())
+                                tokenizer_files=ckpt.tokenizer_files(), tokenizer=tokenizer)
         report = None
         if options.validate:
             from lmexport.exporters.onnx.validate import validate_folder
@@ -231,8 +240,11 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, options: OnnxExportO
 
 
 def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash: str,
-                 tokenizer_files: list[Path] = ()) -> Manifest:
-    """Write model.onnx(.data), config.json, tokenizer files and lmexport.json into ``folder``."""
+                 tokenizer_files: list[Path] = (), tokenizer: ResolvedTokenizer | None = None) -> Manifest:
+    """Write model.onnx(.data), config.json, tokenizer files and lmexport.json into ``folder``.
+
+    ``tokenizer`` (resolved from the checkpoint) replaces its tokenizer.json and tokenizer_config.json.
+    """
     import onnx
 
     from lmexport.exporters.onnx.graph import trace
@@ -263,8 +275,10 @@ def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash
         raise ExportError(f"probe values missing from the graph: {', '.join(lost[:4])}")
 
     (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
+    written = {p.name for p in tokenizer.write(folder)} if tokenizer is not None else set()
     for src in tokenizer_files:
-        shutil.copy2(src, folder / src.name)
+        if src.name not in written:
+            copy_verified(src, folder / src.name)
     if options.target == transformersjs.TARGET:
         transformersjs.write_shim(folder)
     manifest = Manifest(
@@ -273,7 +287,9 @@ def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash
         source={"weights_hash": source_hash, "config": config.to_dict()},
         num_layers=config.num_hidden_layers, inputs=inputs, outputs=outputs,
         tokenizer={"bos_token_id": config.bos_token_id, "eos_token_ids": config.eos_token_ids,
-                   "pad_token_id": config.pad_token_id},
+                   "pad_token_id": config.pad_token_id,
+                   **({"add_bos_token": tokenizer.add_bos, "add_eos_token": tokenizer.add_eos,
+                       "resolved_by": tokenizer.resolved_by} if tokenizer is not None else {})},
         versions=_versions(), model_file=MODEL_FILE, data_file=DATA_FILE,
         probes=traced.probes, initializers=inits)
     write_genai_config(manifest, folder)      # every folder runs in onnxruntime-genai too

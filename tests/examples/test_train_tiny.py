@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 from lmexport.modeling.checkpoint import load_model, weights_hash
 from lmexport.perplexity import perplexity_torch
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "train_tiny.py"
 
 

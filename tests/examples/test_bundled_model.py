@@ -1,33 +1,21 @@
-"""The committed trained model (examples/liquid-metal-tiny) and lmexport.perplexity.
+"""The committed trained model (examples/liquid-metal-tiny).
 
 The model card's held-out perplexity is recomputed from the committed weights,
 tokenizer and heldout.txt with the same function that produced it.
 """
 import json
-import math
 
 import pytest
 import torch
 from tokenizers import Tokenizer
 
 from lmexport.modeling.checkpoint import load_model
-from lmexport.errors import InputError
-from lmexport.perplexity import Window, aggregate, perplexity, perplexity_torch, torch_scorer, windows
+from lmexport.perplexity import perplexity_torch
 
-from conftest import tiny_model
 from conftest import BUNDLED as MODEL_DIR
 
 FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
          "heldout.txt", "loss_curve.png", "metrics.json")
-
-
-@pytest.fixture
-def one_thread():
-    """Score on one thread: on a busy shared machine a spinning 2-thread pool runs ~30x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -40,60 +28,6 @@ def loaded():
     model, ckpt = load_model(MODEL_DIR)
     tok = Tokenizer.from_file(str(MODEL_DIR / "tokenizer.json"))
     return model, ckpt, tok
-
-
-# ---------------------------------------------------------------------------- windowing (torch-free)
-@pytest.mark.parametrize("window", [2, 3, 5, 8])
-def test_windows_score_every_token_but_the_first_exactly_once(window):
-    for n in range(2, 30):
-        for stride in range(1, window):
-            spans = windows(n, window, stride)
-            scored = [i for w in spans for i in range(w.start + w.first_target, w.end)]
-            assert scored == list(range(1, n)), (n, window, stride, spans)
-            for w in spans:
-                assert 1 <= w.first_target < w.end - w.start <= window
-                assert w.n_targets == w.end - w.start - w.first_target
-
-
-def test_windows_non_overlapping_and_strided_layouts():
-    assert windows(10, 4) == [Window(0, 4, 1), Window(3, 7, 1), Window(6, 10, 1)]
-    assert windows(4, 4) == [Window(0, 4, 1)]
-    assert windows(10, 4, 2) == [Window(0, 4, 1), Window(2, 6, 2), Window(4, 8, 2), Window(6, 10, 2)]
-
-
-def test_windows_refuse_bad_arguments():
-    for args in [(10, 1, None), (10, 4, 0), (10, 4, 4), (1, 4, None), (0, 4, None)]:
-        with pytest.raises(InputError):
-            windows(*args)
-    with pytest.raises(InputError):
-        aggregate(0.0, 0)
-
-
-def test_perplexity_of_a_uniform_scorer_is_the_vocabulary_size():
-    vocab = 37
-
-    def uniform(ids, first_target):
-        return (len(ids) - first_target) * math.log(vocab)
-
-    result = perplexity(uniform, list(range(100)), window=16, stride=5)
-    assert result.n_targets == 99 and result.n_tokens == 100
-    assert result.perplexity == pytest.approx(vocab, rel=1e-12)
-    assert result.to_dict()["stride"] == 5
-
-
-def test_perplexity_torch_matches_cross_entropy_of_one_forward(one_thread):
-    model = tiny_model()
-    ids = torch.randint(0, model.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        logits = model(ids).logits[0]
-    expected = math.exp(float(torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:])))
-    assert perplexity_torch(model, ids[0].tolist(), window=40) == pytest.approx(expected, rel=1e-5)
-    # Strided: each later window scores its last `stride` tokens with the rest as context.
-    score = torch_scorer(model)
-    manual = score(ids[0, 0:16].tolist(), 1) + score(ids[0, 8:24].tolist(), 8) + \
-        score(ids[0, 16:32].tolist(), 8) + score(ids[0, 24:40].tolist(), 8)
-    assert perplexity_torch(model, ids[0].tolist(), window=16, stride=8) == pytest.approx(
-        math.exp(manual / 39), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------- the committed model
