@@ -23,9 +23,9 @@
 //      `present*` to its input `past*` itself: the transformers.js target names the
 //      states the way it renames them, and a folder it would carry elsewhere (the
 //      default names) is refused instead of silently fed zeros;
-//   3. `encode` gives the ids `lmexport generate` feeds: BOS per tokenizer_config.json's
-//      add_bos_token (transformers.js's tokenizer adds it only through a post-processor
-//      in tokenizer.json), shorter prompts of a batch left-padded with the pad id.
+//   3. `encode` gives the ids `lmexport generate` feeds: the tokenizer's own encoding
+//      with special tokens (tokenizer.json's post-processor states whether BOS comes
+//      first), shorter prompts of a batch left-padded with the pad id.
 // The upstream change that would remove it is in docs/runtime.md ("Run it elsewhere").
 //
 // The transformers module is passed in, so this file imports nothing but Node's fs and
@@ -41,17 +41,10 @@ async function readJSON(path) {
     return JSON.parse(await readFile(path, 'utf8'));
 }
 
-/** The ids `lmexport generate` feeds for `text`: BOS first per add_bos_token, not twice. */
-function promptIds(tokenizer, text, bos, addBos) {
-    const ids = tokenizer.encode(text, { add_special_tokens: false });
-    return addBos && bos !== null && ids[0] !== bos ? [bos, ...ids] : ids;
-}
-
 export async function loadLiquidMetal(transformers, path, { device = 'cpu', session_options = {} } = {}) {
     const folder = resolve(path); // transformers.js takes a relative path for a Hub id
     const { AutoTokenizer, DynamicCache, LlamaForCausalLM, Tensor } = transformers;
     const manifest = await readJSON(join(folder, MANIFEST_FILE));
-    const tokenizerConfig = await readJSON(join(folder, 'tokenizer_config.json')).catch(() => ({}));
     const states = manifest.inputs.filter((spec) => spec.init === 'zeros');
     const modelFile = manifest.model_file.replace(/\.onnx$/, '');
 
@@ -64,9 +57,6 @@ export async function loadLiquidMetal(transformers, path, { device = 'cpu', sess
         device,
         session_options,
     });
-
-    const bos = manifest.tokenizer?.bos_token_id ?? null;
-    const addBos = tokenizerConfig.add_bos_token ?? bos !== null;
 
     const pastNames = new Set(states.map((spec) => spec.name));
     /** The state between calls; refuses a state transformers.js carries to a name the graph lacks. */
@@ -98,7 +88,8 @@ export async function loadLiquidMetal(transformers, path, { device = 'cpu', sess
     const pad = BigInt(manifest.tokenizer?.pad_token_id ?? 0);
     /** input_ids and attention_mask of a batch, shorter prompts left-padded (as `lmexport generate` does). */
     async function encode(texts) {
-        const rows = texts.map((text) => promptIds(tokenizer, text, bos, addBos));
+        // tokenizer.json's post-processor adds BOS/EOS or not: the folder's rule, lmexport's too
+        const rows = texts.map((text) => tokenizer.encode(text, { add_special_tokens: true }));
         const width = Math.max(...rows.map((r) => r.length));
         const ids = new BigInt64Array(rows.length * width).fill(pad);
         const mask = new BigInt64Array(rows.length * width);
