@@ -7,6 +7,7 @@ import torch
 from transformers import TextStreamer, pipeline, set_seed
 
 from lmexport.errors import ArtifactError, GenerationError, InputError
+from lmexport.manifest import Manifest
 from lmexport.optimum import ORTModelForLiquidMetal, OnnxState, config_from_manifest, load_tokenizer
 from lmexport.runtime import Generator
 from optimum_helpers import BUNDLED, PROMPTS, lmexport_tokens, new_tokens
@@ -18,10 +19,10 @@ def test_the_tokenizer_encodes_as_lmexport_generate_does(tok, fp32):
     assert set(enc) == {"input_ids", "attention_mask"}
     for row, mask, prompt in zip(enc["input_ids"], enc["attention_mask"], PROMPTS):
         ids = gen.encode_prompt(prompt)
-        assert row[len(row) - len(ids):] == ids and sum(mask) == len(ids)          # BOS first, padding on the left
+        assert row[len(row) - len(ids):] == ids and sum(mask) == len(ids)          # padding on the left
         assert set(row[:len(row) - len(ids)]) <= {gen.pad_token_id}
-    chat = tok.apply_chat_template([{"role": "user", "content": "hello"}], tokenize=False, add_generation_prompt=True)
-    assert tok(chat)["input_ids"] == gen.encode_prompt("hello", chat=True)
+    chat = tok.apply_chat_template([{"role": "user", "content": "hello"}], add_generation_prompt=True)
+    assert chat == gen.encode_prompt("hello", chat=True)            # both encode it without special tokens
 
 
 @pytest.mark.parametrize("variant", ["fp32", "int4", "legacy"])
@@ -127,6 +128,17 @@ def test_text_generation_pipeline_gives_the_greedy_text(model, tok):
     enc = tok(PROMPTS[0], return_tensors="pt")
     ids = model.generate(**enc, max_new_tokens=16, do_sample=False)[0, enc["input_ids"].shape[1]:]
     assert result["generated_text"] == tok.decode(ids, skip_special_tokens=True)
+
+
+def test_optimums_own_class_cannot_feed_the_folder(fp32, tok):
+    """Why the subclass exists: the parent carries only .key/.value inputs."""
+    from optimum.onnxruntime import ORTModelForCausalLM
+
+    parent = ORTModelForCausalLM.from_pretrained(fp32)     # loads: lmexport.optimum registered the config
+    with pytest.raises(ValueError, match="is required by model but not provided") as failed:
+        parent.generate(**tok(PROMPTS[0], return_tensors="pt"), max_new_tokens=2)
+    not_kv = [s.name for s in Manifest.read(fp32).state_inputs() if s.role in ("conv", "context")]
+    assert str(failed.value).split()[1] in not_kv
 
 
 def test_a_folder_without_lmexport_json_is_a_clear_error(tmp_path):
