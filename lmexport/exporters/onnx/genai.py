@@ -19,10 +19,11 @@ docs/runtime.md, "Run it elsewhere"):
   (the graph stays correct when an output aliases its input; a test checks this).
 * ``search.past_present_share_buffer`` must be false: with true, genai gives the KV
   cache a fixed ``max_length`` shape, which the Attention node's shape check rejects.
-* Its tokenizer adds no BOS unless the caller asks for it:
-  ``tokenizer.update_options(add_special_tokens="true")`` (then ``tokenizer_config.json``'s
-  ``add_bos_token`` decides, as in ``lmexport generate``), or prepend ``bos_token_id``.
-* It does not mask left padding in a batch: prompts of one batch must be equally long.
+* Its tokenizer applies no special tokens unless asked:
+  ``tokenizer.update_options(add_special_tokens="true")`` makes it follow the folder's
+  BOS rule (tokenizer.json's post-processor), as ``lmexport generate`` does.
+* A batch is one array, and genai masks only trailing pads (``encode_batch`` pads on
+  the right): prompts of one batch must be equally long.
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ VARIANTS = {
     "tjs-fp32": ("--target", "transformers.js"),
     "tjs-int4": ("--target", "transformers.js", "--quantize", "int4"),
 }
-# two prompts of equal token length (8 with BOS): genai does not mask left padding
+# two prompts of equal token length (7): the plain batch case of every consumer
 PROMPTS = ("def read_file(path):", "class Point(object):")
 NEW_TOKENS = 32
 
@@ -69,3 +69,32 @@ def lmexport_generate_text(cwd: Path, folder: str) -> str:
     done = run_cli("generate", folder, "--prompt", DOC_PROMPT, "--max-new-tokens", DOC_NEW_TOKENS, cwd=cwd)
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def bos_folder(tmp_path_factory) -> Path:
+    """A tiny random model whose tokenizer adds BOS (tiny_tokenizers' ``gpt2-bos``: a
+    post-processor that prepends ``<s>``), exported with --target transformers.js (a folder
+    that every consumer runs). The bundled model's tokenizer adds no BOS."""
+    if "bos" not in _folders:
+        import shutil
+
+        from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
+        from lmexport.modeling.tiny import make_model_folder
+        from lmexport.modeling.tiny_tokenizers import write_tokenizer_folder
+        from lmexport.runtime.tokenizer import TextTokenizer
+
+        root = tmp_path_factory.mktemp("bos")
+        tokenizer_dir = write_tokenizer_folder("gpt2-bos", root / "tokenizer")
+        vocab = TextTokenizer.from_folder(tokenizer_dir).vocab_size
+        model = make_model_folder(root / "model", seed=3, vocab_size=vocab)
+        for path in tokenizer_dir.iterdir():
+            shutil.copy2(path, model / path.name)
+        export_onnx(model, root / "onnx", OnnxExportOptions(target="transformers.js"))
+        _folders["bos"] = root / "onnx"
+    return _folders["bos"]
+
+
+def until_eos(tokens: list[int], eos_ids) -> list[int]:
+    """The tokens before the first EOS (lmexport generate drops EOS and stops there)."""
+    ends = [i for i, t in enumerate(tokens) if t in set(eos_ids)]
+    return tokens[:ends[0]] if ends else tokens

@@ -16,8 +16,8 @@ from lmexport.exporters.onnx.transformersjs import SHIM_FILE, STATE_NAMES, write
 from lmexport.manifest import Manifest
 from lmexport.runtime.tokenizer import TextTokenizer
 
-from onnx_consumers import (NEW_TOKENS, PROMPTS, doc_example, exported, lmexport_generate_text,
-                            lmexport_tokens)
+from onnx_consumers import (NEW_TOKENS, PROMPTS, bos_folder, doc_example, exported, lmexport_generate_text,
+                            lmexport_tokens, until_eos)
 
 NODE_DIR = Path(__file__).resolve().parent / "node"
 DRIVER = NODE_DIR / "generate.mjs"
@@ -47,15 +47,31 @@ def transformersjs_generate(node, folder: Path, prompts, new_tokens: int = NEW_T
 
 
 @pytest.mark.parametrize("name", ["tjs-fp32", "tjs-int4"])
-@pytest.mark.parametrize("prompts", [PROMPTS, PROMPTS[:1]], ids=["batch2", "single"])
+# equal lengths, one prompt, and 8 + 6 tokens (the loader left-pads as lmexport generate does)
+@pytest.mark.parametrize("prompts", [PROMPTS, PROMPTS[:1], ("def read_file(path):", "def main(argv):")],
+                         ids=["batch2", "single", "left-padded"])
 def test_transformersjs_greedy_equals_lmexport_generate(node, name, prompts, tmp_path_factory):
     folder = exported(name, tmp_path_factory)
     tokenizer = TextTokenizer.from_folder(folder)
     want = lmexport_tokens(folder, prompts)
     assert all(len(row) == NEW_TOKENS for row in want)          # no EOS came: all 32 are compared
     got = transformersjs_generate(node, folder, prompts)
-    assert got["prompt_ids"] == [tokenizer.encode(p) for p in prompts]    # BOS as lmexport adds it
+    encoded = [tokenizer.encode(p) for p in prompts]                      # the folder's BOS rule
+    width, pad = max(map(len, encoded)), Manifest.read(folder).tokenizer["pad_token_id"]
+    assert got["prompt_ids"] == [[pad] * (width - len(ids)) + ids for ids in encoded]
     assert got["new_ids"] == want
+
+
+def test_transformersjs_applies_the_folders_bos_rule(node, tmp_path_factory):
+    """A tokenizer whose post-processor adds BOS: the loader's ids are lmexport's, BOS first,
+    and so are the greedy tokens (up to an EOS, where lmexport generate stops)."""
+    folder = bos_folder(tmp_path_factory)
+    tokenizer = TextTokenizer.from_folder(folder)
+    got = transformersjs_generate(node, folder, PROMPTS[:1], 12)
+    assert got["prompt_ids"] == [tokenizer.encode(PROMPTS[0])]
+    assert got["prompt_ids"][0][0] == tokenizer.bos_token_id
+    want = lmexport_tokens(folder, PROMPTS[:1], 12)
+    assert until_eos(got["new_ids"][0], Manifest.read(folder).tokenizer["eos_token_ids"]) == want[0]
 
 
 def test_target_changes_only_the_context_state_names(tmp_path_factory):

@@ -6,7 +6,8 @@
 //   const lm = await loadLiquidMetal(transformers, 'out/onnx-tjs');
 //   const inputs = await lm.encode(['def read_file(path):']);
 //   const ids = await lm.model.generate({ ...inputs, max_new_tokens: 32, do_sample: false });
-//   console.log(lm.tokenizer.decode(ids[0].slice(inputs.input_ids.dims[1]), { skip_special_tokens: true }));
+//   const fresh = ids.tolist()[0].slice(inputs.input_ids.dims[1]);
+//   console.log(lm.tokenizer.decode(fresh, { skip_special_tokens: true }));
 //
 // Why this file exists (transformers.js 4.3, unchanged): its model-type table
 // (`getCacheNames` in src/configs.js) decides which state inputs it creates before the
@@ -20,10 +21,11 @@
 //      lmexport.json declares (`init: "zeros"`: batch axis -> the batch, any other
 //      named axis -> 0); after the first call transformers.js carries each output
 //      `present*` to its input `past*` itself: the transformers.js target names the
-//      states the way it renames them;
-//   3. `encode` adds BOS as `lmexport generate` does (tokenizer_config.json's
-//      add_bos_token; transformers.js's tokenizer adds it only through a
-//      post-processor in tokenizer.json).
+//      states the way it renames them, and a folder it would carry elsewhere (the
+//      default names) is refused instead of silently fed zeros;
+//   3. `encode` gives the ids `lmexport generate` feeds: the tokenizer's own encoding
+//      with special tokens (tokenizer.json's post-processor states whether BOS comes
+//      first), shorter prompts of a batch left-padded with the pad id.
 // The upstream change that would remove it is in docs/runtime.md ("Run it elsewhere").
 //
 // The transformers module is passed in, so this file imports nothing but Node's fs and
@@ -33,23 +35,16 @@ import { join, resolve } from 'node:path';
 
 const MANIFEST_FILE = 'lmexport.json';
 const BATCH_AXIS = 'batch_size';
-const ARRAYS = { float32: Float32Array, float16: Uint16Array, int64: BigInt64Array };
+const ARRAYS = { float32: Float32Array, float16: Uint16Array, int64: BigInt64Array }; // zeros of each dtype
 
 async function readJSON(path) {
     return JSON.parse(await readFile(path, 'utf8'));
-}
-
-/** The ids `lmexport generate` feeds for `text`: BOS first per add_bos_token, not twice. */
-function promptIds(tokenizer, text, bos, addBos) {
-    const ids = tokenizer.encode(text, { add_special_tokens: false });
-    return addBos && bos !== null && ids[0] !== bos ? [bos, ...ids] : ids;
 }
 
 export async function loadLiquidMetal(transformers, path, { device = 'cpu', session_options = {} } = {}) {
     const folder = resolve(path); // transformers.js takes a relative path for a Hub id
     const { AutoTokenizer, DynamicCache, LlamaForCausalLM, Tensor } = transformers;
     const manifest = await readJSON(join(folder, MANIFEST_FILE));
-    const tokenizerConfig = await readJSON(join(folder, 'tokenizer_config.json')).catch(() => ({}));
     const states = manifest.inputs.filter((spec) => spec.init === 'zeros');
     const modelFile = manifest.model_file.replace(/\.onnx$/, '');
 
@@ -62,9 +57,6 @@ export async function loadLiquidMetal(transformers, path, { device = 'cpu', sess
         device,
         session_options,
     });
-
-    const bos = manifest.tokenizer?.bos_token_id ?? null;
-    const addBos = tokenizerConfig.add_bos_token ?? bos !== null;
 
     const pastNames = new Set(states.map((spec) => spec.name));
     /** The state between calls; refuses a state transformers.js carries to a name the graph lacks. */
@@ -93,18 +85,21 @@ export async function loadLiquidMetal(transformers, path, { device = 'cpu', sess
         return new LiquidMetalState(entries);
     }
 
-    /** input_ids and attention_mask for prompts of equal token length (no padding). */
+    const pad = BigInt(manifest.tokenizer?.pad_token_id ?? 0);
+    /** input_ids and attention_mask of a batch, shorter prompts left-padded (as `lmexport generate` does). */
     async function encode(texts) {
-        const rows = texts.map((text) => promptIds(tokenizer, text, bos, addBos));
-        const width = rows[0].length;
-        if (rows.some((r) => r.length !== width)) {
-            throw new Error(`prompts of one batch must have the same token length (got ${rows.map((r) => r.length)})`);
-        }
+        // tokenizer.json's post-processor adds BOS/EOS or not: the folder's rule, lmexport's too
+        const rows = texts.map((text) => tokenizer.encode(text, { add_special_tokens: true }));
+        const width = Math.max(...rows.map((r) => r.length));
+        const ids = new BigInt64Array(rows.length * width).fill(pad);
+        const mask = new BigInt64Array(rows.length * width);
+        rows.forEach((row, i) => {
+            const start = i * width + width - row.length;
+            ids.set(row.map(BigInt), start);
+            mask.fill(1n, start, (i + 1) * width);
+        });
         const dims = [rows.length, width];
-        return {
-            input_ids: new Tensor('int64', BigInt64Array.from(rows.flat(), BigInt), dims),
-            attention_mask: new Tensor('int64', new BigInt64Array(rows.length * width).fill(1n), dims),
-        };
+        return { input_ids: new Tensor('int64', ids, dims), attention_mask: new Tensor('int64', mask, dims) };
     }
 
     const generate = model.generate.bind(model);
