@@ -15,7 +15,9 @@ from lmexport.parity.identity import check_same_model
 
 
 def _gguf(path: Path, ckpt: Checkpoint, device: str) -> tuple[TorchBackend, str]:
-    from lmexport.exporters.gguf.format import ARCH_LIQUIDMETAL, OUTTYPE, tolerance_preset
+    from gguf import Keys
+
+    from lmexport.exporters.gguf.format import ARCH_LIQUIDMETAL, OUTTYPE, file_outtype, tolerance_preset
     from lmexport.exporters.gguf.reader import load_gguf_model, open_gguf
 
     g = open_gguf(path)
@@ -24,7 +26,7 @@ def _gguf(path: Path, ckpt: Checkpoint, device: str) -> tuple[TorchBackend, str]
                             hint="parity compares Liquid-Metal exports; export with lmexport gguf --arch auto")
     check_same_model(ckpt, path, g.weights_hash, g.source_config)
     model, _, _ = load_gguf_model(path)
-    outtype = g.value(OUTTYPE) or "f32"
+    outtype = file_outtype(g.value(Keys.General.FILE_TYPE), g.value(OUTTYPE))
     return TorchBackend(model, name=f"gguf {outtype}"), tolerance_preset(outtype)
 
 

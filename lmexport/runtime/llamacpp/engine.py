@@ -318,11 +318,11 @@ class LlamaCppEngine:
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.llm.detokenize(list(ids)).decode("utf-8", errors="replace")
 
-    def generate(self, prompt: str, *, max_tokens: int = 64, temperature: float = 0.0, top_k: int = 40,
+    def generate(self, prompt: str | Sequence[int], *, max_tokens: int = 64, temperature: float = 0.0, top_k: int = 40,
                  top_p: float = 0.95, min_p: float = 0.0, repeat_penalty: float = 1.0, seed: int | None = None,
                  stop: Sequence[str] | str | None = None) -> Iterator[str]:
-        """Stream the completion of ``prompt`` as text pieces (llama-cpp-python's create_completion).
-        temperature 0 is greedy."""
+        """Stream the completion of ``prompt`` (text, or token ids as they are) as text pieces
+        (llama-cpp-python's create_completion). temperature 0 is greedy."""
         self._check_sampling(max_tokens, temperature, top_k, top_p, repeat_penalty)
         stream = self.llm.create_completion(
             prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
