@@ -248,6 +248,22 @@ class LlamaCppEngine:
             raise InputError(f"token ids out of range 0..{self.n_vocab - 1}: {bad[:5]}")
         return ids
 
+    # ------------------------------------------------------------------ sequences of a batch
+    def sequences(self, n_seq: int, n_ubatch: int | None = None):
+        """A cleared context for ``n_seq`` sequences (ids 0..n_seq-1), to ``decode`` into step by step."""
+        ctx = self._context(n_ubatch or self.options.n_ubatch, n_seq)
+        self.llama_cpp.llama_memory_clear(self.llama_cpp.llama_get_memory(ctx), True)
+        return ctx
+
+    def decode(self, ctx, items: Sequence[tuple[int, int, int]]) -> np.ndarray:
+        """Decode (token, position, seq_id) triples into ``ctx`` (from ``sequences``): logits ``[n, V]``."""
+        items = [(int(t), int(p), int(s)) for t, p, s in items]
+        bad = [t for t, _, _ in items if not 0 <= t < self.n_vocab]
+        if bad:
+            raise InputError(f"token ids out of range 0..{self.n_vocab - 1}: {bad[:5]}")
+        self._decode(ctx, items)
+        return self._rows(ctx, len(items))
+
     # ------------------------------------------------------------------ logits
     def logits(self, token_ids: Sequence[int], n_ubatch: int | None = None, chunk: int | None = None) -> np.ndarray:
         """Logits of every position of ``token_ids`` as a fresh sequence, float32 ``[T, V]``.
