@@ -69,7 +69,7 @@ def torch_folder_scorer(folder: Path) -> WindowScorer:
     return torch_scorer(model)
 
 
-ENGINES = ("auto", "pytorch", "onnxruntime", "llama.cpp")
+ENGINES = ("auto", "llama.cpp")
 
 
 def open_scorer(path: Path, device: str = "cpu", engine: str = "auto") -> tuple[WindowScorer, str, int]:
