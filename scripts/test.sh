@@ -10,6 +10,12 @@ bash scripts/setup_node.sh           # transformers.js packages for tests/export
 . .venv/bin/activate
 bash scripts/plain_wheels.sh          # wheels for the plain-install test (a fresh venv built offline)
 export LMEXPORT_REQUIRE_NODE=1         # set up above: those tests must run, not skip
+# llama.cpp with the liquidmetal architecture, before pytest so its progress shows: a stamp check
+# when installed, the cached wheel (~/.cache/lmexport/llamacpp/wheels, same patch, CMAKE_ARGS, CPU,
+# Python ABI) in a fresh venv, a compile (minutes) only when neither fits. LMEXPORT_NO_LLAMACPP_BUILD=1 skips it.
+if [ "${LMEXPORT_NO_LLAMACPP_BUILD:-0}" != 1 ]; then
+  python -m lmexport.cli llamacpp build
+fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
 python -m pytest -q "$@"
 if [ $# -eq 0 ] && [ "${LMEXPORT_OPTIMUM:-1}" != 0 ]; then

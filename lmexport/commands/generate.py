@@ -1,4 +1,9 @@
-"""`lmexport generate` and `lmexport chat`: the torch-free runtime on the command line."""
+"""`lmexport generate` and `lmexport chat`: the torch-free runtimes on the command line.
+
+An exported ONNX folder runs on ONNX Runtime (``lmexport.runtime``); a GGUF file runs on the
+patched llama.cpp (``lmexport.runtime.llamacpp``, built by ``lmexport llamacpp build``), with the
+same sampling options.
+"""
 from __future__ import annotations
 
 import sys
@@ -42,6 +47,58 @@ def _read_line(number: int) -> str:
                               hint="send UTF-8 text") from None
 
 
+def _is_gguf(path: Path) -> bool:
+    if not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"GGUF"
+
+
+def _open_gguf(path: Path, device, threads, n_ctx: int | None = None):
+    """The GGUF in llama.cpp; --device cuda/auto offloads every layer (a CUDA build of llama.cpp)."""
+    from lmexport.runtime.llamacpp.engine import LlamaCppEngine, require_patched
+
+    require_patched()                # first: without the patched build, one line on how to build it
+    kwargs = dict(n_gpu_layers=0 if device == "cpu" else -1, n_threads=threads)
+    if n_ctx:
+        kwargs["n_ctx"] = n_ctx
+    else:
+        from lmexport.exporters.gguf.reader import open_gguf
+        kwargs["n_ctx"] = open_gguf(path).config().max_position_embeddings
+    eng = LlamaCppEngine(path, **kwargs)
+    click.echo(f"[running on llama.cpp ({'cpu' if device == 'cpu' else 'offloaded: ' + device})]", err=True)
+    return eng
+
+
+def _llamacpp_sampling(temperature, top_k, top_p, repetition_penalty, seed) -> dict:
+    return dict(temperature=temperature, top_k=top_k, top_p=top_p, repeat_penalty=repetition_penalty,
+                seed=seed if seed is not None else 0)
+
+
+def _generate_gguf(path, prompts, max_new_tokens, sampling, device, threads, stop, chat, truncate, stats):
+    import time
+
+    from lmexport.errors import InputError
+
+    if chat or truncate:
+        raise InputError(f"--{'chat' if chat else 'truncate'} is not supported for a GGUF file",
+                         hint="use `lmexport chat model.gguf` for a conversation" if chat else None)
+    with _open_gguf(path, device, threads) as eng:
+        for i, prompt in enumerate(prompts):
+            if len(prompts) > 1:
+                click.echo(f"--- [{i}]")
+            click.echo(prompt, nl=False)
+            t0, n = time.perf_counter(), 0
+            for piece in eng.generate(prompt, max_tokens=max_new_tokens, stop=list(stop), **sampling):
+                n += 1
+                click.echo(piece, nl=False)
+                sys.stdout.flush()
+            click.echo()
+            if stats:
+                dt = time.perf_counter() - t0
+                click.echo(f"[{n} pieces in {dt:.2f} s ({n / dt if dt else 0:.1f}/s) on llama.cpp]", err=True)
+
+
 def _open(folder, device, threads, optimization):
     from lmexport.runtime import Generator
 
@@ -57,7 +114,7 @@ def _sampling(temperature, top_k, top_p, repetition_penalty, seed):
 
 
 @click.command("generate")
-@click.argument("folder", type=click.Path(path_type=Path), metavar="OUT_DIR")
+@click.argument("folder", type=click.Path(path_type=Path), metavar="OUT_DIR_OR_GGUF")
 @click.option("--prompt", "prompts", multiple=True, required=True, help="Prompt text; repeat for a batch.")
 @runtime_options
 @click.option("--stop", multiple=True, help="Stop when this text appears (repeatable).")
@@ -66,15 +123,21 @@ def _sampling(temperature, top_k, top_p, repetition_penalty, seed):
 @click.option("--stats", is_flag=True, help="Print tokens/s at the end.")
 def generate(folder, prompts, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, device,
              threads, optimization, stop, chat, truncate, stats):
-    """Generate text from an exported ONNX folder (ONNX Runtime; no torch needed).
+    """Generate text from an exported ONNX folder (ONNX Runtime) or a GGUF file (llama.cpp); no torch needed.
 
     One prompt streams its text as it is produced; several run as one
-    left-padded batch and print in order.
+    left-padded batch (ONNX) or one after the other (GGUF) and print in order.
+    A GGUF needs the patched llama.cpp: lmexport llamacpp build.
 
     \b
-    Example:
+    Examples:
       lmexport generate out/onnx --prompt "def read_file(path):" --max-new-tokens 48
+      lmexport generate out/model.gguf --prompt "def read_file(path):" --temperature 0.8 --seed 1
     """
+    if _is_gguf(folder):
+        return _generate_gguf(folder, prompts, max_new_tokens,
+                              _llamacpp_sampling(temperature, top_k, top_p, repetition_penalty, seed),
+                              device, threads, stop, chat, truncate, stats)
     gen = _open(folder, device, threads, optimization)
     sampling = _sampling(temperature, top_k, top_p, repetition_penalty, seed)
     kwargs = dict(max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, chat=chat, truncate=truncate)
@@ -95,22 +158,28 @@ def generate(folder, prompts, max_new_tokens, temperature, top_k, top_p, repetit
 
 
 @click.command("chat")
-@click.argument("folder", type=click.Path(path_type=Path), metavar="OUT_DIR")
+@click.argument("folder", type=click.Path(path_type=Path), metavar="OUT_DIR_OR_GGUF")
 @runtime_options
 @click.option("--system", help="A system message to start the conversation with.")
 def chat(folder, max_new_tokens, temperature, top_k, top_p, repetition_penalty, seed, device, threads,
          optimization, system):
-    """Chat with an exported ONNX folder; the model keeps its state between turns.
+    """Chat with an exported ONNX folder or a GGUF file (llama.cpp); the model keeps its state between turns.
 
     Type a message and press Enter; an empty line is skipped; /reset starts a
     new conversation; /exit or end of input (Ctrl-D) ends the chat. Works with
     piped input too: each reply is printed on its own line(s), ending with a newline.
     """
-    from lmexport.runtime import ChatSession
+    if _is_gguf(folder):
+        from lmexport.runtime.llamacpp.chat import LlamaCppChat
 
-    gen = _open(folder, device, threads, optimization)
-    session = ChatSession(gen, max_new_tokens=max_new_tokens, system=system,
-                          sampling=_sampling(temperature, top_k, top_p, repetition_penalty, seed))
+        session = LlamaCppChat(_open_gguf(folder, device, threads), max_new_tokens=max_new_tokens, system=system,
+                               **_llamacpp_sampling(temperature, top_k, top_p, repetition_penalty, seed))
+    else:
+        from lmexport.runtime import ChatSession
+
+        gen = _open(folder, device, threads, optimization)
+        session = ChatSession(gen, max_new_tokens=max_new_tokens, system=system,
+                              sampling=_sampling(temperature, top_k, top_p, repetition_penalty, seed))
     interactive = sys.stdin.isatty()
     number = 0
     while True:

@@ -5,15 +5,17 @@ from pathlib import Path
 
 import click
 
-from lmexport.exporters.gguf.format import OUTTYPES
+from lmexport.exporters.gguf.format import KQUANTS, OUTTYPES
 
 
 @click.command("gguf")
 @click.argument("model_dir", type=click.Path(path_type=Path))
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="GGUF file to write (split output: NAME-00001-of-0000N.gguf beside it).")
-@click.option("--outtype", type=click.Choice(list(OUTTYPES)), default="f16", show_default=True,
-              help="Type of the weight matrices; norms, biases and the convolution stay f32.")
+@click.option("--outtype", type=click.Choice([*OUTTYPES, *KQUANTS]), default="f16", show_default=True,
+              help="Type of the weight matrices; norms, biases and the convolution stay f32. "
+                   "q4_k_m, q5_k_m, q6_k: llama.cpp's K-quant mixes, made by the patched llama.cpp's "
+                   "quantizer (lmexport llamacpp build) from an f32 file.")
 @click.option("--split-max-size", default=None, metavar="SIZE",
               help="Split into shards of at most SIZE (e.g. 500M, 2G).")
 @click.option("--arch", type=click.Choice(["auto", "llama"]), default="auto", show_default=True,
@@ -32,6 +34,7 @@ def gguf(model_dir, output, outtype, split_max_size, arch, name, tokenizer_pre, 
     Examples:
       lmexport gguf liquid-metal-1.1b -o lm.gguf --outtype q8_0
       lmexport gguf TinyLlama-1.1B -o tinyllama.gguf --arch llama --outtype f16
+      lmexport gguf liquid-metal-1.1b -o lm-q4_k_m.gguf --outtype q4_k_m
     """
     from lmexport.atomic import check_output_path
     from lmexport.modeling.precheck import precheck

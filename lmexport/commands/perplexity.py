@@ -17,8 +17,11 @@ import click
               help="Tokens per window (capped at the model's context).")
 @click.option("--stride", type=click.IntRange(1), help="Window start spacing, below --window (default: window - 1, windows share one token).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--engine", type=click.Choice(["auto", "llama.cpp"]), default="auto", show_default=True,
+              help="auto: a GGUF is scored through its PyTorch rebuild; llama.cpp: in the patched llama.cpp "
+                   "(lmexport llamacpp build), its own logits.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-def perplexity(target, text_file, tokenizer, max_tokens, window, stride, device, as_json):
+def perplexity(target, text_file, tokenizer, max_tokens, window, stride, device, engine, as_json):
     """Perplexity of a PyTorch model folder, an ONNX folder (any variant) or a GGUF file.
 
     Every kind is scored with the same windows (lmexport/perplexity.py), so the
@@ -37,12 +40,15 @@ def perplexity(target, text_file, tokenizer, max_tokens, window, stride, device,
         raise InputError(f"text file {text_file} does not exist") from None
     except UnicodeDecodeError as exc:
         raise InputError(f"text file {text_file} is not UTF-8 (byte {exc.start})", hint="save it as UTF-8") from None
+    if engine == "llama.cpp":       # before the tokenizer: without the build, one line on how to build it
+        from lmexport.runtime.llamacpp.engine import require_patched
+        require_patched()
     from lmexport.modeling.tokenizer import folder_tokenizer
 
     ids = folder_tokenizer(_tokenizer_folder(target, tokenizer)).encode(text)
     if max_tokens:
         ids = ids[:max_tokens]
-    scorer, kind, context = open_scorer(target, device)
+    scorer, kind, context = open_scorer(target, device, engine)
     result = run(scorer, ids, min(window, context), stride, progress=True, desc=f"perplexity ({kind})")
     if as_json:
         click.echo(json.dumps({"artifact": str(target), "kind": kind, **result.to_dict()}, indent=2))

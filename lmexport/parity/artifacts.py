@@ -8,14 +8,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmexport.errors import ArtifactError
+from lmexport.errors import ArtifactError, InputError
 from lmexport.modeling.checkpoint import Checkpoint
 from lmexport.parity.backends import TorchBackend
 from lmexport.parity.identity import check_same_model
 
 
-def _gguf(path: Path, ckpt: Checkpoint, device: str) -> tuple[TorchBackend, str]:
-    from lmexport.exporters.gguf.format import ARCH_LIQUIDMETAL, OUTTYPE, tolerance_preset
+ENGINES = ("pytorch", "llama.cpp")
+
+
+def _gguf(path: Path, ckpt: Checkpoint, device: str, engine: str = "pytorch", batch_size: int = 3):
+    from gguf import Keys
+
+    from lmexport.exporters.gguf.format import ARCH_LIQUIDMETAL, OUTTYPE, file_outtype, tolerance_preset
     from lmexport.exporters.gguf.reader import load_gguf_model, open_gguf
 
     g = open_gguf(path)
@@ -23,15 +28,26 @@ def _gguf(path: Path, ckpt: Checkpoint, device: str) -> tuple[TorchBackend, str]
         raise ArtifactError(f"{path} is a {g.arch!r} GGUF, not a Liquid-Metal ({ARCH_LIQUIDMETAL}) one",
                             hint="parity compares Liquid-Metal exports; export with lmexport gguf --arch auto")
     check_same_model(ckpt, path, g.weights_hash, g.source_config)
+    if engine == "llama.cpp":
+        from lmexport.runtime.llamacpp.engine import require_patched
+        require_patched()            # before the rebuild: without the build, one line on how to build it
     model, _, _ = load_gguf_model(path)
-    outtype = g.value(OUTTYPE) or "f32"
-    return TorchBackend(model, name=f"gguf {outtype}"), tolerance_preset(outtype)
+    outtype = file_outtype(g.value(Keys.General.FILE_TYPE), g.value(OUTTYPE))
+    rebuild = TorchBackend(model, name=f"gguf {outtype}")
+    if engine == "llama.cpp":
+        from lmexport.parity.llamacpp_backend import LlamaCppBackend
+        return (LlamaCppBackend(path, rebuild, batch_size=batch_size, context=ckpt.config.max_position_embeddings),
+                tolerance_preset(outtype))
+    return rebuild, tolerance_preset(outtype)
 
 
-def _onnx(folder: Path, ckpt: Checkpoint, device: str):
+def _onnx(folder: Path, ckpt: Checkpoint, device: str, engine: str = "pytorch", batch_size: int = 3):
     from lmexport.manifest import Manifest
     from lmexport.parity.onnx_backend import OnnxBackend
 
+    if engine != "pytorch":
+        raise InputError(f"--engine {engine} runs GGUF files; {folder} is an ONNX folder",
+                         hint="drop --engine for an ONNX folder (it runs on ONNX Runtime)")
     manifest = Manifest.read(folder)
     check_same_model(ckpt, folder, manifest.weights_hash, manifest.config)
     return OnnxBackend(folder, manifest, device), manifest.preset
@@ -40,6 +56,12 @@ def _onnx(folder: Path, ckpt: Checkpoint, device: str):
 OPENERS = {"gguf": _gguf, "onnx": _onnx}
 
 
-def open_artifact(kind: str, path: Path, ckpt: Checkpoint, device: str = "cpu"):
-    """(backend, default tolerance preset) for an ONNX folder or a GGUF file."""
-    return OPENERS[kind](path, ckpt, device)
+def open_artifact(kind: str, path: Path, ckpt: Checkpoint, device: str = "cpu", engine: str = "pytorch",
+                  batch_size: int = 3):
+    """(backend, default tolerance preset) for an ONNX folder or a GGUF file.
+
+    ``engine`` (GGUF only): "pytorch" rebuilds the model from the file's tensors; "llama.cpp" runs the
+    file in the patched llama.cpp (its logits; per-layer outputs from the PyTorch rebuild)."""
+    if engine not in ENGINES:
+        raise InputError(f"unknown parity engine {engine!r}", hint="choose one of " + ", ".join(ENGINES))
+    return OPENERS[kind](path, ckpt, device, engine, batch_size)

@@ -11,6 +11,7 @@ COLUMNS = (("max_abs", "max|d|", "{:.3g}"), ("mean_abs", "mean|d|", "{:.3g}"), (
 def format_table(report: ParityReport) -> str:
     head = f"{'step':<10}" + "".join(f"{title:>11}" for _, title, _ in COLUMNS)
     lines = [f"parity: {report.kind} {report.artifact} vs PyTorch {report.model} (preset {report.preset})",
+             f"logits of the artifact: {report.engine}",
              head, "-" * len(head)]
     rows = list(report.steps) + ([{"step": "overall", **report.overall.to_json()}] if report.overall else [])
     for row in rows:
@@ -26,8 +27,8 @@ def format_table(report: ParityReport) -> str:
         if report.divergence:
             d = report.divergence
             lines.append(f"first divergence: {d.where} (relative difference {d.relative_difference:.3g} "
-                         f"> {d.threshold:g})")
+                         f"> {d.threshold:g}; per-layer outputs from the {report.localised_by})")
         elif report.per_layer:
             lines.append("no layer module diverges beyond the threshold: the difference is in the final norm "
-                         "or lm_head")
+                         f"or lm_head (per-layer outputs from the {report.localised_by})")
     return "\n".join(lines)

@@ -49,13 +49,16 @@ class ParityReport:
     failures: list[str] = field(default_factory=list)
     divergence: Divergence | None = None
     per_layer: list[dict] = field(default_factory=list)
+    engine: str = "pytorch"            # what computed the artifact's logits
+    localised_by: str = "pytorch"      # what computed the artifact's per-layer outputs
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
     def to_json(self) -> dict:
-        return {"model": self.model, "artifact": self.artifact, "kind": self.kind, "preset": self.preset,
+        return {"model": self.model, "artifact": self.artifact, "kind": self.kind, "engine": self.engine,
+                "localised_by": self.localised_by, "preset": self.preset,
                 "tolerance": self.tolerance.to_json(), "passed": self.passed, "failures": self.failures,
                 "overall": self.overall.to_json() if self.overall else None,
                 "greedy_match": {"per_prompt": self.greedy_match,
@@ -130,7 +133,8 @@ def detect_kind(artifact: Path) -> str:
 
 def run_parity(model_dir: str | Path, artifact: str | Path, *, prompts: list[str] | None = None,
                prompts_file: str | Path | None = None, steps: int = 16, batch_size: int = 3,
-               device: str = "cpu", preset: str | None = None, progress=None) -> ParityReport:
+               device: str = "cpu", preset: str | None = None, engine: str = "pytorch",
+               progress=None) -> ParityReport:
     from lmexport.modeling.checkpoint import load_model
     from lmexport.parity.artifacts import open_artifact
 
@@ -140,7 +144,7 @@ def run_parity(model_dir: str | Path, artifact: str | Path, *, prompts: list[str
         prompts = read_prompt_file(prompts_file)
     prompts = list(prompts or BUILTIN_PROMPTS)
     model, ckpt = load_model(model_dir)
-    art, default_preset = open_artifact(kind, artifact, ckpt, device=device)
+    art, default_preset = open_artifact(kind, artifact, ckpt, device=device, engine=engine, batch_size=batch_size)
     preset = preset or default_preset
     tol = get_tolerance(preset)
     from lmexport.parity.backends import TorchBackend
@@ -155,6 +159,12 @@ def run_parity(model_dir: str | Path, artifact: str | Path, *, prompts: list[str
     pad = c.pad_token_id if c.pad_token_id is not None else 0
     batches = make_batches(token_lists, batch_size, pad)
     report = ParityReport(str(model_dir), str(artifact), kind, preset, tol)
+    if kind == "onnx":
+        report.engine = report.localised_by = "onnxruntime"
+    elif engine == "llama.cpp":
+        report.engine, report.localised_by = "llama.cpp", "pytorch rebuild of the GGUF"
+    else:
+        report.engine = report.localised_by = "pytorch rebuild of the GGUF"
     per_batch: list[list[StepMetrics]] = []
     greedy = []
     for batch in batches:
@@ -168,4 +178,6 @@ def run_parity(model_dir: str | Path, artifact: str | Path, *, prompts: list[str
     report.failures = check(report.overall, tol)
     if report.failures:
         report.divergence, report.per_layer = localise(ref, art, batches[0], tol.hidden_rel, c.num_hidden_layers)
+    if hasattr(art, "close"):
+        art.close()
     return report

@@ -47,6 +47,20 @@ def gguf_scorer(path: Path) -> WindowScorer:
     return torch_scorer(model.eval())
 
 
+def llamacpp_scorer(path: Path, context: int) -> WindowScorer:
+    """Each window is one fresh llama.cpp sequence (the patched build; llama.cpp's default F16 KV cache,
+    as its own perplexity tool runs), scored from llama.cpp's logits."""
+    from lmexport.runtime.llamacpp.engine import LlamaCppEngine
+
+    engine = LlamaCppEngine(path, n_ctx=context, n_batch=context, n_ubatch=min(512, context))
+
+    def score(ids: Sequence[int], first_target: int) -> float:
+        logits = engine.logits(list(ids))
+        return _nll_sum(logits[first_target - 1:-1], ids[first_target:])
+
+    return score
+
+
 def torch_folder_scorer(folder: Path) -> WindowScorer:
     from lmexport.modeling.checkpoint import load_model
     from lmexport.perplexity import torch_scorer
@@ -55,8 +69,19 @@ def torch_folder_scorer(folder: Path) -> WindowScorer:
     return torch_scorer(model)
 
 
-def open_scorer(path: Path, device: str = "cpu") -> tuple[WindowScorer, str, int]:
-    """(scorer, kind, context length) for a model folder, an ONNX folder or a GGUF file."""
+ENGINES = ("auto", "llama.cpp")
+
+
+def open_scorer(path: Path, device: str = "cpu", engine: str = "auto") -> tuple[WindowScorer, str, int]:
+    """(scorer, kind, context length) for a model folder, an ONNX folder or a GGUF file.
+
+    ``engine``: "auto" runs a GGUF through its PyTorch rebuild; "llama.cpp" runs it in the patched
+    llama.cpp (GGUF files only)."""
+    if engine == "llama.cpp":
+        if not path.is_file():
+            raise InputError(f"--engine llama.cpp scores GGUF files; {path} is a folder")
+        from lmexport.runtime.llamacpp.engine import require_patched
+        require_patched()
     from lmexport.manifest import MANIFEST_FILE, Manifest
 
     if path.is_dir() and (path / MANIFEST_FILE).is_file():
@@ -71,5 +96,8 @@ def open_scorer(path: Path, device: str = "cpu") -> tuple[WindowScorer, str, int
     if path.is_file():
         from lmexport.exporters.gguf.reader import open_gguf
         g = open_gguf(path)
-        return gguf_scorer(path), "gguf", g.config().max_position_embeddings
+        context = g.config().max_position_embeddings
+        if engine == "llama.cpp":
+            return llamacpp_scorer(path, context), "gguf (llama.cpp)", context
+        return gguf_scorer(path), "gguf", context
     raise InputError(f"{path} is not a model folder, an exported ONNX folder or a GGUF file")

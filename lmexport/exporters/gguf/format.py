@@ -128,6 +128,19 @@ OUTTYPES: dict[str, OutType] = {o.name: o for o in (
 )}
 FALLBACK_TYPE = QT.F16
 
+# llama.cpp's K-quant mixes (``lmexport gguf --outtype q4_k_m``): made by llama.cpp's own quantizer
+# from an f32 file lmexport wrote (runtime/llamacpp/quantize.py). llama.cpp picks a type per tensor
+# and rewrites general.file_type; lmexport.outtype keeps the source's ("f32"), so a file's outtype is
+# read with ``file_outtype``.
+KQUANTS: dict[str, LlamaFileType] = {
+    "q4_k_m": LlamaFileType.MOSTLY_Q4_K_M,
+    "q5_k_m": LlamaFileType.MOSTLY_Q5_K_M,
+    "q6_k": LlamaFileType.MOSTLY_Q6_K,
+}
+KQUANT_SOURCE = "f32"
+# the types llama.cpp may pick for a matrix of a K-quant mix (rows not a multiple of 256 fall back)
+KQUANT_TYPES = (QT.Q4_K, QT.Q5_K, QT.Q6_K, QT.Q8_0, QT.Q5_0, QT.Q5_1, QT.Q4_0, QT.Q4_1, QT.F16, QT.F32)
+
 # Weight round-trip bounds: after dequantisation, max |w' - w| <= bound * max |w| + ABS_FLOOR
 # over one tensor. Derived from each format's step (and the f16 rounding of its scales):
 # f16 rounds to 2^-11 relative (10 fraction bits), bf16 to 2^-8 (7 fraction bits); q8_0 errs by at most d/2 = amax/254;
@@ -142,6 +155,11 @@ WEIGHT_BOUNDS: dict[QT, float] = {
     QT.Q5_0: 6.6e-2,
     QT.Q4_1: 7e-2,
     QT.Q4_0: 1.3e-1,
+    # K-quants: 6/5/4-bit steps with 6-bit (Q4_K/Q5_K) or 8-bit (Q6_K) sub-block scales; bounded like
+    # the legacy type of the same width, plus the sub-block scale rounding
+    QT.Q6_K: 2e-2,
+    QT.Q5_K: 6.6e-2,
+    QT.Q4_K: 1.3e-1,
 }
 ABS_FLOOR = 1e-7   # f16 subnormals
 
@@ -152,6 +170,14 @@ MAX_LAYERS = 1024
 MAX_DIM = 1 << 20
 MAX_VOCAB = 1 << 22
 MAX_SHARDS = 9999
+
+
+def file_outtype(file_type, recorded: str | None) -> str:
+    """The outtype of a file: its K-quant mix when llama.cpp quantized it, else lmexport.outtype."""
+    for name, ftype in KQUANTS.items():
+        if file_type is not None and int(file_type) == int(ftype):
+            return name
+    return recorded or "f32"
 
 
 def tolerance_preset(outtype: str) -> str:

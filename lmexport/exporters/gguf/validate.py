@@ -82,8 +82,12 @@ def _check_metadata(g: GGUFFile, ckpt: Checkpoint, arch: str, outtype: str, weig
         _check_type(g, key, vtype, failures)
     if g.arch != arch:
         failures.append(f"general.architecture is {g.arch!r}, expected {arch!r}")
-    expected_values = {Keys.General.FILE_TYPE: int(fmt.OUTTYPES[outtype].file_type),
-                       Keys.General.QUANTIZATION_VERSION: 2, fmt.OUTTYPE: outtype, fmt.WEIGHTS_HASH: weights_hash}
+    if outtype in fmt.KQUANTS:      # llama.cpp's quantizer rewrote file_type and kept lmexport.outtype
+        file_type, recorded = int(fmt.KQUANTS[outtype]), fmt.KQUANT_SOURCE
+    else:
+        file_type, recorded = int(fmt.OUTTYPES[outtype].file_type), outtype
+    expected_values = {Keys.General.FILE_TYPE: file_type,
+                       Keys.General.QUANTIZATION_VERSION: 2, fmt.OUTTYPE: recorded, fmt.WEIGHTS_HASH: weights_hash}
     for key, want in expected_values.items():
         if g.value(key) is not None and g.value(key) != want:
             failures.append(f"{key} is {g.value(key)!r}, expected {want!r}")
@@ -155,14 +159,21 @@ def validate_gguf(paths, ckpt: Checkpoint, *, arch: str, outtype: str, weights_h
                     for n in g.tensors if len(n.encode()) > fmt.MAX_NAME_BYTES)
 
     report = ValidationReport()
-    out = fmt.OUTTYPES[outtype]
+    kquant = outtype in fmt.KQUANTS
+    out = fmt.OUTTYPES[fmt.KQUANT_SOURCE if kquant else outtype]
     for ref in g.expected(config):
         t = g.tensors.get(ref.gguf_name)
         if t is None:
             continue                                  # reported as missing above
         shape = tuple(int(d) for d in reversed(t.shape.tolist()))
         want = fmt.choose_type(shape, ref.entry.role, out)
-        if t.tensor_type != want:
+        if kquant and ref.entry.role not in fmt.F32_ROLES:
+            # llama.cpp chose the matrix's type: any of its K-quant mix's types, if the file can hold it
+            if t.tensor_type not in fmt.KQUANT_TYPES or not fmt.type_fits(shape, t.tensor_type):
+                failures.append(f"{ref.gguf_name} is {t.tensor_type.name}, not a type of llama.cpp's "
+                                f"{outtype} mix")
+                continue
+        elif t.tensor_type != want:
             failures.append(f"{ref.gguf_name} is {t.tensor_type.name}, the type rules say "
                             f"{want.name if want else 'nothing fits'}")
             continue

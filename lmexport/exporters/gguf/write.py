@@ -34,6 +34,7 @@ from lmexport.errors import CheckpointError, InputError
 from lmexport.modeling.config import MODEL_TYPE, LiquidMetalConfig
 from lmexport.tensor_names import TensorRef, expected_tensors, gguf_layout_shape, lookup, to_gguf_layout
 from lmexport.exporters.gguf.tokenizer import GGUFTokenizer, read_tokenizer
+from lmexport.exporters.gguf.kquant import check_kquant_options, requantize_staged
 from lmexport.exporters.gguf.validate import ValidationReport, validate_gguf
 
 log = logging.getLogger(__name__)
@@ -51,8 +52,9 @@ class GGUFOptions:
     tokenizer_pre: str | None = None # tokenizer.ggml.pre for a byte-level BPE lmexport cannot identify
 
     def __post_init__(self) -> None:
-        if self.outtype not in fmt.OUTTYPES:
-            raise InputError(f"unknown GGUF outtype {self.outtype!r}", hint="choose one of " + ", ".join(fmt.OUTTYPES))
+        if self.outtype not in fmt.OUTTYPES and self.outtype not in fmt.KQUANTS:
+            raise InputError(f"unknown GGUF outtype {self.outtype!r}",
+                             hint="choose one of " + ", ".join([*fmt.OUTTYPES, *fmt.KQUANTS]))
         if self.arch not in ARCH_CHOICES:
             raise InputError(f"unknown GGUF arch {self.arch!r}", hint="choose auto or llama")
         if self.split_max_size < 0:
@@ -197,22 +199,34 @@ def export_gguf(model_dir: str | Path, output: str | Path, options: GGUFOptions 
     ckpt = read_checkpoint(folder, allow_pickle=options.allow_pickle, llama_only=arch == fmt.ARCH_LLAMA)
     config = ckpt.config
     tokenizer = read_tokenizer(folder, config.vocab_size, pre=options.tokenizer_pre)
-    plan = plan_tensors(config, arch, options.outtype)
+    check_kquant_options(options.outtype, options.split_max_size)
+    kquant = options.outtype in fmt.KQUANTS
+    if kquant:                       # before reading the weights: the patched llama.cpp must be here
+        from lmexport.runtime.llamacpp.engine import require_patched
+        require_patched()
+    written = fmt.KQUANT_SOURCE if kquant else options.outtype    # what lmexport itself writes
+    plan = plan_tensors(config, arch, written)
 
     weights_hash = ckpt.weights_hash()
     writer = gguf.GGUFWriter(None, arch, split_max_size=options.split_max_size)
-    write_metadata(writer, ckpt, arch, options.outtype, tokenizer, options.name or folder.name, weights_hash)
+    write_metadata(writer, ckpt, arch, written, tokenizer, options.name or folder.name, weights_hash)
     for p in plan:
         writer.add_tensor_info(p.ref.gguf_name, p.shape, np.dtype(np.float32), p.nbytes, raw_dtype=p.qtype)
     finals = writer.format_shard_names(target)
     needed = sum(p.nbytes for p in plan) + METADATA_RESERVE + sum(len(t) + 16 for t in tokenizer.tokens)
+    if kquant:
+        needed += needed // 2        # the f32 file and its quantized copy share the staging folder
 
     with atomic_outputs(finals, overwrite=overwrite, needed_bytes=needed, inputs=[folder]) as tmps, \
             staging_folder(target) as staging:
         _write_file(writer, staging / target.name, plan, ckpt)
         staged = writer.format_shard_names(staging / target.name)
-        report = validate_gguf(staged, ckpt, arch=arch, outtype=options.outtype, weights_hash=weights_hash,
+        report = validate_gguf(staged, ckpt, arch=arch, outtype=written, weights_hash=weights_hash,
                                tokenizer=tokenizer)
+        if kquant:                   # llama.cpp's quantizer, then the same validation with the mix's rules
+            staged = [requantize_staged(staged[0], options.outtype)]
+            report = validate_gguf(staged, ckpt, arch=arch, outtype=options.outtype, weights_hash=weights_hash,
+                                   tokenizer=tokenizer)
         for src, tmp in zip(staged, tmps):
             src.replace(tmp)
     log.info("wrote %s (%d file(s), %s, %s)", target, len(finals), arch, options.outtype)

@@ -6,6 +6,11 @@ into a cache (``$LMEXPORT_CACHE/llamacpp`` or ``~/.cache/lmexport/llamacpp``), u
 interpreter's environment, with a persistent CMake build folder under the cache, so that a rebuild
 after a patch change recompiles only what changed.
 
+The build makes a wheel first and keeps it under ``<cache>/wheels/<key>``, the key made of the
+patch hash, the version, the effective CMAKE_ARGS, the host CPU and the Python ABI tag (not the
+interpreter's path): a fresh virtual environment on the same machine (a new CI clone) installs that
+wheel in seconds instead of compiling llama.cpp again; it compiles only when no wheel fits.
+
 A stamp (hash of the patch, the version, the effective CMAKE_ARGS, the interpreter and the host CPU)
 is written into the installed package (``llama_cpp/lmexport_build.json``). When the installed
 package carries the stamp of the build asked for, ``build()`` returns at once ("already built").
@@ -25,6 +30,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 import time
@@ -50,7 +56,7 @@ class BuildError(LmexportError):
 
 @dataclass(frozen=True)
 class BuildResult:
-    status: str            # "built" or "already built"
+    status: str            # "built", "installed from cache" or "already built"
     stamp: str
     package_dir: Path
     seconds: float
@@ -130,6 +136,26 @@ def build_stamp(args: list[str]) -> str:
         h.update(part.encode() + b"\0")
     h.update(patch_bytes())
     return h.hexdigest()
+
+
+def abi_tag() -> str:
+    """The interpreter's ABI (e.g. cpython-311-x86_64-linux-gnu): what a built wheel is tied to."""
+    return f"{sys.implementation.cache_tag}-{sysconfig.get_config_var('SOABI') or ''}-{platform.machine()}"
+
+
+def wheel_key(args: list[str]) -> str:
+    """Key of a cached wheel: patch, version, CMAKE_ARGS, host CPU and ABI; not the interpreter path."""
+    h = hashlib.sha256()
+    for part in (LLAMA_CPP_PYTHON_VERSION, abi_tag(), host_fingerprint(), *args):
+        h.update(part.encode() + b"\0")
+    h.update(patch_bytes())
+    return h.hexdigest()[:24]
+
+
+def cached_wheel(cache: Path, args: list[str]) -> Path | None:
+    folder = cache / "wheels" / wheel_key(args)
+    wheels = sorted(folder.glob("llama_cpp_python-*.whl")) if folder.is_dir() else []
+    return wheels[0] if wheels else None
 
 
 def installed_package_dir() -> Path | None:
@@ -268,19 +294,33 @@ def _runtime_requirements(src: Path) -> list[str]:
         return list(RUNTIME_REQUIREMENTS)
 
 
-def _run_pip_install(src: Path, build_dir: Path, args: list[str], log_path: Path, progress=None) -> None:
-    # the dependencies first, as plain requirements (kept if satisfied), then the package itself with
-    # --no-deps --force-reinstall, so that numpy & co. are never reinstalled by the rebuild
-    deps = _runtime_requirements(src)
+def _install_requirements(deps: list[str]) -> None:
     proc = subprocess.run([sys.executable, "-m", "pip", "install", *deps], capture_output=True, text=True)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise BuildError(f"could not install llama-cpp-python's dependencies ({', '.join(deps)}): {tail[0]}")
+
+
+def _install_wheel(wheel: Path, deps: list[str], progress=None) -> None:
+    # the dependencies first, as plain requirements (kept if satisfied), then the package itself with
+    # --no-deps --force-reinstall, so that numpy & co. are never reinstalled by the rebuild
+    _install_requirements(deps)
+    proc = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--force-reinstall", str(wheel)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise BuildError(f"could not install {wheel.name}: {tail[0]}", hint=f"remove {wheel.parent} to rebuild")
+    _say(progress, f"  installed {wheel.name}")
+
+
+def _run_pip_wheel(src: Path, build_dir: Path, args: list[str], log_path: Path, out_dir: Path,
+                   progress=None) -> Path:
+    """Compile llama-cpp-python into a wheel in ``out_dir`` (the CMake build folder is kept)."""
     env = dict(os.environ)
     env["CMAKE_ARGS"] = shlex.join(args)
     env.setdefault("CMAKE_BUILD_PARALLEL_LEVEL", str(os.cpu_count() or 2))
-    cmd = [sys.executable, "-m", "pip", "install", "-v", "--no-deps", "--no-build-isolation",
-           "--force-reinstall", "--no-cache-dir", "-C", f"build-dir={build_dir}", str(src)]
+    cmd = [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation",
+           "--no-cache-dir", "-C", f"build-dir={build_dir}", "-w", str(out_dir), str(src)]
     last = time.monotonic()
     with open(log_path, "w", encoding="utf-8") as log:
         log.write("$ CMAKE_ARGS=" + shlex.quote(env["CMAKE_ARGS"]) + " " + shlex.join(cmd) + "\n")
@@ -295,11 +335,13 @@ def _run_pip_install(src: Path, build_dir: Path, args: list[str], log_path: Path
                 if time.monotonic() - last > 5:
                     _say(progress, "  " + text.split("]")[0] + "] compiling")
                     last = time.monotonic()
-            elif text.startswith(("*** ", "Successfully installed", "ERROR:")):
+            elif text.startswith(("*** ", "Successfully built", "ERROR:")):
                 _say(progress, "  " + text)
         rc = proc.wait()
-    if rc != 0:
+    wheels = sorted(out_dir.glob("llama_cpp_python-*.whl"))
+    if rc != 0 or not wheels:
         raise BuildError(f"building llama-cpp-python failed (pip exit {rc})", hint=f"full log: {log_path}")
+    return wheels[0]
 
 
 def build(*, force: bool = False, cache: Path | None = None,
@@ -313,10 +355,21 @@ def build(*, force: bool = False, cache: Path | None = None,
     if not force and installed is not None and installed.get("stamp") == stamp and pkg is not None:
         return BuildResult("already built", stamp, pkg, time.monotonic() - t0)
 
-    find_compilers()
-    find_cmake()
     cache = Path(cache) if cache is not None else cache_root()
     cache.mkdir(parents=True, exist_ok=True)
+    wheel = None if force else cached_wheel(cache, args)
+    if wheel is not None:
+        _say(progress, f"installing the cached build {wheel.parent.name} (same patch, CMAKE_ARGS, CPU, ABI)")
+        deps_file = wheel.parent / "requirements.json"
+        try:
+            deps = json.loads(deps_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            deps = list(RUNTIME_REQUIREMENTS)
+        _install_wheel(wheel, deps, progress)
+        return _finish(stamp, args, "installed from cache", t0, None, progress)
+
+    find_compilers()
+    find_cmake()
     _ensure_build_requirements(progress)
     sdist = download_sdist(cache, progress)
 
@@ -338,8 +391,25 @@ def build(*, force: bool = False, cache: Path | None = None,
     _say(progress, f"building llama-cpp-python {LLAMA_CPP_PYTHON_VERSION} with liquidmetal "
                    f"({'incremental' if warm else 'full build, several minutes'}); CMAKE_ARGS: {shlex.join(args)}")
     log_path = work / "build.log"
-    _run_pip_install(src_dir, build_dir, args, log_path, progress)
+    deps = _runtime_requirements(src_dir)
+    wheels = cache / "wheels"
+    wheels.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=wheels, prefix=".partial-") as tmp:
+        built = _run_pip_wheel(src_dir, build_dir, args, log_path, Path(tmp), progress)
+        (Path(tmp) / "requirements.json").write_text(json.dumps(deps) + "\n", encoding="utf-8")
+        final = wheels / wheel_key(args)
+        if final.exists():          # a stale entry (e.g. --force): replace it
+            shutil.rmtree(final)
+        Path(tmp).rename(final)     # the cache entry appears whole or not at all
+        os.mkdir(tmp)               # for TemporaryDirectory's cleanup
+    _install_wheel(final / built.name, deps, progress)
+    return _finish(stamp, args, "built", t0, log_path, progress)
 
+
+def _finish(stamp: str, args: list[str], status: str, t0: float, log_path: Path | None, progress) -> BuildResult:
+    import importlib
+
+    importlib.invalidate_caches()   # pip installed into site-packages from another process
     pkg = installed_package_dir()
     if pkg is None:
         raise BuildError("pip reported success but llama_cpp is not importable", hint=f"see {log_path}")
@@ -349,5 +419,5 @@ def build(*, force: bool = False, cache: Path | None = None,
               "libraries": _library_fingerprint(pkg)}
     (pkg / STAMP_NAME).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     seconds = time.monotonic() - t0
-    _say(progress, f"built and installed in {seconds:.0f} s: {pkg}")
-    return BuildResult("built", stamp, pkg, seconds, log_path)
+    _say(progress, f"{status} in {seconds:.0f} s: {pkg}")
+    return BuildResult(status, stamp, pkg, seconds, log_path)

@@ -248,6 +248,22 @@ class LlamaCppEngine:
             raise InputError(f"token ids out of range 0..{self.n_vocab - 1}: {bad[:5]}")
         return ids
 
+    # ------------------------------------------------------------------ sequences of a batch
+    def sequences(self, n_seq: int, n_ubatch: int | None = None):
+        """A cleared context for ``n_seq`` sequences (ids 0..n_seq-1), to ``decode`` into step by step."""
+        ctx = self._context(n_ubatch or self.options.n_ubatch, n_seq)
+        self.llama_cpp.llama_memory_clear(self.llama_cpp.llama_get_memory(ctx), True)
+        return ctx
+
+    def decode(self, ctx, items: Sequence[tuple[int, int, int]]) -> np.ndarray:
+        """Decode (token, position, seq_id) triples into ``ctx`` (from ``sequences``): logits ``[n, V]``."""
+        items = [(int(t), int(p), int(s)) for t, p, s in items]
+        bad = [t for t, _, _ in items if not 0 <= t < self.n_vocab]
+        if bad:
+            raise InputError(f"token ids out of range 0..{self.n_vocab - 1}: {bad[:5]}")
+        self._decode(ctx, items)
+        return self._rows(ctx, len(items))
+
     # ------------------------------------------------------------------ logits
     def logits(self, token_ids: Sequence[int], n_ubatch: int | None = None, chunk: int | None = None) -> np.ndarray:
         """Logits of every position of ``token_ids`` as a fresh sequence, float32 ``[T, V]``.
@@ -324,11 +340,11 @@ class LlamaCppEngine:
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.llm.detokenize(list(ids)).decode("utf-8", errors="replace")
 
-    def generate(self, prompt: str, *, max_tokens: int = 64, temperature: float = 0.0, top_k: int = 40,
+    def generate(self, prompt: str | Sequence[int], *, max_tokens: int = 64, temperature: float = 0.0, top_k: int = 40,
                  top_p: float = 0.95, min_p: float = 0.0, repeat_penalty: float = 1.0, seed: int | None = None,
                  stop: Sequence[str] | str | None = None) -> Iterator[str]:
-        """Stream the completion of ``prompt`` as text pieces (llama-cpp-python's create_completion).
-        temperature 0 is greedy."""
+        """Stream the completion of ``prompt`` (text, or token ids as they are) as text pieces
+        (llama-cpp-python's create_completion). temperature 0 is greedy."""
         self._check_sampling(max_tokens, temperature, top_k, top_p, repeat_penalty)
         stream = self.llm.create_completion(
             prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,

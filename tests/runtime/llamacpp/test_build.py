@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -41,7 +42,8 @@ def test_cache_root_honours_lmexport_cache(monkeypatch, tmp_path):
     assert b.cache_root().parts[-3:] == (".cache", "lmexport", "llamacpp")
 
 
-def test_missing_compiler_or_cmake_is_one_line_error(monkeypatch):
+def test_missing_compiler_or_cmake_is_one_line_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("LMEXPORT_CACHE", str(tmp_path))      # an empty wheel cache
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(b, "installed_stamp", lambda: None)
@@ -49,7 +51,8 @@ def test_missing_compiler_or_cmake_is_one_line_error(monkeypatch):
     with pytest.raises(b.BuildError, match="no C/C.. compiler found"):
         b.build(progress=None)
     monkeypatch.setattr(b, "find_compilers", lambda: ("cc", "c++"))
-    monkeypatch.setattr(b, "sys", type("S", (), {"executable": "/nonexistent/python"}))
+    monkeypatch.setattr(b, "sys", type("S", (), {"executable": "/nonexistent/python",
+                                                 "implementation": sys.implementation}))
     with pytest.raises(b.BuildError, match="cmake not found"):
         b.build(progress=None)
 
@@ -77,7 +80,8 @@ def test_already_built_when_the_installed_stamp_matches(monkeypatch, tmp_path):
     (pkg / b.STAMP_NAME).write_text(json.dumps({"stamp": stamp, "libraries": libs}))
     monkeypatch.setattr(b, "installed_package_dir", lambda: pkg)
     calls = []
-    monkeypatch.setattr(b, "_run_pip_install", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(b, "_run_pip_wheel", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(b, "_install_wheel", lambda *a, **k: calls.append(a))
     result = b.build(progress=None)
     assert result.status == "already built" and calls == []
     assert b.is_built()
@@ -87,3 +91,30 @@ def test_already_built_when_the_installed_stamp_matches(monkeypatch, tmp_path):
     (pkg / "lib" / "libllama.so").write_bytes(b"patched")
     (pkg / b.STAMP_NAME).write_text(json.dumps({"stamp": "old", "libraries": b._library_fingerprint(pkg)}))
     assert not b.is_built()
+
+
+def test_wheel_cache_key_ignores_the_interpreter_path_but_not_patch_args_or_abi(monkeypatch, tmp_path):
+    args = b.cmake_args("")
+    key = b.wheel_key(args)
+    assert b.wheel_key(args) == key and len(key) == 24
+    monkeypatch.setattr(b.sys, "executable", "/a/fresh/clone/.venv/bin/python")
+    assert b.wheel_key(args) == key                      # a fresh venv finds the same wheel
+    assert b.wheel_key(args + ["-DGGML_CUDA=on"]) != key
+    monkeypatch.setattr(b, "abi_tag", lambda: "cpython-312-x86_64-linux-gnu")
+    assert b.wheel_key(args) != key
+    monkeypatch.undo()
+    monkeypatch.setattr(b, "patch_bytes", lambda: b"another patch")
+    assert b.wheel_key(args) != key
+
+
+def test_cached_wheel_is_found_only_under_its_key(tmp_path):
+    args = b.cmake_args("")
+    assert b.cached_wheel(tmp_path, args) is None
+    other = tmp_path / "wheels" / ("0" * 24)
+    other.mkdir(parents=True)
+    (other / "llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl").write_bytes(b"")
+    assert b.cached_wheel(tmp_path, args) is None
+    mine = tmp_path / "wheels" / b.wheel_key(args)
+    mine.mkdir()
+    (mine / "llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl").write_bytes(b"")
+    assert b.cached_wheel(tmp_path, args).parent == mine
