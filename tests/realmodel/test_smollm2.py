@@ -18,6 +18,7 @@ import torch
 from lmexport.manifest import Manifest
 from smollm2_exports import HELDOUT, QUESTION, lmexport, smollm2  # noqa: F401  (smollm2: the fixture)
 
+pytestmark = pytest.mark.slow
 TOP1_TOKENS = 512          # the held-out text's first tokens, one forward pass per model
 
 
