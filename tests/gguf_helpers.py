@@ -1,10 +1,10 @@
 """Shared pieces of the GGUF tests: logit comparison against the tolerance presets."""
 from __future__ import annotations
 
-from types import SimpleNamespace
-
 import numpy as np
 import torch
+
+from lmexport.parity.metrics import compare_logits
 
 
 def logits_of(model, seq_len: int = 16, batch: int = 2, seed: int = 1) -> np.ndarray:
@@ -18,12 +18,6 @@ def logits_of(model, seq_len: int = 16, batch: int = 2, seed: int = 1) -> np.nda
     return logits[mask.numpy().astype(bool)]          # valid positions only, [N, V]
 
 
-def logit_metrics(ref: np.ndarray, art: np.ndarray) -> SimpleNamespace:
-    ref, art = ref.astype(np.float64), art.astype(np.float64)
-    lp = ref - ref.max(-1, keepdims=True)
-    lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
-    lq = art - art.max(-1, keepdims=True)
-    lq = lq - np.log(np.exp(lq).sum(-1, keepdims=True))
-    cos = (ref * art).sum(-1) / (np.linalg.norm(ref, axis=-1) * np.linalg.norm(art, axis=-1))
-    return SimpleNamespace(max_abs=float(np.abs(ref - art).max()), top1=float((ref.argmax(-1) == art.argmax(-1)).mean()),
-                           kl_mean=float((np.exp(lp) * (lp - lq)).sum(-1).mean()), cosine_min=float(cos.min()))
+def logit_metrics(ref: np.ndarray, art: np.ndarray):
+    """The metrics the tolerance presets read, computed as ``lmexport parity`` does."""
+    return compare_logits(ref, art)

@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 DEVICE = click.Choice(["cpu", "cuda", "auto"])
+PROMPT = "> "   # the user's turn in `lmexport chat`, as llama-cli marks it
 
 
 def runtime_options(f):
@@ -141,8 +142,11 @@ def generate(folder, prompts, max_new_tokens, temperature, top_k, top_p, repetit
     gen = _open(folder, device, threads, optimization)
     sampling = _sampling(temperature, top_k, top_p, repetition_penalty, seed)
     kwargs = dict(max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, chat=chat, truncate=truncate)
+    # A completion continues its prompt, so the prompt is printed first; a chat answer
+    # is a reply to the prompt, printed alone (as llama-cli and ollama print it).
     if len(prompts) == 1:
-        click.echo(prompts[0], nl=False)
+        if not chat:
+            click.echo(prompts[0], nl=False)
         for piece in gen.stream(prompts[0], **kwargs):
             click.echo(piece.text, nl=False)
             sys.stdout.flush()
@@ -150,7 +154,7 @@ def generate(folder, prompts, max_new_tokens, temperature, top_k, top_p, repetit
     else:
         for i, result in enumerate(gen.generate(list(prompts), **kwargs)):
             click.echo(f"--- [{i}] ({result.finish_reason}, {len(result.token_ids)} tokens)")
-            click.echo(result.prompt + result.text)
+            click.echo(result.text if chat else result.prompt + result.text)
     if stats:
         s = gen.last_stats
         click.echo(f"[{s.prompt_tokens} prompt tokens, {s.new_tokens} new tokens; prefill {s.prefill_s * 1e3:.1f} ms; "
@@ -165,9 +169,11 @@ def chat(folder, max_new_tokens, temperature, top_k, top_p, repetition_penalty, 
          optimization, system):
     """Chat with an exported ONNX folder or a GGUF file (llama.cpp); the model keeps its state between turns.
 
-    Type a message and press Enter; an empty line is skipped; /reset starts a
-    new conversation; /exit or end of input (Ctrl-D) ends the chat. Works with
-    piped input too: each reply is printed on its own line(s), ending with a newline.
+    Type a message after the "> " prompt and press Enter; the reply follows on its
+    own line(s) and a blank line ends the turn, as in llama-cli and ollama. An empty
+    line is skipped; /reset starts a new conversation; /exit or end of input
+    (Ctrl-D) ends the chat. Piped input is echoed after the prompt, so the output
+    reads as the conversation: "> message", the reply, a blank line.
     """
     if _is_gguf(folder):
         from lmexport.runtime.llamacpp.chat import LlamaCppChat
@@ -184,17 +190,19 @@ def chat(folder, max_new_tokens, temperature, top_k, top_p, repetition_penalty, 
     number = 0
     while True:
         if interactive:
-            click.echo("> ", nl=False)
+            click.echo(PROMPT, nl=False)
         number += 1
         line = _read_line(number)
         if not line or line.strip() == "/exit":
             break
         if not line.strip():
             continue
+        if not interactive:                  # the terminal did not echo it: show the user's turn
+            click.echo(PROMPT + line.rstrip("\n"))
         if line.strip() == "/reset":
             session.reset()
             continue
         for piece in session.send(line.rstrip("\n")):
             click.echo(piece, nl=False)
             sys.stdout.flush()
-        click.echo()
+        click.echo("\n")                     # end the reply's line, then a blank line ends the turn

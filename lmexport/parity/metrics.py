@@ -30,6 +30,7 @@ class StepMetrics:
     kl_mean: float      # mean KL(ref || art) of the next-token distributions, nats
     kl_max: float
     positions: int
+    ref_max: float = 0.0  # largest |ref|: the scale of the relative bounds
     nonfinite: int = 0  # NaN/inf values in the artifact's logits
 
     def to_json(self) -> dict:
@@ -53,7 +54,7 @@ def compare_logits(ref: np.ndarray, art: np.ndarray) -> StepMetrics:
         rel=float(diff.max() / max(np.abs(ref).max(), 1e-30)),
         cosine_min=float(cosine.min()), top1=float((ref.argmax(-1) == art.argmax(-1)).mean()),
         kl_mean=float(kl.mean()), kl_max=float(max(kl.max(), 0.0)), positions=int(ref.shape[0]),
-        nonfinite=nonfinite)
+        ref_max=float(np.abs(ref).max()), nonfinite=nonfinite)
 
 
 def overall(steps: list[StepMetrics]) -> StepMetrics:
@@ -66,7 +67,8 @@ def overall(steps: list[StepMetrics]) -> StepMetrics:
         cosine_min=min(s.cosine_min for s in steps),
         top1=sum(s.top1 * s.positions for s in steps) / n,
         kl_mean=sum(s.kl_mean * s.positions for s in steps) / n,
-        kl_max=max(s.kl_max for s in steps), positions=n, nonfinite=sum(s.nonfinite for s in steps))
+        kl_max=max(s.kl_max for s in steps), positions=n, ref_max=max(s.ref_max for s in steps),
+        nonfinite=sum(s.nonfinite for s in steps))
 
 
 def greedy_agreement_length(ref_tokens: np.ndarray, art_tokens: np.ndarray) -> np.ndarray:

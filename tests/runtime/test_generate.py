@@ -207,7 +207,8 @@ def test_chat_cli_through_stdin(exported):
                           timeout=120)
     assert done.returncode == 0, done.stderr
     chat = ChatSession(Generator.from_folder(folder), max_new_tokens=8)
-    want = "".join("".join(chat.send(m)) + "\n" for m in ["hello", "what is a dict?"])
+    # the turns as llama-cli shows them: "> message", the reply, a blank line
+    want = "".join(f"> {m}\n" + "".join(chat.send(m)) + "\n\n" for m in ["hello", "what is a dict?"])
     assert done.stdout == want and len(chat.messages) == 4
 
 
