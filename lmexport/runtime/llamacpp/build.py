@@ -400,6 +400,7 @@ def build(*, force: bool = False, cache: Path | None = None,
         final = wheels / wheel_key(args)
         if final.exists():          # a stale entry (e.g. --force): replace it
             shutil.rmtree(final)
+        os.chmod(tmp, 0o755)        # mkdtemp makes it 0700
         Path(tmp).rename(final)     # the cache entry appears whole or not at all
         os.mkdir(tmp)               # for TemporaryDirectory's cleanup
     _install_wheel(final / built.name, deps, progress)
