@@ -7,7 +7,6 @@ only when no patched build is installed and none can be built here (no compiler,
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -40,22 +39,8 @@ MODELS = ["bundled", *TINY]
 
 
 @pytest.fixture(scope="session")
-def llamacpp():
-    """The patched llama_cpp module, built here if needed."""
-    from lmexport.runtime.llamacpp import build as b
-
-    reason = None
-    if not b.is_built() and os.environ.get("LMEXPORT_NO_LLAMACPP_BUILD") != "1":
-        try:
-            b.build(progress=lambda line: print("[llamacpp build]", line, flush=True))
-        except b.BuildError as exc:
-            reason = str(exc)
-    from lmexport.runtime.llamacpp.engine import LlamaCppUnavailable, require_patched
-
-    try:
-        return require_patched()
-    except LlamaCppUnavailable as exc:
-        pytest.skip(f"patched llama-cpp-python not installed ({exc}); build failed: {reason}")
+def llamacpp(patched_llamacpp):
+    return patched_llamacpp
 
 
 @pytest.fixture(scope="session")
