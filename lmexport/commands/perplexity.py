@@ -37,7 +37,12 @@ def perplexity(target, text_file, tokenizer, max_tokens, window, stride, device,
         raise InputError(f"text file {text_file} does not exist") from None
     except UnicodeDecodeError as exc:
         raise InputError(f"text file {text_file} is not UTF-8 (byte {exc.start})", hint="save it as UTF-8") from None
+    from lmexport.manifest import MANIFEST_FILE
+    from lmexport.modeling.precheck import precheck
     from lmexport.modeling.tokenizer import folder_tokenizer
+
+    if target.is_dir() and not (target / MANIFEST_FILE).is_file():
+        precheck(target)                 # a model folder's config.json, before its tokenizer is read
 
     ids = folder_tokenizer(_tokenizer_folder(target, tokenizer)).encode(text)
     if max_tokens:

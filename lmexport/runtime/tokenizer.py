@@ -48,13 +48,22 @@ def token_text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def hub_blobs(folder: Path) -> Path | None:
+    """The ``blobs`` folder of a Hugging Face cache snapshot (``models--ORG--NAME/snapshots/REV/``,
+    whose files are links into ``../../blobs/``), or None when ``folder`` is not one."""
+    real = folder.resolve()
+    blobs = real.parent.parent / "blobs"
+    return blobs if real.parent.name == "snapshots" and blobs.is_dir() else None
+
+
 def inside(folder: Path, name: str) -> Path | None:
-    """``folder / name`` if it is a file whose real path lies inside ``folder``; None if absent."""
+    """``folder / name`` if it is a file whose real path lies inside ``folder`` (or, for a Hugging
+    Face cache snapshot, inside the cache's ``blobs``); None if absent."""
     path = folder / name
     if not path.is_file():
         return None
-    real, root = path.resolve(), folder.resolve()
-    if not real.is_relative_to(root):
+    real, root, blobs = path.resolve(), folder.resolve(), hub_blobs(folder)
+    if not real.is_relative_to(root) and not (blobs is not None and real.is_relative_to(blobs)):
         raise ArtifactError(f"{path} points outside {folder} (to {real})",
                             hint="a model folder's tokenizer files must lie inside it")
     return path
