@@ -43,7 +43,12 @@ def perplexity(target, text_file, tokenizer, max_tokens, window, stride, device,
     if engine == "llama.cpp":       # before the tokenizer: without the build, one line on how to build it
         from lmexport.runtime.llamacpp.engine import require_patched
         require_patched()
+    from lmexport.manifest import MANIFEST_FILE
+    from lmexport.modeling.precheck import precheck
     from lmexport.modeling.tokenizer import folder_tokenizer
+
+    if target.is_dir() and not (target / MANIFEST_FILE).is_file():
+        precheck(target)                 # a model folder's config.json, before its tokenizer is read
 
     ids = folder_tokenizer(_tokenizer_folder(target, tokenizer)).encode(text)
     if max_tokens:

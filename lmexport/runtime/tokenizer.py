@@ -49,6 +49,14 @@ def token_text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def hub_blobs(folder: Path) -> Path | None:
+    """The ``blobs`` folder of a Hugging Face cache snapshot (``models--ORG--NAME/snapshots/REV/``,
+    whose files are links into ``../../blobs/``), or None when ``folder`` is not one."""
+    real = folder.resolve()
+    blobs = real.parent.parent / "blobs"
+    return blobs if real.parent.name == "snapshots" and blobs.is_dir() else None
+
+
 def inside(folder: Path, name: str) -> Path | None:
     """``folder / name`` if it is a file inside ``folder``; None if absent.
 
