@@ -49,14 +49,6 @@ def token_text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-def hub_blobs(folder: Path) -> Path | None:
-    """The ``blobs`` folder of a Hugging Face cache snapshot (``models--ORG--NAME/snapshots/REV/``,
-    whose files are links into ``../../blobs/``), or None when ``folder`` is not one."""
-    real = folder.resolve()
-    blobs = real.parent.parent / "blobs"
-    return blobs if real.parent.name == "snapshots" and blobs.is_dir() else None
-
-
 def inside(folder: Path, name: str) -> Path | None:
     """``folder / name`` if it is a file inside ``folder``; None if absent.
 
@@ -69,7 +61,7 @@ def inside(folder: Path, name: str) -> Path | None:
     if not path.is_file():
         return None
     real, root = path.resolve(), folder.resolve()
-    roots = [root] + ([root.parent.parent / "blobs"] if root.parent.name == "snapshots" else [])
+    roots = [root] + ([root.parent.parent / "blobs"] if root.parent.name == "snapshots" else [])   # a hub snapshot
     if not any(real.is_relative_to(r) for r in roots):
         raise ArtifactError(f"{path} points outside {folder} (to {real})",
                             hint="a model folder's tokenizer files must lie inside it")
