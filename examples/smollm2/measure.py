@@ -122,7 +122,8 @@ def render(results: dict) -> str:
         lines.append(f"| {LABELS[name]} | {p:.4f} | {delta} |")
     assert all(results[k]["perplexity"]["n_targets"] == n for k in ["pytorch", *ONNX, *GGUF])
     lines += ["", "`lmexport parity` with default settings (6 prompts, prefill + 16 decode steps):", "",
-              "| artifact | preset | max abs logit diff | relative | top-1 | mean KL | greedy match (min of 16) | result |",
+              "| artifact | preset | max abs logit diff | relative | top-1 | mean KL | greedy match (min of 16) "
+              "| result |",
               "|---|---|---|---|---|---|---|---|"]
     for name in [*ONNX, *GGUF]:
         r = results[name]["parity"]

@@ -5,7 +5,8 @@
 user would, through the CLI in subprocesses and with default settings: ``convert``,
 ``onnx`` (fp32, validated against PyTorch by default; int4), ``gguf`` (f16
 and q8_0 of the converted model, q8_0 ``--arch llama`` of the original). One
-session-scoped fixture does each export once; the tests read the outputs.
+session-scoped fixture (``smollm2`` in test_smollm2.py, calling ``make_exports``) does
+each export once; the tests read the outputs.
 
 Set ``LMEXPORT_SKIP_REAL_MODEL=1`` to skip these tests (no network for the first
 download, say); CI runs them.
@@ -18,8 +19,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 HELDOUT = ROOT / "examples" / "smollm2" / "heldout.txt"
@@ -66,13 +65,11 @@ EXPORTS = {   # artifact name -> the command that makes it (model folder first)
 }
 
 
-@pytest.fixture(scope="session")
-def smollm2(tmp_path_factory) -> RealModel:
-    if os.environ.get("LMEXPORT_SKIP_REAL_MODEL"):
-        pytest.skip("LMEXPORT_SKIP_REAL_MODEL is set")
+def make_exports(work: Path) -> RealModel:
+    """Fetch the folder, convert it and make every export, once."""
     t = time.perf_counter()
     original = Path(run(sys.executable, ROOT / "scripts" / "fetch_smollm2.py").stdout.strip().splitlines()[-1])
-    model = RealModel(original, tmp_path_factory.mktemp("smollm2"))
+    model = RealModel(original, work)
     model.seconds["fetch"] = time.perf_counter() - t
     t = time.perf_counter()
     model.outputs["convert"] = lmexport("convert", original, "-o", model.converted)

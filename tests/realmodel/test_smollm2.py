@@ -9,6 +9,7 @@ perplexity and speed tables are made by ``examples/smollm2/measure.py`` (README)
 """
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -16,10 +17,17 @@ import pytest
 import torch
 
 from lmexport.manifest import Manifest
-from smollm2_exports import HELDOUT, QUESTION, lmexport, smollm2  # noqa: F401  (smollm2: the fixture)
+from smollm2_exports import HELDOUT, QUESTION, RealModel, lmexport, make_exports
 
 pytestmark = pytest.mark.slow
 TOP1_TOKENS = 512          # the held-out text's first tokens, one forward pass per model
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> RealModel:
+    if os.environ.get("LMEXPORT_SKIP_REAL_MODEL"):
+        pytest.skip("LMEXPORT_SKIP_REAL_MODEL is set")
+    return make_exports(tmp_path_factory.mktemp("smollm2"))
 
 
 @pytest.fixture(scope="module")

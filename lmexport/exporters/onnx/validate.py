@@ -88,7 +88,8 @@ class ValidationReport:
         rows = [f"validation ({self.variant}, ONNX Runtime CPU vs PyTorch fp32, batch 2 left-padded, "
                 f"prefill + {self.calls - 1} decode steps)",
                 f"  {'output':<28}{'max |diff|':>12}{'relative':>10}{'top-1':>8}{'KL mean':>10}{'KL max':>10}",
-                f"  {'logits':<28}{lg.max_abs:>12.3g}{lg.rel:>10.2e}{lg.top1:>8.3f}{lg.kl_mean:>10.2e}{lg.kl_max:>10.2e}"]
+                f"  {'logits':<28}{lg.max_abs:>12.3g}{lg.rel:>10.2e}{lg.top1:>8.3f}{lg.kl_mean:>10.2e}"
+                f"{lg.kl_max:>10.2e}"]
         by_kind: dict[str, tuple[str, StateStats]] = {}
         for name, s in self.states.items():
             kind = name.split(".")[0]
