@@ -326,7 +326,6 @@ def _run_pip_wheel(src: Path, build_dir: Path, args: list[str], log_path: Path, 
         log.write("$ CMAKE_ARGS=" + shlex.quote(env["CMAKE_ARGS"]) + " " + shlex.join(cmd) + "\n")
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                                 bufsize=1)
-        assert proc.stdout is not None
         for line in proc.stdout:
             log.write(line)
             text = line.strip()
