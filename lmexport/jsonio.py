@@ -54,5 +54,5 @@ def read_json_object(path: str | Path, error: type[InputError] = InputError) -> 
     path = Path(path)
     data = parse_json(read_bounded(path, error), path, error)
     if not isinstance(data, dict):
-        raise error(f"{path} must hold a JSON object")
+        raise error(f"{path} must hold a JSON object, not a {type(data).__name__}")
     return data

@@ -26,12 +26,12 @@ cache's ``blobs`` beside a ``snapshots/<revision>`` folder). Templates render th
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
 
+from lmexport.jsonio import read_json_object
 from lmexport.errors import ArtifactError, GenerationError
 from lmexport.runtime.chat_template import TemplateLimits, render_chat_template
 
@@ -83,15 +83,7 @@ def read_tokenizer_config(folder: str | Path) -> dict:
     path = inside(folder, TOKENIZER_CONFIG)
     if path is None:
         return {}
-    try:
-        data = json.loads(read_text(path))
-    except json.JSONDecodeError as exc:
-        raise ArtifactError(f"{path} is not valid JSON ({exc})", hint="restore the file from the model's source") \
-            from None
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path} must hold a JSON object, not a {type(data).__name__}",
-                            hint="restore the file from the model's source")
-    return data
+    return read_json_object(path, ArtifactError)      # bounded in size and depth, like every folder JSON
 
 
 def chat_templates(folder: str | Path, config: dict) -> dict[str, str]:
