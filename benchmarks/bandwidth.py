@@ -1,11 +1,17 @@
 """Measured memory read bandwidth: numpy sums over an array far larger than the caches.
 
-    python benchmarks/bandwidth.py [--mib 1024] [--repeats 7] [--threads 2]
+    python benchmarks/bandwidth.py [--mib 1024] [--repeats 7] [--threads 2] [--pages huge|small]
 
 One thread sums the whole array; then ``threads`` threads each sum a slice at the
 same time (numpy releases the GIL in reductions). Each is repeated and the best
 repeat kept (the least disturbed one: bandwidth is a ceiling). Prints one JSON
 object; ``bytes_per_s`` is the larger of the two, the figure the bound uses.
+
+Page size matters (TLB misses): numpy asks the kernel for transparent huge pages on large
+arrays (``madvise``), which ONNX Runtime's and llama.cpp's weights do not get by default.
+``--pages small`` turns numpy's request off, so the array sits in 4 KiB pages (unless the kernel's
+THP mode is ``always``); ``--pages huge`` keeps it. The output says what the array really got
+(``huge_fraction``, from ``/proc/self/smaps_rollup``).
 """
 from __future__ import annotations
 
@@ -26,7 +32,21 @@ def best_rate(fn, nbytes: int, repeats: int) -> tuple[float, list[float]]:
     return max(rates), rates
 
 
-def measure(mib: int, repeats: int, threads: int) -> dict:
+def anon_huge_bytes() -> int:
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("AnonHugePages:")), 0)
+    except OSError:
+        return 0
+
+
+def set_numpy_hugepages(on: bool) -> None:
+    core = getattr(np, "_core", None) or np.core
+    core.multiarray._set_madvise_hugepage(on)
+
+
+def measure(mib: int, repeats: int, threads: int, pages: str = "huge") -> dict:
+    set_numpy_hugepages(pages == "huge")
     a = np.ones(mib * (1 << 20) // 4, dtype=np.float32)   # touched, so every page is resident
     nbytes = a.nbytes
     a.sum()
@@ -37,7 +57,8 @@ def measure(mib: int, repeats: int, threads: int) -> dict:
             list(pool.map(np.sum, parts))
         parallel()
         multi, multi_all = best_rate(parallel, nbytes, repeats)
-    return {"array_mib": mib, "repeats": repeats, "threads": threads,
+    return {"array_mib": mib, "repeats": repeats, "threads": threads, "pages": pages,
+            "huge_fraction": min(1.0, anon_huge_bytes() / nbytes),
             "single_thread_bytes_per_s": single, "multi_thread_bytes_per_s": multi,
             "bytes_per_s": max(single, multi),
             "single_thread_all": single_all, "multi_thread_all": multi_all}
@@ -48,8 +69,9 @@ def main() -> None:
     ap.add_argument("--mib", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--pages", choices=["huge", "small"], default="huge")
     args = ap.parse_args()
-    print(json.dumps(measure(args.mib, args.repeats, args.threads)))
+    print(json.dumps(measure(args.mib, args.repeats, args.threads, args.pages)))
 
 
 if __name__ == "__main__":

@@ -11,8 +11,14 @@
 * ``optimum-fp32/``: ``optimum-cli export onnx --task text-generation-with-past`` of
   ``llama/``, run in the optimum virtual environment;
 * ``gguf/llama-{f16,q8_0,q4_0}.gguf``: ``lmexport gguf --arch llama`` of ``llama/``;
-* ``venv-optimum/`` and ``venv-llamacpp/`` (beside the shape folders): their own virtual environments
-  (optimum-onnx pins transformers<4.58; llama-cpp-python compiles llama.cpp).
+* ``gguf/llama-q4_k_m.gguf``: llama.cpp's own converter (``convert_llamacpp.py``: the
+  ``convert_hf_to_gguf.py`` of the vendored llama.cpp) of ``llama/`` to f16, then llama.cpp's
+  quantizer (``lmexport llamacpp quantize --type q4_k_m``): the file users download;
+* ``gguf/liquid-{q4_0,q4_k_m}.gguf``: ``lmexport gguf`` of ``liquid/`` (the liquidmetal architecture);
+* ``venv-optimum/`` (beside the shape folders): its own virtual environment (optimum-onnx pins
+  transformers<4.58). The llama.cpp rows run in this checkout's environment on the patched
+  llama-cpp-python that ``lmexport llamacpp build`` installs (cached wheel; AMX code paths off,
+  so the same build runs on AMX and non-AMX hosts).
 
 A step whose output exists is skipped (delete it to rebuild). Every step runs in a
 subprocess, so the memory of one model build is returned before the next.
@@ -48,9 +54,17 @@ ONNX_VARIANTS = {  # name -> lmexport onnx options
     "int4-plain": ["--quantize", "int4", "--no-fused-ops", "--opset", "18"],
     "int4-b128": ["--quantize", "int4", "--block-size", "128"],
 }
-GGUF_TYPES = ("f16", "q8_0", "q4_0")
+# GGUF rows: name -> (source folder, how it is made). "lmexport" = ``lmexport gguf --outtype``;
+# "llama.cpp" = llama.cpp's converter to f16, then llama.cpp's quantizer.
+GGUF_FILES = {
+    "llama-f16": ("llama", "lmexport", "f16"),
+    "llama-q8_0": ("llama", "lmexport", "q8_0"),
+    "llama-q4_0": ("llama", "lmexport", "q4_0"),
+    "llama-q4_k_m": ("llama", "llama.cpp", "q4_k_m"),
+    "liquid-q4_0": ("liquid", "lmexport", "q4_0"),
+    "liquid-q4_k_m": ("liquid", "lmexport", "q4_k_m"),
+}
 OPTIMUM_REQUIREMENTS = ["optimum-onnx[onnxruntime]"]
-LLAMACPP_REQUIREMENT = "llama-cpp-python==0.3.36"
 
 
 def lmexport_exe() -> str:
@@ -88,13 +102,12 @@ class Work:
         self.liquid = root / "liquid"
         self.optimum = root / "optimum-fp32"
         self.venv_optimum = cache / "venv-optimum"    # shared by every shape
-        self.venv_llamacpp = cache / "venv-llamacpp"
 
     def onnx(self, variant: str) -> Path:
         return self.root / f"onnx-{variant}"
 
-    def gguf(self, outtype: str) -> Path:
-        return self.root / "gguf" / f"llama-{outtype}.gguf"
+    def gguf(self, name: str) -> Path:
+        return self.root / "gguf" / f"{name}.gguf"
 
     def python(self, venv: Path) -> Path:
         return venv / "bin" / "python"
@@ -120,7 +133,7 @@ def build_llama(out: Path, shape: str, seed: int = 0) -> None:
     tmp.rename(out)
 
 
-def prepare_models(work: Work, shape: str, onnx_variants: list[str], gguf_types: list[str], *,
+def prepare_models(work: Work, shape: str, onnx_variants: list[str], gguf_names: list[str], *,
                    with_optimum: bool, validate: bool, timeout: float) -> dict[str, str]:
     """Build what is missing; return {artifact: reason} for every step that failed."""
     work.logs.mkdir(parents=True, exist_ok=True)
@@ -149,10 +162,24 @@ def prepare_models(work: Work, shape: str, onnx_variants: list[str], gguf_types:
         step(f"onnx-{variant}", work.onnx(variant), f"lmexport onnx {variant}",
              [lm, "onnx", str(work.liquid), "-o", str(work.onnx(variant)), *ONNX_VARIANTS[variant],
               *([] if validate else ["--no-validate"])])
-    work.gguf("f16").parent.mkdir(exist_ok=True)
-    for outtype in gguf_types:
-        step(f"gguf-{outtype}", work.gguf(outtype), f"lmexport gguf {outtype}",
-             [lm, "gguf", str(work.llama), "--arch", "llama", "--outtype", outtype, "-o", str(work.gguf(outtype))])
+    work.gguf("x").parent.mkdir(exist_ok=True)
+    for name in gguf_names:
+        source, tool, outtype = GGUF_FILES[name]
+        folder = work.llama if source == "llama" else work.liquid
+        if tool == "lmexport":
+            step(f"gguf-{name}", work.gguf(name), f"lmexport gguf {name}",
+                 [lm, "gguf", str(folder), *(["--arch", "llama"] if source == "llama" else []),
+                  "--outtype", outtype, "-o", str(work.gguf(name))])
+            continue
+        f16 = work.gguf(f"{source}-llamacpp-convert-f16")
+        step(f"gguf-{source}-convert", f16, "llama.cpp convert_hf_to_gguf.py f16",
+             [sys.executable, str(Path(__file__).with_name("convert_llamacpp.py")), str(folder), str(f16),
+              "--outtype", "f16", "--sdist", str(llamacpp_sdist())])
+        if f16.exists():
+            step(f"gguf-{name}", work.gguf(name), f"llama.cpp quantize {outtype}",
+                 [lm, "llamacpp", "quantize", str(f16), str(work.gguf(name)), "--type", outtype])
+        else:
+            failed[f"gguf-{name}"] = "llama.cpp's converter did not run"
     if with_optimum:
         if not (work.venv_optimum / ".ready").exists():
             failed["optimum-fp32"] = "the optimum virtual environment is not ready"
@@ -180,6 +207,13 @@ def make_venv(venv: Path, installs: list[list[str]], *, timeout: float, log_file
     (venv / ".ready").write_text("ok\n")
 
 
+def llamacpp_sdist() -> Path:
+    """The llama-cpp-python sdist ``lmexport llamacpp build`` downloaded (pip, cached)."""
+    from lmexport.runtime.llamacpp.build import cache_root, download_sdist
+
+    return download_sdist(cache_root())
+
+
 def prepare_envs(work: Work, *, optimum: bool, llamacpp: bool, timeout: float) -> dict[str, str]:
     work.logs.mkdir(parents=True, exist_ok=True)
     failed = {}
@@ -191,14 +225,13 @@ def prepare_envs(work: Work, *, optimum: bool, llamacpp: bool, timeout: float) -
         except StepError as exc:
             failed["venv-optimum"] = str(exc)
     if llamacpp:
-        # Native build for this CPU (AVX-512 here); CMAKE_BUILD_PARALLEL_LEVEL uses every core.
-        env = {"CMAKE_ARGS": "-DGGML_NATIVE=ON -DLLAMA_CURL=OFF",
-               "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 1)}
+        # The patched llama-cpp-python, in this environment: compiled once (GGML_NATIVE, AMX off),
+        # then installed from its cached wheel in seconds.
         try:
-            make_venv(work.venv_llamacpp, [["numpy"], ["--no-binary", "llama-cpp-python", LLAMACPP_REQUIREMENT]],
-                      timeout=timeout, log_file=work.logs / "venv-llamacpp.log", env=env)
+            run_step("lmexport llamacpp build", [lmexport_exe(), "llamacpp", "build"], timeout=timeout,
+                     log_file=work.logs / "llamacpp-build.log")
         except StepError as exc:
-            failed["venv-llamacpp"] = str(exc)
+            failed["llamacpp-build"] = str(exc)
     return failed
 
 

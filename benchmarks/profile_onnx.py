@@ -1,4 +1,4 @@
-"""Which ops dominate an ONNX decode step: ORT's profiler, summed by op type.
+"""Which ops dominate an ONNX decode step, and the prefill: ORT's profiler, summed by op type.
 
     python benchmarks/profile_onnx.py ONNX_DIR [--prompt-tokens 128] [--steps 16] [--json]
 
@@ -6,7 +6,7 @@ Runs a prefill and ``--steps`` decode calls with profiling on (state fed back by
 runtime's stepper), then sums the kernel time of every node of the decode runs
 only by op type. The share is of node time (what the graph's kernels cost);
 the remainder of a step's wall time is session overhead and state copies, given
-as ``overhead_ms_per_step``.
+as ``overhead_ms_per_step``. The prefill call (``prefill``) is summed the same way.
 """
 from __future__ import annotations
 
@@ -57,7 +57,18 @@ def profile(folder: Path, prompt_tokens: int, steps: int, threads: int | None) -
 
     runs = [e for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"]
     decode_runs = runs[-steps:]
-    windows = [(e["ts"], e["ts"] + e["dur"]) for e in decode_runs]
+    node_ms, ops = ops_in(trace, [(e["ts"], e["ts"] + e["dur"]) for e in decode_runs], steps)
+    run_ms = sum(e["dur"] for e in decode_runs) / 1000.0 / steps
+    prefill_run = runs[-steps - 1]
+    prefill_node_ms, prefill_ops = ops_in(trace, [(prefill_run["ts"], prefill_run["ts"] + prefill_run["dur"])], 1)
+    return {"folder": str(folder), "prompt_tokens": prompt_tokens, "steps": steps,
+            "wall_ms_per_step": 1000.0 * float(np.median(wall)), "run_ms_per_step": run_ms,
+            "node_ms_per_step": node_ms, "overhead_ms_per_step": run_ms - node_ms, "ops": ops,
+            "prefill": {"run_ms": prefill_run["dur"] / 1000.0, "node_ms": prefill_node_ms, "ops": prefill_ops}}
+
+
+def ops_in(trace: list[dict], windows: list[tuple[float, float]], calls: int) -> tuple[float, list[dict]]:
+    """(node ms per call, ops by time) for the kernels that ran inside ``windows``."""
     by_op: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     for e in trace:
         if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
@@ -68,13 +79,10 @@ def profile(folder: Path, prompt_tokens: int, steps: int, threads: int | None) -
         by_op[op][0] += e["dur"] / 1000.0
         by_op[op][1] += 1
     node_ms = sum(v[0] for v in by_op.values())
-    ops = sorted(({"op_type": op, "ms_per_step": ms / steps, "nodes_per_step": n / steps,
+    ops = sorted(({"op_type": op, "ms_per_step": ms / calls, "nodes_per_step": n / calls,
                    "share": ms / node_ms if node_ms else 0.0} for op, (ms, n) in by_op.items()),
                  key=lambda o: -o["ms_per_step"])
-    run_ms = sum(e["dur"] for e in decode_runs) / 1000.0 / steps
-    return {"folder": str(folder), "prompt_tokens": prompt_tokens, "steps": steps,
-            "wall_ms_per_step": 1000.0 * float(np.median(wall)), "run_ms_per_step": run_ms,
-            "node_ms_per_step": node_ms / steps, "overhead_ms_per_step": run_ms - node_ms / steps, "ops": ops}
+    return node_ms / calls, ops
 
 
 def main() -> None:

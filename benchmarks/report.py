@@ -8,19 +8,34 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = "pytorch-fp32"
-# Issue 8's targets: (description, numerator row, denominator row or "bound", minimum ratio)
+INT4 = "onnx-int4"                   # the default int4 export
+Q4_K_M = "llamacpp-llama-q4_k_m"     # the 4-bit file users download, made by llama.cpp's own tools
+# (description, numerator row, measure, denominator row or "bound" or None, minimum); measures:
+#   "decode": numerator decode / denominator decode; "bound": numerator decode / its bound;
+#   "prefill": denominator prefill ms / numerator prefill ms (>= 1: the numerator is no slower);
+#   "kl": denominator KL / numerator KL (>= 1: the numerator is no further from fp32).
 TARGETS = [
-    ("lmexport ONNX fp32 decode >= 1.0x optimum-onnx fp32", "onnx-fp32", "optimum-fp32", 1.0),
-    ("lmexport ONNX fp32 decode >= 1.7x PyTorch eager fp32", "onnx-fp32", BASELINE, 1.7),
-    ("lmexport ONNX int8 decode >= 4x PyTorch eager fp32", "onnx-int8", BASELINE, 4.0),
-    ("lmexport ONNX int4 decode >= 0.6 of its bandwidth bound", "onnx-int4", "bound", 0.6),
-    ("lmexport ONNX int4 decode >= llama.cpp q4_0", "onnx-int4", "llamacpp-q4_0", 1.0),
+    ("#16 lmexport int4 decode >= 1.3x llama.cpp Q4_K_M", INT4, "decode", Q4_K_M, 1.3),
+    ("#16 lmexport int4 decode >= 0.8 of its bound", INT4, "bound", None, 0.8),
+    ("#16 lmexport int4 prefill-128 no slower than llama.cpp Q4_K_M", INT4, "prefill", Q4_K_M, 1.0),
+    ("#16 lmexport int4 KL from fp32 no worse than llama.cpp Q4_K_M", INT4, "kl", Q4_K_M, 1.0),
+    ("#14 llama.cpp liquidmetal q4_0 decode >= 0.85x plain Llama q4_0", "llamacpp-liquid-q4_0", "decode",
+     "llamacpp-llama-q4_0", 0.85),
+    ("#14 llama.cpp liquidmetal q4_0 prefill within 1.3x plain Llama q4_0", "llamacpp-liquid-q4_0", "prefill",
+     "llamacpp-llama-q4_0", 1 / 1.3),
+    ("#14 llama.cpp liquidmetal Q4_K_M decode >= 0.85x plain Llama Q4_K_M", "llamacpp-liquid-q4_k_m", "decode",
+     Q4_K_M, 0.85),
+    ("#8 lmexport ONNX fp32 decode >= 1.0x optimum-onnx fp32", "onnx-fp32", "decode", "optimum-fp32", 1.0),
+    ("#8 lmexport ONNX int8 decode >= 4x PyTorch eager fp32", "onnx-int8", "decode", BASELINE, 4.0),
 ]
-# Before and after the fused ops (lmexport/exporters/onnx_fused.py): (description, after, before)
+# Rows whose speed must not fall behind the previous run's (compared as x PyTorch fp32 of each run).
+NO_SLOWER = ("onnx-fp32", "onnx-int8")
+# Before and after the fused ops (lmexport/exporters/onnx/fused.py): (description, after, before)
 FUSION = [
     ("fp32: fused ops / plain ops", "onnx-fp32", "onnx-fp32-plain"),
     ("int4: fused ops / plain ops", "onnx-int4", "onnx-int4-plain"),
 ]
+HUGE_SHARE = 0.5   # a row whose weights are at least this much in huge pages is bounded by that bandwidth
 
 
 def machine() -> dict:
@@ -32,7 +47,11 @@ def machine() -> dict:
         fields = {k.strip(): v.strip() for k, v in fields.items()}
         info["cpu"] = fields.get("Model name", info["cpu"])
         info["cores"] = int(fields.get("CPU(s)", 0)) or None
-        info["flags_avx512"] = "avx512f" in fields.get("Flags", "")
+        flags = fields.get("Flags", "").split()
+        info["isa"] = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile",
+                                   "amx_int8") if f in flags]
+        info["family_model"] = f"family {fields.get('CPU family', '?')} model {fields.get('Model', '?')}"
+        info["threads_per_core"] = fields.get("Thread(s) per core")
         info["hypervisor"] = fields.get("Hypervisor vendor")
     except (OSError, subprocess.SubprocessError, ValueError):
         pass
@@ -60,37 +79,73 @@ def versions() -> dict:
     return out
 
 
+def previous_ratios(path: Path) -> dict[str, dict]:
+    """Each row's decode rate over PyTorch fp32's, from the results.json a previous run left (if any)."""
+    import json
+
+    try:
+        old = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    out = {}
+    for r in old.get("rows", []):
+        if r.get("vs_pytorch_fp32") is not None:
+            out[r["key"]] = {"vs_pytorch_fp32": r["vs_pytorch_fp32"],
+                             "commit": old.get("versions", {}).get("lmexport_commit")}
+    return out
+
+
+def _decode(res: dict) -> float:
+    return res["decode_tokens_per_s"]["median"]
+
+
 def add_ratios(summary: dict) -> None:
-    """Each row's bound (bandwidth / bytes per token x batch) and its ratios to PyTorch fp32 and the bound."""
-    bw = summary["bound_bytes_per_s"]
+    """Each row's bound (bandwidth of the page size its weights sat in / bytes per token x batch),
+    its ratios to PyTorch fp32 and to the bound, the targets and the no-slower checks."""
+    bws = summary["bound_bytes_per_s"]
     batch = summary["workload"]["batch"]
     rows = {r["key"]: r for r in summary["rows"]}
     base = rows.get(BASELINE, {}).get("result")
     for r in summary["rows"]:
         res = r["result"]
+        huge = (res or {}).get("huge_mapped_mb") or 0.0
+        share = min(1.0, huge * (1 << 20) / r["bytes_per_token"]) if r["bytes_per_token"] and res else None
+        r["huge_share"] = share
+        r["pages"] = "huge" if share is not None and share >= HUGE_SHARE else "small"
+        bw = bws[r["pages"]]
         r["bound_tokens_per_s"] = bw * batch / r["bytes_per_token"] if r["bytes_per_token"] else None
         if res is None:
             r["vs_pytorch_fp32"] = r["vs_bound"] = None
             continue
-        rate = res["decode_tokens_per_s"]["median"]
-        r["vs_pytorch_fp32"] = rate / base["decode_tokens_per_s"]["median"] if base else None
-        r["vs_bound"] = rate / r["bound_tokens_per_s"] if r["bound_tokens_per_s"] else None
+        r["vs_pytorch_fp32"] = _decode(res) / _decode(base) if base else None
+        r["vs_bound"] = _decode(res) / r["bound_tokens_per_s"] if r["bound_tokens_per_s"] else None
     summary["targets"] = []
-    for text, num, den, minimum in TARGETS:
-        n = rows.get(num, {}).get("result")
-        if den == "bound":
-            ratio = rows[num]["vs_bound"] if n else None
-        else:
-            d = rows.get(den, {}).get("result")
-            ratio = (n["decode_tokens_per_s"]["median"] / d["decode_tokens_per_s"]["median"]) if n and d else None
+    for text, num, measure, den, minimum in TARGETS:
+        n, d = rows.get(num, {}), rows.get(den, {}) if den else {}
+        ratio = None
+        if n.get("result"):
+            if measure == "bound":
+                ratio = n["vs_bound"]
+            elif measure == "decode" and d.get("result"):
+                ratio = _decode(n["result"]) / _decode(d["result"])
+            elif measure == "prefill" and d.get("result"):
+                ratio = d["result"]["prefill_ms"]["median"] / n["result"]["prefill_ms"]["median"]
+            elif measure == "kl" and n.get("quality") and d.get("quality") and n["quality"]["kl"] > 0:
+                ratio = d["quality"]["kl"] / n["quality"]["kl"]
         summary["targets"].append({"target": text, "ratio": ratio, "minimum": minimum,
                                    "met": None if ratio is None else ratio >= minimum})
+    summary["no_slower"] = []
+    for key in NO_SLOWER:
+        now, then = rows.get(key, {}).get("vs_pytorch_fp32"), summary.get("previous", {}).get(key)
+        if now is not None and then:
+            summary["no_slower"].append({"row": key, "now": now, "previous": then["vs_pytorch_fp32"],
+                                         "commit": then.get("commit")})
     summary["fusion"] = []
     for text, after, before in FUSION:
         a, b = rows.get(after, {}).get("result"), rows.get(before, {}).get("result")
         if a and b:
             summary["fusion"].append({
-                "what": text, "decode": a["decode_tokens_per_s"]["median"] / b["decode_tokens_per_s"]["median"],
+                "what": text, "decode": _decode(a) / _decode(b),
                 "prefill": b["prefill_ms"]["median"] / a["prefill_ms"]["median"]})
 
 
@@ -98,9 +153,14 @@ def _f(x, fmt="{:.2f}", none="–"):
     return none if x is None else fmt.format(x)
 
 
+def _target_ratio(t: dict) -> str:
+    return _f(t["ratio"], "{:.2f}x")
+
+
 def render(s: dict) -> str:
     w, m, v = s["workload"], s["machine"], s["versions"]
     bw = s["bandwidth"]
+    isa = ", ".join(m.get("isa") or []) or "?"
     lines = [
         "# Benchmark results",
         "",
@@ -114,45 +174,66 @@ def render(s: dict) -> str:
         f"- **Workload**: batch {w['batch']}, prompt {w['prompt_tokens']} tokens, {w['new_tokens']} decode calls "
         f"of one token; {w['repeats_per_round']} timed repeats per row per round after a warm-up, "
         f"{w['rounds']} alternating rounds (row order rotated each round); {w['threads']} threads for every row",
-        f"- **Machine**: {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB memory, "
+        f"- **Machine**: CPU `{m.get('cpu')}` ({m.get('family_model', '?')}; {isa}), {m.get('cores')} cores "
+        f"({m.get('threads_per_core') or '?'} thread(s) per core), {m.get('memory_gib')} GiB memory, "
         f"Linux {m.get('kernel')}" + (f", {m['hypervisor']} VM" if m.get("hypervisor") else ""),
         "- **Versions**: " + ", ".join(f"{k} {x}" for k, x in v.items()) + _row_versions(s),
-        f"- **Read bandwidth** (numpy sum over {bw[0]['array_mib']} MiB, best of {bw[0]['repeats']}): "
-        + "; ".join(f"{'before' if i == 0 else 'after'} the rows {b['single_thread_bytes_per_s'] / 1e9:.1f} GB/s "
-                    f"1 thread, {b['multi_thread_bytes_per_s'] / 1e9:.1f} GB/s {b['threads']} threads"
-                    for i, b in enumerate(bw))
-        + f"; the bound uses {s['bound_bytes_per_s'] / 1e9:.1f} GB/s",
+        f"- **Read bandwidth** (numpy sum over {bw[0]['array_mib']} MiB, best of {bw[0]['repeats']}, "
+        "4 KiB pages and transparent huge pages; before and after the rows): "
+        + "; ".join(f"{'4 KiB' if b['pages'] == 'small' else 'huge'} pages ({b['huge_fraction'] * 100:.0f}% huge) "
+                    f"{b['single_thread_bytes_per_s'] / 1e9:.1f} GB/s 1 thread, "
+                    f"{b['multi_thread_bytes_per_s'] / 1e9:.1f} GB/s {b['threads']} threads" for b in bw)
+        + f". Bounds use the best: {s['bound_bytes_per_s']['small'] / 1e9:.1f} GB/s (4 KiB) and "
+          f"{s['bound_bytes_per_s']['huge'] / 1e9:.1f} GB/s (huge)",
         f"- **Wall time**: {s['timing']['prepare_s'] / 60:.1f} min building or reusing the cache, "
         f"{s['timing']['measure_s'] / 60:.1f} min measuring",
         "",
-        "## Decode and prefill",
+        "## Decode, prefill and quality",
         "",
-        "Decode tokens/s: median [min – max] over every timed repeat of every round. Bound: read bandwidth ÷ "
-        "bytes of weights read per token (every stored weight except the embedding table).",
+        "Decode tokens/s: median [min – max] over every timed repeat of every round. Bound: the read "
+        "bandwidth of the page size the row's weights sat in (huge pages: the share of the weights mapped "
+        "with 2 MiB pages at the end of the row) ÷ bytes of weights read per token (every stored weight "
+        "except the embedding table). KL: mean KL(fp32 PyTorch ‖ row) of the next-token distribution over "
+        "fixed positions (teacher-forced prompts, `lmexport/bench/measure.py`), nats; top-1: how often the "
+        "row's argmax is the reference's.",
         "",
-        "| row | weights / token | decode tokens/s | × PyTorch fp32 | bound tokens/s | × bound | prefill ms "
-        f"({w['prompt_tokens']} tok) | load s | peak RSS |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| row | weights / token | decode tokens/s | × PyTorch fp32 | huge pages | bound tokens/s | × bound | "
+        f"prefill ms ({w['prompt_tokens']} tok) | KL from fp32 | top-1 | load s | peak RSS |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in s["rows"]:
-        res = r["result"]
+        res, q = r["result"], r.get("quality")
         gb = _f(r["bytes_per_token"] and r["bytes_per_token"] / 1e9, "{:.2f} GB")
+        kl = _f(q and q["kl"], "{:.2e}") if q else "–"
+        top1 = _f(q and q["top1"] * 100, "{:.1f}%") if q else "–"
         if res is None:
-            lines.append(f"| {r['label']} | {gb} | **failed** | | {_f(r['bound_tokens_per_s'])} | | | | |")
+            lines.append(f"| {r['label']} | {gb} | **failed** | | | {_f(r['bound_tokens_per_s'])} | | | {kl} | "
+                         f"{top1} | | |")
             continue
-        d, p = res["decode_tokens_per_s"], res["prefill_ms"]
+        d, pf = res["decode_tokens_per_s"], res["prefill_ms"]
         lines.append(
             f"| {r['label']} | {gb} | {d['median']:.2f} [{d['min']:.2f} – {d['max']:.2f}] | "
-            f"{_f(r['vs_pytorch_fp32'])} | {_f(r['bound_tokens_per_s'])} | {_f(r['vs_bound'])} | "
-            f"{p['median']:.0f} | {res['load_s']:.1f} | {res['peak_rss_mb'] / 1024:.2f} GiB |")
+            f"{_f(r['vs_pytorch_fp32'])} | {_f(r.get('huge_share') and r['huge_share'] * 100, '{:.0f}%', '0%')} | "
+            f"{_f(r['bound_tokens_per_s'])} | {_f(r['vs_bound'])} | {pf['median']:.0f} | {kl} | {top1} | "
+            f"{res['load_s']:.1f} | {res['peak_rss_mb'] / 1024:.2f} GiB |")
     failures = [(r["label"], f) for r in s["rows"] for f in r["failures"]]
     if failures:
         lines += ["", "### Failures", ""]
         lines += [f"- {label}: {text}" for label, text in failures]
-    lines += ["", "## Targets (issue 8)", "", "| target | measured | met |", "|---|---:|:---:|"]
+    lines += ["", "## Targets", "",
+              "Ratios of medians from the table above (prefill: the other row's ms over this row's, so ≥ 1 "
+              "means no slower; KL: the other row's KL over this row's, so ≥ 1 means no worse).", "",
+              "| target | measured | met |", "|---|---:|:---:|"]
     for t in s["targets"]:
         met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
-        lines.append(f"| {t['target']} | {_f(t['ratio'], '{:.2f}x')} | {met} |")
+        lines.append(f"| {t['target']} | {_target_ratio(t)} | {met} |")
+    if s.get("no_slower"):
+        lines += ["", "## No slower than the previous run", "",
+                  "Decode × PyTorch fp32 of each run (the same-run baseline cancels the machine's drift).", "",
+                  "| row | this run | previous run | met |", "|---|---:|---:|:---:|"]
+        for n in s["no_slower"]:
+            ok = "yes" if n["now"] >= 0.95 * n["previous"] else "**no**"
+            lines.append(f"| {n['row']} | {n['now']:.2f}x | {n['previous']:.2f}x (commit {n['commit']}) | {ok} |")
     if s.get("fusion"):
         lines += ["", "## Fused ops: after / before, same run", "",
                   "Speed-up of the default graph (opset-23 Attention, RotaryEmbedding, RMSNormalization, 2-D "
@@ -168,19 +249,33 @@ def render(s: dict) -> str:
                   f"ORT profiler, {prof['steps']} decode steps after a {prof['prompt_tokens']}-token prefill: "
                   f"{prof['wall_ms_per_step']:.1f} ms per step under the profiler, "
                   f"{prof['node_ms_per_step']:.1f} ms in {nodes:.0f} nodes, "
-                  f"{prof['overhead_ms_per_step']:.1f} ms outside them.", "",
-                  "| op type | share | ms / step | nodes / step |", "|---|---:|---:|---:|"]
-        for op in prof["ops"][:8]:
-            lines.append(f"| {op['op_type']} | {op['share'] * 100:.1f}% | {op['ms_per_step']:.2f} | "
-                         f"{op['nodes_per_step']:.0f} |")
+                  f"{prof['overhead_ms_per_step']:.1f} ms outside them.", ""]
+        lines += _op_table(prof["ops"])
+        if prof.get("prefill"):
+            pre = prof["prefill"]
+            lines += ["", f"The {prof['prompt_tokens']}-token prefill of `{key}`: {pre['run_ms']:.0f} ms under "
+                      f"the profiler, {pre['node_ms']:.0f} ms in nodes.", ""]
+            lines += _op_table(pre["ops"])
     return "\n".join(lines) + "\n"
+
+
+def _op_table(ops: list[dict]) -> list[str]:
+    out = ["| op type | share | ms / call | nodes / call |", "|---|---:|---:|---:|"]
+    for op in ops[:8]:
+        out.append(f"| {op['op_type']} | {op['share'] * 100:.1f}% | {op['ms_per_step']:.2f} | "
+                   f"{op['nodes_per_step']:.0f} |")
+    return out
 
 
 def _row_versions(s: dict) -> str:
     extra = {}
     for r in s["rows"]:
         res = r["result"]
-        if res and r["key"].startswith(("optimum", "llamacpp")):
+        if res and r["key"].startswith("optimum"):
             for k, x in res["versions"].items():
-                extra.setdefault(f"{k} ({'optimum venv' if r['key'].startswith('optimum') else 'llama.cpp venv'})", x)
+                extra.setdefault(f"{k} (optimum venv)", x)
+        elif res and r["key"].startswith("llamacpp"):
+            for k, x in res["versions"].items():
+                extra.setdefault("llama-cpp-python (patched, lmexport llamacpp build)" if k == "llama-cpp-python"
+                                 else f"llama.cpp {k}", x)
     return "".join(f", {k} {x}" for k, x in extra.items())

@@ -24,21 +24,40 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import prepare  # noqa: E402
 import report  # noqa: E402
 import weights  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lmexport.bench.measure import kl_from_reference  # noqa: E402
+
 log = logging.getLogger("bench")
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-ALL_ROWS = ("pytorch-fp32", "pytorch-bf16", "onnx-fp32", "onnx-fp16", "onnx-int8", "onnx-int4",
-            "onnx-fp32-plain", "onnx-int4-plain", "onnx-int4-b128",
-            "optimum-fp32", "llamacpp-f16", "llamacpp-q8_0", "llamacpp-q4_0")
-PROFILED = ("int4-plain", "int4", "fp32-plain", "fp32")     # ONNX variants --profile looks inside
+GGUF_LABELS = {
+    "llama-f16": "llama.cpp f16 (plain Llama, lmexport gguf)",
+    "llama-q8_0": "llama.cpp q8_0 (plain Llama, lmexport gguf)",
+    "llama-q4_0": "llama.cpp q4_0 (plain Llama, lmexport gguf)",
+    "llama-q4_k_m": "llama.cpp Q4_K_M (plain Llama, llama.cpp's converter + quantizer)",
+    "liquid-q4_0": "llama.cpp liquidmetal q4_0 (lmexport gguf)",
+    "liquid-q4_k_m": "llama.cpp liquidmetal Q4_K_M (lmexport gguf, llama.cpp's quantizer)",
+}
+ALL_ROWS = ("pytorch-fp32", "pytorch-bf16", *(f"onnx-{v}" for v in prepare.ONNX_VARIANTS), "onnx-int4-hugepages",
+            "optimum-fp32", *(f"llamacpp-{g}" for g in prepare.GGUF_FILES))
+PROFILED = ("int4", "int4-b128", "fp32")     # ONNX variants --profile looks inside
 ONNX_LABELS = {"fp32-plain": "fp32, plain ops (before fusion)", "int4-plain": "int4, plain ops (before fusion)",
                "int4-b128": "int4, block 128"}
-DEFAULT_ROWS = tuple(r for r in ALL_ROWS if r != "onnx-fp16")
+# Off by default (each is a question answered once, see RESULTS.md history): fp16, the plain-op graphs,
+# bf16 PyTorch, the plain Llama in f16.
+DEFAULT_ROWS = tuple(r for r in ALL_ROWS if r not in ("onnx-fp16", "onnx-fp32-plain", "onnx-int4-plain",
+                                                      "pytorch-bf16", "llamacpp-llama-f16"))
+# Glibc's malloc asks for transparent huge pages for its large blocks (ONNX Runtime's weights among
+# them); set before the process starts, so a row of its own.
+HUGEPAGES_ENV = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+REFERENCE = "pytorch-fp32"        # the quality column's reference
 
 
 @dataclass
@@ -48,10 +67,13 @@ class Row:
     artifact: Path
     command: Callable[[Path], list[str]]        # json output file -> argv
     weight_bytes: Callable[[], int]
-    needs: str | None = None                    # build step or venv this row depends on
+    needs: str | None = None                    # build step this row depends on
+    quality: Callable[[Path], list[str]] | None = None   # logits .npy -> argv of the quality pass
+    env: dict = field(default_factory=dict)
     runs: list[dict] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     bytes_per_token: int | None = None
+    quality_result: dict | None = None
 
 
 def workload_args(args) -> list[str]:
@@ -62,28 +84,39 @@ def workload_args(args) -> list[str]:
 def make_rows(args, work: prepare.Work) -> list[Row]:
     lm = prepare.lmexport_exe()
     wl = workload_args(args)
+    th = ["--threads", str(args.threads)]
+    lm_worker = [sys.executable, str(HERE / "worker_lmexport.py")]
     rows = []
     for dt, size in (("fp32", 4), ("bf16", 2)):
         rows.append(Row(f"pytorch-{dt}", f"PyTorch eager {dt} (Liquid-Metal reference)", work.liquid,
                         lambda out, dt=dt: [lm, "bench", str(work.liquid), "--device", "cpu", "--torch-dtype", dt,
                                             "--json", *wl],
-                        lambda size=size: weights.safetensors_bytes(work.liquid, size), needs="liquid"))
+                        lambda size=size: weights.safetensors_bytes(work.liquid, size), needs="liquid",
+                        quality=lambda npy, dt=dt: [*lm_worker, str(work.liquid), "--torch-dtype", dt,
+                                                    "--logits", str(npy), *th]))
     for v in prepare.ONNX_VARIANTS:
         path = work.onnx(v)
         rows.append(Row(f"onnx-{v}", f"lmexport ONNX {ONNX_LABELS.get(v, v)}", path,
                         lambda out, path=path: [lm, "bench", str(path), "--device", "cpu", "--json", *wl],
-                        lambda path=path: weights.onnx_bytes(path / "model.onnx"), needs=f"onnx-{v}"))
+                        lambda path=path: weights.onnx_bytes(path / "model.onnx"), needs=f"onnx-{v}",
+                        quality=lambda npy, path=path: [*lm_worker, str(path), "--logits", str(npy), *th]))
+    int4 = work.onnx("int4")
+    rows.append(Row("onnx-int4-hugepages", "lmexport ONNX int4, glibc huge pages", int4,
+                    lambda out: [lm, "bench", str(int4), "--device", "cpu", "--json", *wl],
+                    lambda: weights.onnx_bytes(int4 / "model.onnx"), needs="onnx-int4", env=HUGEPAGES_ENV))
     rows.append(Row("optimum-fp32", "optimum-onnx fp32 (plain Llama)", work.optimum,
                     lambda out: [str(work.python(work.venv_optimum)), str(HERE / "worker_optimum.py"),
                                  str(work.optimum), "--out", str(out), *wl],
-                    lambda: weights.onnx_bytes(work.optimum / "model.onnx"), needs="optimum-fp32"))
-    for t in prepare.GGUF_TYPES:
-        path = work.gguf(t)
-        rows.append(Row(f"llamacpp-{t}", f"llama.cpp {t} (plain Llama GGUF)", path,
-                        lambda out, path=path, t=t: [str(work.python(work.venv_llamacpp)),
-                                                     str(HERE / "worker_llamacpp.py"), str(path), "--variant", t,
-                                                     "--out", str(out), *wl],
-                        lambda path=path: weights.gguf_bytes(path), needs=f"gguf-{t}"))
+                    lambda: weights.onnx_bytes(work.optimum / "model.onnx"), needs="optimum-fp32",
+                    quality=lambda npy: [str(work.python(work.venv_optimum)), str(HERE / "worker_optimum.py"),
+                                         str(work.optimum), "--logits", str(npy), *th]))
+    for name, (_, _, outtype) in prepare.GGUF_FILES.items():
+        path = work.gguf(name)
+        worker = [sys.executable, str(HERE / "worker_llamacpp.py"), str(path), "--variant", outtype]
+        rows.append(Row(f"llamacpp-{name}", GGUF_LABELS[name], path,
+                        lambda out, worker=worker: [*worker, "--out", str(out), *wl],
+                        lambda path=path: weights.gguf_bytes(path), needs=f"gguf-{name}",
+                        quality=lambda npy, worker=worker: [*worker, "--logits", str(npy), *th]))
     wanted = set(args.rows)
     return [r for r in rows if r.key in wanted]
 
@@ -98,7 +131,7 @@ def run_row(row: Row, out_dir: Path, round_no: int, timeout: float) -> None:
     try:
         with open(err_log, "w") as err:
             proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=err, timeout=timeout, cwd=ROOT,
-                                  text=True)
+                                  text=True, env={**os.environ, **row.env})
     except subprocess.TimeoutExpired:
         row.failures.append(f"round {round_no}: timed out after {timeout:.0f} s")
         log.error("%s: timed out", row.key)
@@ -120,6 +153,24 @@ def run_row(row: Row, out_dir: Path, round_no: int, timeout: float) -> None:
              result["decode_tokens_per_s"]["median"], result["prefill_ms"]["median"], time.perf_counter() - t0)
 
 
+def run_quality(row: Row, out_dir: Path, reference: np.ndarray | None, timeout: float) -> np.ndarray | None:
+    """The row's quality pass (next-token logits on fixed ids); its KL from ``reference`` into the row."""
+    npy = out_dir / f"{row.key}.logits.npy"
+    npy.unlink(missing_ok=True)
+    log.info("quality %-15s", row.key)
+    try:
+        subprocess.run(row.quality(npy), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=timeout,
+                       cwd=ROOT, check=True, env={**os.environ, **row.env})
+        logits = np.load(npy)
+    except (subprocess.SubprocessError, OSError, ValueError) as exc:
+        detail = getattr(exc, "stderr", b"") or b""
+        row.failures.append(f"quality pass: {exc} {detail.decode(errors='replace')[-300:]}".strip())
+        return None
+    if reference is not None:
+        row.quality_result = kl_from_reference(reference, logits)
+    return logits
+
+
 def aggregate(row: Row) -> dict | None:
     if not row.runs:
         return None
@@ -130,12 +181,13 @@ def aggregate(row: Row) -> dict | None:
     return {"decode_tokens_per_s": pool("decode_tokens_per_s"), "prefill_ms": pool("prefill_ms"),
             "load_s": statistics.median(r["load_s"] for r in row.runs),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in row.runs),
+            "huge_mapped_mb": max((r.get("huge_mapped_mb") or 0.0) for r in row.runs),
             "versions": first.get("versions", {}), "rounds": len(row.runs)}
 
 
-def measure_bandwidth(args, out_dir: Path) -> dict:
+def measure_bandwidth(args, pages: str) -> dict:
     cmd = [sys.executable, str(HERE / "bandwidth.py"), "--mib", str(args.bandwidth_mib), "--threads",
-           str(args.threads)]
+           str(args.threads), "--pages", pages]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
     return json.loads(proc.stdout)
 
@@ -161,6 +213,7 @@ def parse_args(argv=None):
                     help="Profile ONNX decode steps with ORT's profiler (" + ", ".join(PROFILED) + ").")
     ap.add_argument("--results", type=Path, default=HERE / "RESULTS.md")
     ap.add_argument("--prepare-only", action="store_true", help="Build and cache everything, measure nothing.")
+    ap.add_argument("--no-quality", action="store_true", help="Skip the quality pass (KL from fp32 PyTorch).")
     return ap.parse_args(argv)
 
 
@@ -174,9 +227,15 @@ def main(argv=None) -> None:
     failed = prepare.prepare_envs(work, optimum="optimum-fp32" in rows_wanted,
                                   llamacpp=any(r.startswith("llamacpp") for r in rows_wanted),
                                   timeout=args.build_timeout)
-    onnx_variants = [r.split("-", 1)[1] for r in args.rows if r.startswith("onnx-")]
-    gguf_types = [r.split("-", 1)[1] for r in args.rows if r.startswith("llamacpp-")]
-    failed.update(prepare.prepare_models(work, args.shape, onnx_variants, gguf_types,
+    onnx_variants = [r.split("-", 1)[1] for r in args.rows if r.startswith("onnx-") and r != "onnx-int4-hugepages"]
+    if "onnx-int4-hugepages" in rows_wanted and "int4" not in onnx_variants:
+        onnx_variants.append("int4")
+    gguf_names = [r.split("-", 1)[1] for r in args.rows if r.startswith("llamacpp-")]
+    if "llamacpp-build" in failed:
+        failed.update({f"gguf-{g}": failed["llamacpp-build"] for g in gguf_names
+                       if prepare.GGUF_FILES[g][1] == "llama.cpp" or prepare.GGUF_FILES[g][2].endswith("_k_m")})
+        gguf_names = [g for g in gguf_names if f"gguf-{g}" not in failed]
+    failed.update(prepare.prepare_models(work, args.shape, onnx_variants, gguf_names,
                                          with_optimum="optimum-fp32" in rows_wanted,
                                          validate=args.validate_exports, timeout=args.build_timeout))
     prepared = time.time()
@@ -191,7 +250,7 @@ def main(argv=None) -> None:
     rows = make_rows(args, work)
     for row in rows:
         blockers = [failed[k] for k in (row.needs, "venv-optimum" if row.key.startswith("optimum") else None,
-                                        "venv-llamacpp" if row.key.startswith("llamacpp") else None) if k in failed]
+                                        "llamacpp-build" if row.key.startswith("llamacpp") else None) if k in failed]
         if blockers:
             row.failures.append(f"not built: {blockers[0]}")
         elif not row.artifact.exists():
@@ -200,13 +259,24 @@ def main(argv=None) -> None:
             row.bytes_per_token = row.weight_bytes()
     runnable = [r for r in rows if not r.failures]
 
-    bandwidth = [measure_bandwidth(args, out_dir)]
-    log.info("read bandwidth %.1f GB/s", bandwidth[0]["bytes_per_s"] / 1e9)
+    bandwidth = [measure_bandwidth(args, pages) for pages in ("small", "huge")]
+    log.info("read bandwidth %.1f GB/s (4 KiB pages), %.1f GB/s (huge pages)",
+             bandwidth[0]["bytes_per_s"] / 1e9, bandwidth[1]["bytes_per_s"] / 1e9)
     for round_no in range(args.rounds):
         shift = round_no % max(1, len(runnable))
         for row in runnable[shift:] + runnable[:shift]:
             run_row(row, out_dir, round_no, args.row_timeout)
-    bandwidth.append(measure_bandwidth(args, out_dir))
+    bandwidth += [measure_bandwidth(args, pages) for pages in ("small", "huge")]
+
+    if not args.no_quality:
+        by_key = {r.key: r for r in runnable}
+        ref_row = by_key.get(REFERENCE)
+        reference = run_quality(ref_row, out_dir, None, args.row_timeout) if ref_row else None
+        for row in runnable:
+            if row.quality and row is not ref_row and reference is not None:
+                run_quality(row, out_dir, reference, args.row_timeout)
+        if ref_row and reference is not None:
+            ref_row.quality_result = kl_from_reference(reference, reference)
 
     profiles = {}
     for variant in PROFILED if args.profile else ():
@@ -226,9 +296,12 @@ def main(argv=None) -> None:
         "shape": args.shape, "dims": prepare.SHAPES[args.shape],
         "workload": {"prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "batch": args.batch,
                      "repeats_per_round": args.repeats, "rounds": args.rounds, "threads": args.threads},
-        "bandwidth": bandwidth, "bound_bytes_per_s": max(b["bytes_per_s"] for b in bandwidth),
-        "rows": [{"key": r.key, "label": r.label, "bytes_per_token": r.bytes_per_token,
-                  "result": aggregate(r), "failures": r.failures} for r in rows],
+        "bandwidth": bandwidth,
+        "bound_bytes_per_s": {pages: max(b["bytes_per_s"] for b in bandwidth if b["pages"] == pages)
+                              for pages in ("small", "huge")},
+        "rows": [{"key": r.key, "label": r.label, "bytes_per_token": r.bytes_per_token, "env": r.env,
+                  "result": aggregate(r), "quality": r.quality_result, "failures": r.failures} for r in rows],
+        "previous": report.previous_ratios(args.results.with_name("results.json")),
         "build_failures": failed, "profiles": profiles,
         "timing": {"prepare_s": prepared - started, "measure_s": finished - prepared,
                    "total_s": finished - started},

@@ -28,13 +28,16 @@ class OptimumStepper:
     def reset(self, batch: int) -> None:
         self.past = None
 
-    def step(self, ids, mask, positions):
+    def logits(self, ids, mask, positions):
         t = self.torch
         with t.inference_mode():
             out = self.model(input_ids=t.from_numpy(ids), attention_mask=t.from_numpy(mask),
                              position_ids=t.from_numpy(positions), past_key_values=self.past, use_cache=True)
         self.past = out.past_key_values
-        return out.logits[:, -1, :].argmax(dim=-1).numpy()
+        return out.logits[:, -1, :].float().numpy()
+
+    def step(self, ids, mask, positions):
+        return self.logits(ids, mask, positions).argmax(axis=-1)
 
 
 def main() -> None:

@@ -42,6 +42,11 @@ class Stepper(Protocol):
     def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray: ...
 
 
+class LogitsStepper(Stepper, Protocol):
+    def logits(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """The same call as ``step``, returning the last position's logits [batch, vocab] as numpy."""
+
+
 @dataclass(frozen=True)
 class Workload:
     """How much work one measurement does (the CLI's and run.py's knobs)."""
@@ -99,6 +104,7 @@ class BenchResult:
     peak_rss_mb: float
     rss_after_load_mb: float
     versions: dict[str, str] = field(default_factory=dict)
+    huge_mapped_mb: float | None = None   # resident memory mapped by 2 MiB pages at the end (Linux)
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -137,6 +143,21 @@ def reset_peak_rss() -> bool:
         return True
     except OSError:
         return False
+
+
+def huge_mapped_mb() -> float | None:
+    """Memory this process maps with huge pages now, in MiB: anonymous THP plus PMD-mapped file pages
+    (Linux ``/proc/self/smaps_rollup``; None elsewhere). Tells which bandwidth bounds a row."""
+    total, found = 0.0, False
+    try:
+        with open("/proc/self/smaps_rollup") as f:
+            for line in f:
+                if line.startswith(("AnonHugePages:", "FilePmdMapped:", "ShmemPmdMapped:")):
+                    total += float(line.split()[1])
+                    found = True
+    except OSError:
+        return None
+    return total / 1024.0 if found else None
 
 
 def _proc_status_kb(key: str) -> float | None:
@@ -215,7 +236,56 @@ def run_protocol(load: Callable[[], tuple[Stepper, int]], workload: Workload, *,
                        prompt_tokens=workload.prompt_tokens, new_tokens=workload.new_tokens,
                        batch=workload.batch, repeats=workload.repeats, load_s=load_s, prefill_ms=prefill,
                        decode_tokens_per_s=rate, decode_ms_per_step=per_step, peak_rss_mb=peak_rss_mb(),
-                       rss_after_load_mb=after_load, versions=dict(versions or {}))
+                       rss_after_load_mb=after_load, versions=dict(versions or {}),
+                       huge_mapped_mb=huge_mapped_mb())
+
+
+# ---------------------------------------------------------------- quality
+QUALITY_PROMPTS = 4
+QUALITY_PROMPT_TOKENS = 32
+QUALITY_NEXT_TOKENS = 16
+QUALITY_SEED = 1
+
+
+def quality_logits(stepper: LogitsStepper, vocab_size: int, *, prompts: int = QUALITY_PROMPTS,
+                   prompt_tokens: int = QUALITY_PROMPT_TOKENS, next_tokens: int = QUALITY_NEXT_TOKENS,
+                   seed: int = QUALITY_SEED) -> np.ndarray:
+    """Next-token logits on fixed ids, for comparing rows with a reference: float32
+    ``[prompts * (1 + next_tokens), vocab]``.
+
+    Each prompt is a prefill of ``prompt_tokens`` fixed ids (its last position gives the first row),
+    then ``next_tokens`` decode calls that feed the following fixed ids (teacher-forced, not the
+    row's own greedy tokens, so every row sees the same inputs and the decode path with its carried
+    state is what is compared)."""
+    ids = prompt_ids(prompts, prompt_tokens + next_tokens, vocab_size, seed)
+    total = ids.shape[1]
+    mask = np.ones((1, total), dtype=np.int64)
+    positions = np.arange(total, dtype=np.int64)[None, :]
+    rows = []
+    for p in range(prompts):
+        seq = ids[p:p + 1]
+        stepper.reset(1)
+        rows.append(stepper.logits(seq[:, :prompt_tokens], mask[:, :prompt_tokens], positions[:, :prompt_tokens]))
+        for t in range(prompt_tokens, total):
+            rows.append(stepper.logits(seq[:, t:t + 1], mask[:, :t + 1], np.ascontiguousarray(positions[:, t:t + 1])))
+    return np.concatenate([np.asarray(r, dtype=np.float32).reshape(1, -1) for r in rows])
+
+
+def kl_from_reference(ref_logits: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """Mean KL(reference || row) of the next-token distributions (nats), and the top-1 agreement."""
+    if ref_logits.shape[0] != logits.shape[0]:
+        raise ValueError(f"{logits.shape[0]} rows of logits against {ref_logits.shape[0]} reference rows")
+    vocab = min(ref_logits.shape[1], logits.shape[1])   # a GGUF may pad its vocabulary
+    ref, row = ref_logits[:, :vocab].astype(np.float64), logits[:, :vocab].astype(np.float64)
+
+    def log_softmax(x):
+        x = x - x.max(axis=1, keepdims=True)
+        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
+
+    lp, lq = log_softmax(ref), log_softmax(row)
+    kl = (np.exp(lp) * (lp - lq)).sum(axis=1)
+    return {"kl": float(kl.mean()), "kl_max": float(kl.max()),
+            "top1": float((ref.argmax(axis=1) == row.argmax(axis=1)).mean()), "positions": int(kl.size)}
 
 
 def default_threads() -> int:
@@ -227,19 +297,28 @@ def worker_parser(artifact: str) -> argparse.ArgumentParser:
     """The command line every benchmark worker (benchmarks/worker_*.py) takes."""
     ap = argparse.ArgumentParser()
     ap.add_argument(artifact)
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", help="Where the timing result goes (JSON).")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--logits", default=None,
+                    help="Instead of timing, write the quality pass's next-token logits here (.npy).")
     return ap
 
 
 def run_worker(load, args, *, artifact: str, backend: str, variant: str, versions: dict[str, str]) -> None:
-    """Measure with the shared protocol and write the result JSON to ``args.out``."""
+    """Measure with the shared protocol and write the result JSON to ``args.out``
+    (with ``--logits``: run the quality pass instead and save its logits)."""
     from pathlib import Path
 
+    if args.logits:
+        stepper, vocab_size = load()
+        np.save(args.logits, quality_logits(stepper, vocab_size))
+        return
+    if not args.out:
+        raise SystemExit("give --out (the timing result) or --logits (the quality pass)")
     workload = Workload(args.prompt_tokens, args.new_tokens, args.batch, args.repeats)
     result = run_protocol(load, workload, artifact=artifact, backend=backend, variant=variant, device="cpu",
                           threads=args.threads, versions=versions,

@@ -34,8 +34,11 @@ class OnnxStepper:
     def reset(self, batch: int) -> None:
         self._stepper.reset(batch)
 
+    def logits(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        return self._stepper.step(ids, mask, positions)[:, -1, :]
+
     def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        return self._stepper.step(ids, mask, positions)[:, -1, :].argmax(axis=-1)
+        return self.logits(ids, mask, positions).argmax(axis=-1)
 
 
 def bench_onnx(folder: str, workload: Workload, *, device: str = "auto", threads: int | None = None,

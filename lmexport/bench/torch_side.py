@@ -23,6 +23,9 @@ class ArgmaxStepper(TorchStepper):
     def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
         return super().step(ids, mask, positions)[:, -1, :].argmax(dim=-1).cpu().numpy()
 
+    def logits(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        return super().step(ids, mask, positions)[:, -1, :].float().cpu().numpy()
+
 
 def resolve_torch_device(device: str) -> torch.device:
     if device == "auto":
