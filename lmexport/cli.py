@@ -102,8 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     # started us ignored SIGINT (background jobs inherit an ignored SIGINT).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Only a process entry (no argv given) may re-execute itself (lmexport/runtime/hugepages.py).
     try:
-        cli.main(args=args, prog_name="lmexport", standalone_mode=False)
+        cli.main(args=args, prog_name="lmexport", standalone_mode=False, obj={"process_entry": argv is None})
     except LmexportError as exc:
         if debug:
             raise

@@ -45,6 +45,8 @@ def bench_onnx(folder: str, workload: Workload, *, device: str = "auto", threads
                progress=None) -> BenchResult:
     import onnxruntime as ort
 
+    from lmexport.runtime.hugepages import active as hugepages_active
+
     manifest = Manifest.read(folder)
     opened: list[OnnxStepper] = []
 
@@ -54,7 +56,8 @@ def bench_onnx(folder: str, workload: Workload, *, device: str = "auto", threads
         return stepper, stepper.vocab_size
 
     result = run_protocol(load, workload, artifact=folder, backend="onnxruntime", variant=manifest.variant,
-                          device=device, threads=threads, versions={"onnxruntime": ort.__version__},
+                          device=device, threads=threads, versions={"onnxruntime": ort.__version__,
+                                                      "glibc_malloc_hugetlb": "on" if hugepages_active() else "off"},
                           progress=progress)
     result.device = opened[0].session.device
     return result

@@ -35,7 +35,12 @@ def bench(artifact, prompt_tokens, new_tokens, batch, repeats, device, threads, 
       lmexport bench out/onnx-int4
       lmexport bench examples/liquid-metal-tiny --torch-dtype bf16 --json
     """
-    from lmexport.bench import Workload, run_bench
+    from lmexport.bench import Workload, artifact_kind, run_bench
+
+    if artifact_kind(artifact) == "onnx":
+        from lmexport.runtime.hugepages import reexec_for
+
+        reexec_for(Path(artifact))
 
     workload = Workload(prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch=batch, repeats=repeats)
     result = run_bench(artifact, workload, device=device, threads=threads, torch_dtype=torch_dtype,

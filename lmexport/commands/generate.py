@@ -102,6 +102,9 @@ def _generate_gguf(path, prompts, max_new_tokens, sampling, device, threads, sto
 
 def _open(folder, device, threads, optimization):
     from lmexport.runtime import Generator
+    from lmexport.runtime.hugepages import reexec_for
+
+    reexec_for(Path(folder))
 
     gen = Generator.from_folder(folder, device=device, threads=threads, optimization=optimization)
     click.echo(f"[running on {gen.device}{' (--device auto)' if device == 'auto' else ''}]", err=True)
