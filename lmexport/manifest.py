@@ -14,6 +14,7 @@ Layout (format_version 1)::
       "quantization": {"method": "none" | "int8" | "int4", ...options},
       "opset": 23,
       "fused_ops": true,        # opset-23 Attention/RotaryEmbedding/RMSNormalization (false: plain ops)
+      "pack_matmuls": true,     # q|k|v and gate|up each one MatMul over a packed initializer (tensor_names.PACKS)
       "tolerance_preset": "int4", # the preset the export was validated with (lmexport.parity.tolerances)
       "source": {"weights_hash": "sha256:...", "config": {...config.json...}},
       "num_layers": N,
@@ -23,13 +24,16 @@ Layout (format_version 1)::
       "tokenizer": {"bos_token_id": 1, "eos_token_ids": [2], "pad_token_id": 0},
       "versions": {"lmexport": ..., "torch": ..., "onnx": ..., "onnxruntime": ...},
       "probes": {"layers.0.norm_in": "/model/layers.0/norm_in/output", ...},
-      "initializers": {"<ONNX initializer name>": {"tensor": "<canonical name>", "layout": "..."}}
+      "initializers": {"<ONNX initializer name>": {"tensor": "<canonical name>", "layout": "..."},
+                       "<packed initializer name>": {"pack": "<pack name>", "layout": "...",
+                                                     "members": [{"tensor": "<canonical name>", "out": [0, 64]}, ...]}}
     }
 
 ``probes`` (optional) maps each layer module output (``modeling.model.LAYER_MODULES``)
 to the graph value that holds it; a parity tool adds those values as extra graph
 outputs. ``initializers`` (optional) maps initializers to the canonical tensors of
-``tensor_names`` they store, with the layout they are stored in.
+``tensor_names`` they store, with the layout they are stored in; a packed initializer
+lists its members and each one's slice of the output axis.
 
 IOSpec: {"name", "dtype" (numpy name), "shape" (ints and axis names), "role",
 "layer" (state only), "init" ("zeros", state only), "present" (the output that
@@ -99,6 +103,7 @@ class Manifest:
     probes: dict[str, str] = field(default_factory=dict)
     initializers: dict[str, dict[str, Any]] = field(default_factory=dict)
     fused_ops: bool = False
+    pack_matmuls: bool = False          # absent from folders exported before packing: not packed
     tolerance_preset: str | None = None
 
     # ------------------------------------------------------------ queries
@@ -134,7 +139,7 @@ class Manifest:
             "format": FORMAT, "format_version": FORMAT_VERSION,
             "model_file": self.model_file, "data_file": self.data_file,
             "mode": self.mode, "dtype": self.dtype, "quantization": self.quantization,
-            "opset": self.opset, "fused_ops": self.fused_ops,
+            "opset": self.opset, "fused_ops": self.fused_ops, "pack_matmuls": self.pack_matmuls,
             **({"tolerance_preset": self.tolerance_preset} if self.tolerance_preset else {}),
             "source": self.source, "num_layers": self.num_layers,
             "inputs": [s.to_json() for s in self.inputs],
@@ -176,6 +181,7 @@ class Manifest:
         return cls(mode=data["mode"], dtype=data.get("dtype", "fp32"),
                    quantization=dict(data.get("quantization") or {"method": "none"}),
                    opset=data.get("opset", 0), fused_ops=data.get("fused_ops", False),
+                   pack_matmuls=data.get("pack_matmuls", False),
                    tolerance_preset=data.get("tolerance_preset"),
                    source=dict(data.get("source") or {}),
                    num_layers=data["num_layers"], inputs=specs["inputs"], outputs=specs["outputs"],
@@ -185,6 +191,26 @@ class Manifest:
                    data_file=data.get("data_file", "model.onnx.data"),
                    probes=dict(data.get("probes") or {}),
                    initializers=dict(data.get("initializers") or {}))
+
+
+def stored_tensors(initializers: dict[str, dict]) -> set[str]:
+    """The canonical tensors an ``initializers`` map (lmexport.json) stores, alone or in a pack."""
+    return {info["tensor"] for info in initializers.values() if "tensor" in info} | {
+        m["tensor"] for info in initializers.values() for m in info.get("members", ())}
+
+
+def locate_tensor(initializers: dict[str, dict], tensor: str) -> tuple[str, dict, tuple[int, int] | None] | None:
+    """Where a canonical tensor is stored: (initializer name, its entry, None) when alone,
+    (packed initializer name, its entry, (first, end) of the member's output slice) when
+    packed; None when no initializer holds it. A quantized tensor has several initializers
+    (blocks, scales): the first listed is returned."""
+    for name, info in initializers.items():
+        if info.get("tensor") == tensor:
+            return name, info, None
+        for member in info.get("members", ()):
+            if member["tensor"] == tensor:
+                return name, info, tuple(member["out"])
+    return None
 
 
 def file_digest(path: Path) -> dict[str, Any]:

@@ -176,8 +176,9 @@ def manifest_problems(data: dict) -> list[str]:
     preset = data.get("tolerance_preset")
     if preset is not None and not isinstance(preset, str):
         problems.append(f"tolerance_preset {preset!r} is not a preset name")
-    if not isinstance(data.get("fused_ops", False), bool):
-        problems.append(f"fused_ops {data.get('fused_ops')!r} is not true or false")
+    for key in ("fused_ops", "pack_matmuls"):
+        if not isinstance(data.get(key, False), bool):
+            problems.append(f"{key} {data.get(key)!r} is not true or false")
     for key in ("model_file", "data_file"):
         value = data.get(key, "model.onnx")
         problem = name_problem(value, flat=True)

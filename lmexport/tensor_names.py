@@ -6,6 +6,9 @@ conversion scripts used for it (aliases), its GGUF name, the module it belongs
 to (for parity localisation and GGUF type rules) and its GGUF layout transform.
 Checkpoint loading, both exporters and the GGUF reader all read this table.
 ``{bid}`` stands for the layer index.
+
+``PACKS`` declares the weights the ONNX exporter stores as one initializer (and one
+MatMul): matrices that read the same input, side by side along their output axis.
 """
 from __future__ import annotations
 
@@ -189,6 +192,82 @@ def iter_aliases() -> Iterator[tuple[str, str]]:
     for e in TABLE:
         for a in e.aliases:
             yield a, e.name
+
+
+# ---------------------------------------------------------------- packs (ONNX only)
+# A pack is one ONNX initializer holding several matrices that read the same input,
+# transposed ([in, out]) like every exported matrix and side by side along ``out`` in
+# member order; the graph runs one MatMul over it and Splits the result
+# (exporters/onnx/pack.py). Checkpoints and GGUF never hold packs.
+
+@dataclass(frozen=True)
+class Pack:
+    name: str                           # ONNX initializer template, e.g. "model.layers.{bid}.self_attn.qkv_proj.weight"
+    members: tuple[TensorEntry, ...]    # in column order; each role "matrix", all of one module and input
+
+    @property
+    def module(self) -> str:
+        return self.members[0].module
+
+
+PACKS: tuple[Pack, ...] = (
+    Pack(L + "self_attn.qkv_proj.weight",
+         tuple(_entry(L + f"self_attn.{p}_proj.weight") for p in "qkv")),
+    Pack(L + "mlp.gate_up_proj.weight",
+         (_entry(L + "mlp.gate_proj.weight"), _entry(L + "mlp.up_proj.weight"))),
+)
+
+
+@dataclass(frozen=True)
+class PackRef:
+    """One concrete pack of one layer."""
+    pack: Pack
+    bid: int
+
+    @property
+    def name(self) -> str:
+        return self.pack.name.format(bid=self.bid)
+
+    @property
+    def members(self) -> list[TensorRef]:
+        return [TensorRef(e, self.bid) for e in self.pack.members]
+
+    def columns(self, config: LiquidMetalConfig) -> list[tuple[TensorRef, int, int]]:
+        """(member, first, end) of each member's slice of the packed output axis."""
+        out, start = [], 0
+        for ref in self.members:
+            width = ref.shape(config)[0]             # checkpoint [out, in]
+            out.append((ref, start, start + width))
+            start += width
+        return out
+
+    def shape(self, config: LiquidMetalConfig) -> tuple[int, int]:
+        """The packed initializer's shape, [in, sum of the members' out]."""
+        return self.members[0].shape(config)[1], self.columns(config)[-1][2]
+
+
+_PACKS = [(_template_regex(p.name), p) for p in PACKS]
+
+
+def lookup_pack(name: str) -> PackRef | None:
+    """Map a packed ONNX initializer name to its pack and layer; None if it is none."""
+    for pattern, pack in _PACKS:
+        m = pattern.match(name)
+        if m:
+            return PackRef(pack, int(m.group(1)))
+    return None
+
+
+def pack_columns(ref: PackRef, members: list[np.ndarray]) -> np.ndarray:
+    """The packed initializer from the members' stored ([in, out]) matrices, in member order."""
+    if len(members) != len(ref.members) or len({m.shape[0] for m in members}) != 1:
+        raise ValueError(f"{ref.name}: needs {len(ref.members)} matrices of one input size")
+    return np.concatenate(members, axis=1)
+
+
+def unpack_columns(ref: PackRef, packed: np.ndarray, config: LiquidMetalConfig) -> dict[str, np.ndarray]:
+    """The inverse of ``pack_columns``: each member's stored [in, out] matrix, by name."""
+    return {member.name: packed[:, start:end] for member, start, end in ref.columns(config)}
 
 
 # ---------------------------------------------------------------- layout transforms

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 
-from lmexport.tensor_names import (LAYOUTS, TABLE, expected_tensors, from_gguf_layout, gguf_layout_shape, iter_aliases,
-                                   lookup, lookup_gguf, rope_permute, rope_unpermute, to_gguf_layout)
+from lmexport.tensor_names import (LAYOUTS, PACKS, TABLE, PackRef, expected_tensors, from_gguf_layout,
+                                   gguf_layout_shape, iter_aliases, lookup, lookup_gguf, lookup_pack, pack_columns,
+                                   rope_permute, rope_unpermute, to_gguf_layout, unpack_columns)
 
 from conftest import tiny_config, tiny_model
 
@@ -77,3 +78,36 @@ def test_every_layout_inverts_and_states_its_shape(name):
 
 def test_every_layout_named_in_the_table_exists():
     assert {e.gguf_layout for e in TABLE if e.gguf_layout} <= set(LAYOUTS)
+
+
+def test_packs_are_matrices_of_one_input_with_names_of_their_own():
+    """Each pack: two or more per-layer matrices of one module and one input size, each in
+    at most one pack; its name is no tensor's name or alias and maps back to itself."""
+    config = tiny_config(num_attention_heads=4, num_key_value_heads=2)
+    taken = {e.name for e in TABLE} | {a for e in TABLE for a in e.aliases}
+    members = [m.name for p in PACKS for m in p.members]
+    assert len(members) == len(set(members))
+    assert len({p.name for p in PACKS}) == len(PACKS)
+    for pack in PACKS:
+        assert pack.name not in taken and "{bid}" in pack.name
+        assert len(pack.members) >= 2
+        assert {m.role for m in pack.members} == {"matrix"} and {m.module for m in pack.members} == {pack.module}
+        ref = PackRef(pack, 3)
+        assert lookup_pack(ref.name) == ref and lookup(ref.name) is None
+        assert len({m.shape(config)[1] for m in ref.members}) == 1
+    assert lookup_pack("model.layers.3.self_attn.q_proj.weight") is None
+
+
+@pytest.mark.parametrize("pack", PACKS, ids=lambda p: p.name)
+def test_pack_columns_invert(pack):
+    config = tiny_config(num_attention_heads=4, num_key_value_heads=2)
+    ref = PackRef(pack, 1)
+    rng = np.random.default_rng(2)
+    stored = [rng.standard_normal(m.shape(config)).astype(np.float32).T for m in ref.members]   # [in, out]
+    packed = pack_columns(ref, stored)
+    assert packed.shape == ref.shape(config)
+    back = unpack_columns(ref, packed, config)
+    assert list(back) == [m.name for m in ref.members]
+    assert all(np.array_equal(back[m.name], w) for m, w in zip(ref.members, stored))
+    with pytest.raises(ValueError):
+        pack_columns(ref, stored[:1])

@@ -20,6 +20,9 @@ from lmexport.exporters.onnx.transformersjs import TARGET as TRANSFORMERSJS   # 
 @click.option("--no-fused-ops", is_flag=True,
               help="Write attention and norms as plain ONNX ops (MatMul, Softmax, ...) instead of the "
                    "opset-23 Attention, RotaryEmbedding and RMSNormalization ops, for consumers that lack them.")
+@click.option("--no-pack-matmuls", is_flag=True,
+              help="Keep one MatMul per weight instead of one over q|k|v and one over gate|up "
+                   "(packed initializers, then a Split), for tools that expect a weight per MatMul.")
 @click.option("--block-size", type=int, default=32, show_default=True, help="int4: weights per scale.")
 @click.option("--accuracy-level", type=int, default=4, show_default=True,
               help="int4: MatMulNBits accuracy level (4 = int8 compute on CPU).")
@@ -29,7 +32,7 @@ from lmexport.exporters.onnx.transformersjs import TARGET as TRANSFORMERSJS   # 
                    "its 'recurrent' state and adds the liquid_metal.mjs loader (docs/runtime.md).")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with PyTorch (not recommended).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
-def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, block_size, accuracy_level, lm_head_int8,
+def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, no_pack_matmuls, block_size, accuracy_level, lm_head_int8,
          target, no_validate, overwrite):
     """Export a Liquid-Metal checkpoint to a stateful ONNX folder, validated against PyTorch.
 
@@ -51,6 +54,7 @@ def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, block_size, a
     from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
 
     options = OnnxExportOptions(dtype=dtype, quantize=quantize, opset=opset, fused_ops=not no_fused_ops,
+                                pack_matmuls=not no_pack_matmuls,
                                 block_size=block_size, accuracy_level=accuracy_level,
                                 lm_head_bits=8 if lm_head_int8 else 4, target=target,
                                 validate=not no_validate)

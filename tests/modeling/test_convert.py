@@ -57,12 +57,12 @@ def test_converted_checkpoint_exports_to_onnx_and_passes_parity(tmp_path):
     """A converted model holds many equal tensors (zero weights, equal gate biases, zero
     conv biases); each must stay its own named initializer in the exported graph."""
     from lmexport.exporters.onnx.export import export_onnx
-    from lmexport.manifest import Manifest
+    from lmexport.manifest import Manifest, stored_tensors
     from lmexport.parity.run import run_parity
 
     llama = make_llama_folder(tmp_path / "llama", seed=5)
     convert(llama, tmp_path / "lm")
     export_onnx(tmp_path / "lm", tmp_path / "onnx")
-    mapped = {v["tensor"] for v in Manifest.read(tmp_path / "onnx").initializers.values()}
+    mapped = stored_tensors(Manifest.read(tmp_path / "onnx").initializers)
     assert "model.layers.1.token_mixing.conv.bias" in mapped and "model.layers.0.se.fc1.weight" in mapped
     assert run_parity(tmp_path / "lm", tmp_path / "onnx", steps=3).passed

@@ -12,6 +12,7 @@ import pytest
 from gguf import GGUFReader
 
 from lmexport.exporters.gguf.write import GGUFOptions, export_gguf
+from lmexport.manifest import locate_tensor
 from lmexport.parity.report import COLUMNS, format_table
 from lmexport.parity.run import run_parity
 from lmexport.modeling.tiny import make_model_folder
@@ -128,9 +129,12 @@ def test_corrupted_onnx_data_fails_and_names_layer_and_module(onnx_folder, tmp_p
     broken = tmp_path / "onnx"
     shutil.copytree(onnx_folder / "onnx-fp32", broken)
     manifest = json.loads((broken / "lmexport.json").read_text())
-    init = next(v for v in manifest["initializers"].values() if v["tensor"] == tensor)
+    _, init, columns = locate_tensor(manifest["initializers"], tensor)
     data = np.fromfile(broken / init["file"], dtype=np.uint8)
     values = data[init["offset"]:init["offset"] + init["length"]].view(np.float32)
+    if columns is not None:          # packed (v_proj in q|k|v): only its own output columns
+        first, end = columns
+        values = values.reshape(-1, init["members"][-1]["out"][1])[:, first:end]
     values += np.random.default_rng(1).standard_normal(values.shape).astype(np.float32) * 0.5
     data.tofile(broken / init["file"])
     done = run_cli("parity", onnx_folder / "model", broken, "--steps", "2")

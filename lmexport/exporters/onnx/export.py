@@ -31,12 +31,12 @@ import torch
 
 from lmexport.atomic import atomic_output, check_output_path
 from lmexport.errors import ExportError, InputError, ValidationError
-from lmexport.manifest import IOSpec, Manifest, file_digest, variant_name
+from lmexport.manifest import IOSpec, Manifest, file_digest, stored_tensors, variant_name
 from lmexport.modeling.config import LiquidMetalConfig
 from lmexport.modeling.folder_files import copy_verified, verify_files
 from lmexport.modeling.modules import CONTEXT_SLOTS
 from lmexport.modeling.tokenizer import ResolvedTokenizer
-from lmexport.tensor_names import EMBEDDING, expected_tensors, lookup
+from lmexport.tensor_names import EMBEDDING, expected_tensors, lookup, lookup_pack
 
 from lmexport.exporters.onnx import transformersjs
 from lmexport.exporters.onnx.genai import write_genai_config
@@ -72,6 +72,7 @@ class OnnxExportOptions:
     decode_steps: int = 8               # validation: decode steps after the prefill
     tolerance: str | None = None        # validation: a preset other than the variant's own
     target: str = "lmexport"            # whose state-name conventions the graph IO follows (TARGETS)
+    pack_matmuls: bool = True           # one MatMul per tensor_names.PACKS entry (q|k|v, gate|up): pack.py
 
     def __post_init__(self) -> None:
         problems = []
@@ -156,10 +157,17 @@ def graph_io(config: LiquidMetalConfig, dtype: str = "fp32",
 
 # ---------------------------------------------------------------- initializer map
 
+PACKED_LAYOUT = "transposed [in, out], the members side by side along out"
+
+
 def initializer_map(initializers, config: LiquidMetalConfig) -> dict[str, dict]:
-    """ONNX initializer name -> {"tensor": canonical name, "layout": ..., "offset"/"length":
-    its bytes in the data file} for every initializer (TensorProto, data not loaded) that
-    stores (part of) a canonical tensor; anonymous constants are left out."""
+    """ONNX initializer name -> where it keeps canonical tensors, for every initializer
+    (TensorProto, data not loaded) that stores (part of) one; anonymous constants are left out.
+
+    One tensor: {"tensor": canonical name, "layout": ..., "file", "offset"/"length": its bytes
+    in the data file}. A pack (tensor_names.PACKS): {"pack": its name, "members": [{"tensor":
+    canonical name, "out": [first, end]}, ...] (each member's slice of the output axis),
+    "layout", "file", "offset", "length"}."""
     from lmexport.exporters.onnx.quant import canonical_of
 
     out = {}
@@ -168,11 +176,19 @@ def initializer_map(initializers, config: LiquidMetalConfig) -> dict[str, dict]:
         found = canonical_of(name)
         if found is None:
             continue
-        ref, layout = lookup(found[0]), found[1]
-        transposed = ref.entry.role == "matrix"          # every nn.Linear is stored [in, out]
-        info = {"tensor": ref.name, "layout": layout or ("transposed [in, out]" if transposed else "as stored")}
-        if ref.entry.module == "lm_head" and config.tie_word_embeddings:
-            info["tied_to"] = EMBEDDING.name
+        stored, layout = found
+        pack = lookup_pack(stored)
+        if pack is not None:
+            info = {"pack": pack.name, "layout": layout or PACKED_LAYOUT,
+                    "members": [{"tensor": ref.name, "out": [first, end]}
+                                for ref, first, end in pack.columns(config)]}
+        else:
+            ref = lookup(stored)
+            transposed = ref.entry.role == "matrix"          # every nn.Linear is stored [in, out]
+            info = {"tensor": ref.name,
+                    "layout": layout or ("transposed [in, out]" if transposed else "as stored")}
+            if ref.entry.module == "lm_head" and config.tie_word_embeddings:
+                info["tied_to"] = EMBEDDING.name
         where = {e.key: e.value for e in tensor.external_data}
         info.update(file=where.get("location"), offset=int(where.get("offset", 0)), length=int(where.get("length", 0)))
         out[name] = info
@@ -180,7 +196,7 @@ def initializer_map(initializers, config: LiquidMetalConfig) -> dict[str, dict]:
 
 
 def _check_initializers(found: dict[str, dict], config: LiquidMetalConfig) -> None:
-    have = {info["tensor"] for info in found.values()}
+    have = stored_tensors(found)
     want = {r.name for r in expected_tensors(config)}
     missing = sorted(want - have)
     if missing:
@@ -254,13 +270,13 @@ def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash
     model_path = folder / MODEL_FILE
     if options.quantize == "none":
         traced = trace(model, model_path, inputs, outputs, DTYPES[options.dtype][0], options.opset,
-                       options.fused_ops)
+                       options.fused_ops, options.pack_matmuls)
     else:
         from lmexport.exporters.onnx.quant import quantize
         staging = folder / ".fp32"
         staging.mkdir()
         traced = trace(model, staging / MODEL_FILE, inputs, outputs, torch.float32, options.opset,
-                       options.fused_ops)
+                       options.fused_ops, options.pack_matmuls)
         quantize(staging / MODEL_FILE, model_path, options, DATA_FILE)
         shutil.rmtree(staging)
     _check_data_files(folder)
@@ -283,7 +299,8 @@ def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash
         transformersjs.write_shim(folder)
     manifest = Manifest(
         mode=config.context_mode, dtype=options.dtype, quantization=options.quantization(),
-        opset=traced.opset, fused_ops=options.fused_ops, tolerance_preset=options.preset,
+        opset=traced.opset, fused_ops=options.fused_ops, pack_matmuls=options.pack_matmuls,
+        tolerance_preset=options.preset,
         source={"weights_hash": source_hash, "config": config.to_dict()},
         num_layers=config.num_hidden_layers, inputs=inputs, outputs=outputs,
         tokenizer={"bos_token_id": config.bos_token_id, "eos_token_ids": config.eos_token_ids,

@@ -16,7 +16,8 @@ Export rewrites (STYLE.md, rule 7), local to this module and applied to a copy:
 After ``torch.onnx.export(dynamo=True)``, on the in-memory IR: initializers lose the
 wrapper's ``model.`` prefix (so they carry canonical names), graph axes get the names
 the IOSpecs declare, and nodes get readable names from their module scope
-(``/model/layers.3/self_attn/q_proj/MatMul``).
+(``/model/layers.3/self_attn/q_proj/MatMul``). With ``pack``, pack.py then merges the
+MatMuls of each declared pack (``/model/layers.3/self_attn/qkv_proj/MatMul`` and ``/Split``).
 """
 from __future__ import annotations
 
@@ -202,9 +203,10 @@ def optimize_keeping_names(model) -> None:
 
 
 def trace(model: LiquidMetalForCausalLM, path: Path, inputs: list[IOSpec], outputs: list[IOSpec],
-          dtype: torch.dtype, opset: int, fused: bool = False) -> TracedGraph:
+          dtype: torch.dtype, opset: int, fused: bool = False, pack: bool = False) -> TracedGraph:
     """Export ``model`` to ``path`` (+ ``path``.data) with the declared graph IO; ``fused``
-    writes attention and norms as opset-23 ops (onnx_fused, needs opset >= 23)."""
+    writes attention and norms as opset-23 ops (onnx_fused, needs opset >= 23); ``pack``
+    runs the MatMuls of each ``tensor_names.PACKS`` entry as one (pack.py)."""
     view = export_copy(model, dtype, fused)
     translations = {}
     if fused:
@@ -234,6 +236,9 @@ def trace(model: LiquidMetalForCausalLM, path: Path, inputs: list[IOSpec], outpu
     _strip_initializer_prefix(graph)
     _name_axes(graph, inputs, outputs)
     _name_nodes(graph)
+    if pack:
+        from lmexport.exporters.onnx.pack import pack_matmuls
+        pack_matmuls(program.model, model.config.num_hidden_layers)
     log.info("writing %s with external data", path.name)
     save_ir(program.model, path)
     del program, wrapper, view
@@ -250,10 +255,11 @@ def save_ir(model, path: Path) -> None:
     where ONNX shape inference can read them."""
     import onnx_ir as ir
 
-    from lmexport.tensor_names import lookup
+    from lmexport.tensor_names import lookup, lookup_pack
 
     moved = [v for v in model.graph.initializers.values()
-             if v.const_value is not None and (lookup(v.name) is not None or v.const_value.nbytes >= INLINE_LIMIT)]
+             if v.const_value is not None and (lookup(v.name) is not None or lookup_pack(v.name) is not None
+                                               or v.const_value.nbytes >= INLINE_LIMIT)]
     external = ir.external_data.convert_tensors_to_external(
         [v.const_value for v in moved], base_dir=path.parent, relative_path=path.name + ".data")
     for value, tensor in zip(moved, external):

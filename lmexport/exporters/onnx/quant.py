@@ -18,7 +18,7 @@ from pathlib import Path
 
 import onnx
 
-from lmexport.tensor_names import LM_HEAD, lookup
+from lmexport.tensor_names import LM_HEAD, lookup, lookup_pack
 
 log = logging.getLogger(__name__)
 
@@ -35,13 +35,20 @@ QUANT_SUFFIXES = {
 }
 
 
-def canonical_of(name: str) -> tuple[str, str | None] | None:
-    """(canonical tensor name, quantized layout or None) for an initializer name, else None."""
-    for suffix, what in QUANT_SUFFIXES.items():
-        if name.endswith(suffix) and lookup(name[:-len(suffix)]) is not None:
-            return name[:-len(suffix)], what
+def _stores_tensors(name: str) -> bool:
     ref = lookup(name)
-    return (name, None) if ref is not None and ref.name == name else None
+    return (ref is not None and ref.name == name) or lookup_pack(name) is not None
+
+
+def canonical_of(name: str) -> tuple[str, str | None] | None:
+    """(stored name, quantized layout or None) for an initializer that stores canonical
+    tensors, else None. The stored name is a canonical tensor's (``lookup``) or a pack's
+    (``lookup_pack``, whose ``members`` are the canonical tensors it holds side by side):
+    ``model.layers.0.self_attn.qkv_proj.weight_Q4`` -> (``...qkv_proj.weight``, "MatMulNBits ...")."""
+    for suffix, what in QUANT_SUFFIXES.items():
+        if name.endswith(suffix) and _stores_tensors(name[:-len(suffix)]):
+            return name[:-len(suffix)], what
+    return (name, None) if _stores_tensors(name) else None
 
 
 def quantize(src: Path, dst: Path, options, data_file: str) -> None:

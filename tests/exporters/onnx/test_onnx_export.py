@@ -22,7 +22,7 @@ from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
 from lmexport.exporters.onnx.validate import validate_folder
 from lmexport.runtime.batch import positions_from_mask
 from lmexport.runtime.ort import Session
-from lmexport.manifest import MANIFEST_FILE, Manifest, check_files
+from lmexport.manifest import MANIFEST_FILE, Manifest, check_files, locate_tensor, stored_tensors
 from lmexport.modeling.model import LAYER_MODULES
 from lmexport.tensor_names import expected_tensors
 from lmexport.modeling.tiny import make_model_folder
@@ -225,7 +225,8 @@ def test_fp16_keeps_fragile_parts_fp32(exports):
             checked += 1
     assert checked >= 2 * (3 + 2 + 1) + 1       # per layer 3 gates, 2 norms, attention; final norm
     weights = {t.name: t.data_type for t in model.graph.initializer}
-    assert weights["model.layers.0.mlp.up_proj.weight"] == onnx.TensorProto.FLOAT16
+    up = locate_tensor(Manifest.read(folder).initializers, "model.layers.0.mlp.up_proj.weight")[0]   # gate|up pack
+    assert weights[up] == onnx.TensorProto.FLOAT16
 
 
 # ---------------------------------------------------------------- fused and plain graphs
@@ -316,21 +317,21 @@ def test_folder_is_what_the_manifest_says(exports, name, precision):
     roles = {s.role for s in manifest.inputs}
     assert ({"conv", "context"} <= roles) == (name != "legacy")
     # every canonical tensor is in model.onnx.data under its name, at the stated offset
-    stored = {info["tensor"] for info in manifest.initializers.values()}
-    assert {r.name for r in expected_tensors(model.config)} <= stored
+    assert {r.name for r in expected_tensors(model.config)} <= stored_tensors(manifest.initializers)
     assert all(info["file"] == "model.onnx.data" for info in manifest.initializers.values())
     info = manifest.initializers["model.layers.1.token_mixing.conv.weight"]
     with open(folder / "model.onnx.data", "rb") as f:
         f.seek(info["offset"])
         raw = np.frombuffer(f.read(info["length"]), dtype=np.float32)
     assert np.array_equal(raw, model.model.layers[1].token_mixing.conv.weight.detach().numpy().ravel())
-    if precision == "fp32":
-        info = manifest.initializers["model.layers.1.mlp.up_proj.weight"]
-        assert info["layout"].startswith("transposed")
+    if precision == "fp32":          # up_proj is stored in the gate|up pack, as its output columns
+        name, info, (first, end) = locate_tensor(manifest.initializers, "model.layers.1.mlp.up_proj.weight")
+        assert info["layout"].startswith("transposed") and name == info["pack"]
+        up = model.model.layers[1].mlp.up_proj.weight.detach().numpy()          # [out, in]
         with open(folder / "model.onnx.data", "rb") as f:
             f.seek(info["offset"])
-            raw = np.frombuffer(f.read(info["length"]), dtype=np.float32)
-        assert np.array_equal(raw, model.model.layers[1].mlp.up_proj.weight.detach().numpy().T.ravel())
+            raw = np.frombuffer(f.read(info["length"]), dtype=np.float32).reshape(up.shape[1], -1)
+        assert np.array_equal(raw[:, first:end], up.T)
     names = [n.name for n in proto.graph.node]
     assert any(n.startswith("/model/layers.1/self_attn/") for n in names)
     assert len(set(names)) == len(names)
