@@ -30,10 +30,14 @@ TARGETS = [
 ]
 # Rows whose speed must not fall behind the previous run's (compared as x PyTorch fp32 of each run).
 NO_SLOWER = ("onnx-fp32", "onnx-int8")
-# Before and after the fused ops (lmexport/exporters/onnx/fused.py): (description, after, before)
-FUSION = [
-    ("fp32: fused ops / plain ops", "onnx-fp32", "onnx-fp32-plain"),
-    ("int4: fused ops / plain ops", "onnx-int4", "onnx-int4-plain"),
+# A change and the row without it, measured in the same run: (description, after, before)
+BEFORE_AFTER = [
+    ("int4: q|k|v and gate|up packed / one MatMul per weight (`--no-pack-matmuls`)", "onnx-int4", "onnx-int4-nopack"),
+    ("int4: huge pages (the CLI's default) / 4 KiB pages (`LMEXPORT_HUGE_PAGES=0`)", "onnx-int4",
+     "onnx-int4-4k-pages"),
+    ("int4: block 128 / block 32 (default)", "onnx-int4-b128", "onnx-int4"),
+    ("fp32: fused ops / plain ops (`--no-fused-ops --opset 18`)", "onnx-fp32", "onnx-fp32-plain"),
+    ("int4: fused ops / plain ops (`--no-fused-ops --opset 18`)", "onnx-int4", "onnx-int4-plain"),
 ]
 HUGE_SHARE = 0.5   # a row whose weights are at least this much in huge pages is bounded by that bandwidth
 
@@ -140,13 +144,16 @@ def add_ratios(summary: dict) -> None:
         if now is not None and then:
             summary["no_slower"].append({"row": key, "now": now, "previous": then["vs_pytorch_fp32"],
                                          "commit": then.get("commit")})
-    summary["fusion"] = []
-    for text, after, before in FUSION:
-        a, b = rows.get(after, {}).get("result"), rows.get(before, {}).get("result")
-        if a and b:
-            summary["fusion"].append({
-                "what": text, "decode": _decode(a) / _decode(b),
-                "prefill": b["prefill_ms"]["median"] / a["prefill_ms"]["median"]})
+    summary["before_after"] = []
+    for text, after, before in BEFORE_AFTER:
+        a, b = rows.get(after, {}), rows.get(before, {})
+        if a.get("result") and b.get("result"):
+            qa, qb = a.get("quality"), b.get("quality")
+            summary["before_after"].append({
+                "what": text, "decode": _decode(a["result"]) / _decode(b["result"]),
+                "prefill": b["result"]["prefill_ms"]["median"] / a["result"]["prefill_ms"]["median"],
+                "load": a["result"]["load_s"] / b["result"]["load_s"] if b["result"]["load_s"] else None,
+                "kl": qa["kl"] / qb["kl"] if qa and qb and qb["kl"] else None})
 
 
 def _f(x, fmt="{:.2f}", none="–"):
@@ -234,12 +241,14 @@ def render(s: dict) -> str:
         for n in s["no_slower"]:
             ok = "yes" if n["now"] >= 0.95 * n["previous"] else "**no**"
             lines.append(f"| {n['row']} | {n['now']:.2f}x | {n['previous']:.2f}x (commit {n['commit']}) | {ok} |")
-    if s.get("fusion"):
-        lines += ["", "## Fused ops: after / before, same run", "",
-                  "Speed-up of the default graph (opset-23 Attention, RotaryEmbedding, RMSNormalization, 2-D "
-                  "depthwise Conv) over `--no-fused-ops --opset 18`, from the medians above.", "",
-                  "| variant | decode | prefill |", "|---|---:|---:|"]
-        lines += [f"| {f['what']} | {f['decode']:.2f}x | {f['prefill']:.2f}x |" for f in s["fusion"]]
+    if s.get("before_after"):
+        lines += ["", "## Before and after, same run", "",
+                  "A change over the row without it, from the medians above: decode rate ratio, prefill speed-up "
+                  "(before ms / after ms), load time ratio (after s / before s) and KL ratio (after / before; "
+                  "below 1 is closer to fp32).", "",
+                  "| change | decode | prefill | load time | KL |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {f['what']} | {f['decode']:.2f}x | {f['prefill']:.2f}x | {_f(f['load'], '{:.2f}x')} | "
+                  f"{_f(f['kl'], '{:.2f}x')} |" for f in s["before_after"]]
     for key, prof in (s.get("profiles") or {}).items():
         if "ops" not in prof:
             lines += ["", f"Profiling {key} failed: {prof.get('error')}"]

@@ -45,18 +45,18 @@ GGUF_LABELS = {
     "liquid-q4_0": "llama.cpp liquidmetal q4_0 (lmexport gguf)",
     "liquid-q4_k_m": "llama.cpp liquidmetal Q4_K_M (lmexport gguf, llama.cpp's quantizer)",
 }
-ALL_ROWS = ("pytorch-fp32", "pytorch-bf16", *(f"onnx-{v}" for v in prepare.ONNX_VARIANTS), "onnx-int4-hugepages",
+ALL_ROWS = ("pytorch-fp32", "pytorch-bf16", *(f"onnx-{v}" for v in prepare.ONNX_VARIANTS), "onnx-int4-4k-pages",
             "optimum-fp32", *(f"llamacpp-{g}" for g in prepare.GGUF_FILES))
-PROFILED = ("int4", "int4-b128", "fp32")     # ONNX variants --profile looks inside
+PROFILED = ("int4", "int4-nopack", "int4-b128")     # ONNX variants --profile looks inside
 ONNX_LABELS = {"fp32-plain": "fp32, plain ops (before fusion)", "int4-plain": "int4, plain ops (before fusion)",
-               "int4-b128": "int4, block 128"}
+               "int4-b128": "int4, block 128", "int4-nopack": "int4, one MatMul per weight (before packing)"}
 # Off by default (each is a question answered once, see RESULTS.md history): fp16, the plain-op graphs,
 # bf16 PyTorch, the plain Llama in f16.
 DEFAULT_ROWS = tuple(r for r in ALL_ROWS if r not in ("onnx-fp16", "onnx-fp32-plain", "onnx-int4-plain",
                                                       "pytorch-bf16", "llamacpp-llama-f16"))
-# Glibc's malloc asks for transparent huge pages for its large blocks (ONNX Runtime's weights among
-# them); set before the process starts, so a row of its own.
-HUGEPAGES_ENV = {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+# `lmexport bench` on an ONNX folder asks for huge pages itself (lmexport/runtime/hugepages.py);
+# this row turns that off, so the same run shows the before and after.
+SMALL_PAGES_ENV = {"LMEXPORT_HUGE_PAGES": "0"}
 REFERENCE = "pytorch-fp32"        # the quality column's reference
 
 
@@ -101,9 +101,9 @@ def make_rows(args, work: prepare.Work) -> list[Row]:
                         lambda path=path: weights.onnx_bytes(path / "model.onnx"), needs=f"onnx-{v}",
                         quality=lambda npy, path=path: [*lm_worker, str(path), "--logits", str(npy), *th]))
     int4 = work.onnx("int4")
-    rows.append(Row("onnx-int4-hugepages", "lmexport ONNX int4, glibc huge pages", int4,
+    rows.append(Row("onnx-int4-4k-pages", "lmexport ONNX int4, 4 KiB pages (LMEXPORT_HUGE_PAGES=0)", int4,
                     lambda out: [lm, "bench", str(int4), "--device", "cpu", "--json", *wl],
-                    lambda: weights.onnx_bytes(int4 / "model.onnx"), needs="onnx-int4", env=HUGEPAGES_ENV))
+                    lambda: weights.onnx_bytes(int4 / "model.onnx"), needs="onnx-int4", env=SMALL_PAGES_ENV))
     rows.append(Row("optimum-fp32", "optimum-onnx fp32 (plain Llama)", work.optimum,
                     lambda out: [str(work.python(work.venv_optimum)), str(HERE / "worker_optimum.py"),
                                  str(work.optimum), "--out", str(out), *wl],
@@ -227,8 +227,8 @@ def main(argv=None) -> None:
     failed = prepare.prepare_envs(work, optimum="optimum-fp32" in rows_wanted,
                                   llamacpp=any(r.startswith("llamacpp") for r in rows_wanted),
                                   timeout=args.build_timeout)
-    onnx_variants = [r.split("-", 1)[1] for r in args.rows if r.startswith("onnx-") and r != "onnx-int4-hugepages"]
-    if "onnx-int4-hugepages" in rows_wanted and "int4" not in onnx_variants:
+    onnx_variants = [r.split("-", 1)[1] for r in args.rows if r.startswith("onnx-") and r != "onnx-int4-4k-pages"]
+    if "onnx-int4-4k-pages" in rows_wanted and "int4" not in onnx_variants:
         onnx_variants.append("int4")
     gguf_names = [r.split("-", 1)[1] for r in args.rows if r.startswith("llamacpp-")]
     if "llamacpp-build" in failed:
