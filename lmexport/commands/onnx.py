@@ -27,13 +27,15 @@ from lmexport.exporters.onnx.transformersjs import TARGET as TRANSFORMERSJS   # 
 @click.option("--accuracy-level", type=int, default=4, show_default=True,
               help="int4: MatMulNBits accuracy level (4 = int8 compute on CPU).")
 @click.option("--lm-head-int8", is_flag=True, help="int4: keep lm_head at 8 bits.")
+@click.option("--int4-asymmetric", is_flag=True,
+              help="int4: a 4-bit zero point per block besides its scale (closer to fp32, 2%% more bytes).")
 @click.option("--target", type=click.Choice(["lmexport", TRANSFORMERSJS]), default="lmexport", show_default=True,
               help="Whose state-name conventions the graph IO follows: transformers.js names the context sums "
                    "its 'recurrent' state and adds the liquid_metal.mjs loader (docs/runtime.md).")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with PyTorch (not recommended).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
 def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, no_pack_matmuls, block_size, accuracy_level, lm_head_int8,
-         target, no_validate, overwrite):
+         int4_asymmetric, target, no_validate, overwrite):
     """Export a Liquid-Metal checkpoint to a stateful ONNX folder, validated against PyTorch.
 
     One graph serves prefill and decode; the folder's lmexport.json names every input
@@ -56,7 +58,8 @@ def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, no_pack_matmu
     options = OnnxExportOptions(dtype=dtype, quantize=quantize, opset=opset, fused_ops=not no_fused_ops,
                                 pack_matmuls=not no_pack_matmuls,
                                 block_size=block_size, accuracy_level=accuracy_level,
-                                lm_head_bits=8 if lm_head_int8 else 4, target=target,
+                                lm_head_bits=8 if lm_head_int8 else 4, int4_symmetric=not int4_asymmetric,
+                                target=target,
                                 validate=not no_validate)
     result = export_onnx(model_dir, out_dir, options, overwrite=overwrite)
     if result.report is not None:

@@ -68,6 +68,7 @@ class OnnxExportOptions:
     block_size: int = 32                # int4: weights per scale
     accuracy_level: int = 4             # int4: MatMulNBits accuracy_level (4 = int8 compute on CPU)
     lm_head_bits: int = 4               # int4: 8 keeps the output projection at 8 bits
+    int4_symmetric: bool = True         # int4: False stores a 4-bit zero point per block (asymmetric)
     validate: bool = True
     decode_steps: int = 8               # validation: decode steps after the prefill
     tolerance: str | None = None        # validation: a preset other than the variant's own
@@ -117,7 +118,7 @@ class OnnxExportOptions:
     def quantization(self) -> dict:
         if self.quantize == "int4":
             return {"method": "int4", "op": "MatMulNBits", "bits": 4, "block_size": self.block_size,
-                    "symmetric": True, "accuracy_level": self.accuracy_level, "lm_head_bits": self.lm_head_bits}
+                    "symmetric": self.int4_symmetric, "accuracy_level": self.accuracy_level, "lm_head_bits": self.lm_head_bits}
         if self.quantize == "int8":
             from lmexport.exporters.onnx.quant import INT8_SETTINGS
             return {"method": "int8", **INT8_SETTINGS}

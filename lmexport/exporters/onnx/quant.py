@@ -105,9 +105,9 @@ def _int4(src: Path, options) -> onnx.ModelProto:
     model = onnx.load(str(src))
     head = _weight_node(model, LM_HEAD.name)
     exclude = [head] if head and options.lm_head_bits == 8 else []
-    log.info("quantizing MatMul weights to 4 bits (block %d, symmetric, accuracy level %d)",
-             options.block_size, options.accuracy_level)
-    q = MatMulNBitsQuantizer(model, bits=4, block_size=options.block_size, is_symmetric=True,
+    log.info("quantizing MatMul weights to 4 bits (block %d, %s, accuracy level %d)", options.block_size,
+             "symmetric" if options.int4_symmetric else "asymmetric", options.accuracy_level)
+    q = MatMulNBitsQuantizer(model, bits=4, block_size=options.block_size, is_symmetric=options.int4_symmetric,
                              accuracy_level=options.accuracy_level, nodes_to_exclude=exclude)
     q.process()
     model = q.model.model

@@ -406,3 +406,16 @@ def test_nan_outputs_always_fail():
         report.finish()
         assert any("NaN" in f and f.startswith("logits") for f in report.failures), report.failures
         assert any("present_conv.0" in f and "NaN" in f for f in report.failures), report.failures
+
+
+def test_cli_int4_asymmetric_stores_zero_points_and_validates(exports, tmp_path):
+    out = tmp_path / "int4-asym"
+    done = run_cli("onnx", exports.model_dir("k3_gqa"), "-o", out, "--quantize", "int4", "--int4-asymmetric")
+    assert done.returncode == 0, done.stderr
+    assert "PASSED" in done.stdout
+    assert Manifest.read(out).quantization["symmetric"] is False
+    graph = onnx.load(str(out / "model.onnx"), load_external_data=False).graph
+    nbits = [n for n in graph.node if n.op_type == "MatMulNBits"]
+    assert nbits and all(len(n.input) >= 4 and n.input[3] for n in nbits)       # A, B, scales, zero_points
+    symmetric = onnx.load(str(exports.folder("k3_gqa", "int4") / "model.onnx"), load_external_data=False).graph
+    assert all(len(n.input) < 4 or not n.input[3] for n in symmetric.node if n.op_type == "MatMulNBits")
