@@ -17,10 +17,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from lmexport.bench.measure import proc_kb  # noqa: E402  (stdlib and numpy only)
 
 
 def best_rate(fn, nbytes: int, repeats: int) -> tuple[float, list[float]]:
@@ -30,14 +35,6 @@ def best_rate(fn, nbytes: int, repeats: int) -> tuple[float, list[float]]:
         fn()
         rates.append(nbytes / (time.perf_counter() - t0))
     return max(rates), rates
-
-
-def anon_huge_bytes() -> int:
-    try:
-        with open("/proc/self/smaps_rollup") as f:
-            return next((int(line.split()[1]) * 1024 for line in f if line.startswith("AnonHugePages:")), 0)
-    except OSError:
-        return 0
 
 
 def set_numpy_hugepages(on: bool) -> None:
@@ -58,7 +55,7 @@ def measure(mib: int, repeats: int, threads: int, pages: str = "huge") -> dict:
         parallel()
         multi, multi_all = best_rate(parallel, nbytes, repeats)
     return {"array_mib": mib, "repeats": repeats, "threads": threads, "pages": pages,
-            "huge_fraction": min(1.0, anon_huge_bytes() / nbytes),
+            "huge_fraction": min(1.0, (proc_kb("/proc/self/smaps_rollup", "AnonHugePages") or 0.0) * 1024 / nbytes),
             "single_thread_bytes_per_s": single, "multi_thread_bytes_per_s": multi,
             "bytes_per_s": max(single, multi),
             "single_thread_all": single_all, "multi_thread_all": multi_all}

@@ -122,13 +122,13 @@ class BenchResult:
 # ---------------------------------------------------------------- memory
 def rss_mb() -> float:
     """Resident set size now, in MiB (Linux /proc; elsewhere the peak)."""
-    value = _proc_status_kb("VmRSS")
+    value = proc_kb("/proc/self/status", "VmRSS")
     return value / 1024.0 if value is not None else peak_rss_mb()
 
 
 def peak_rss_mb() -> float:
     """Peak resident set size of this process, in MiB, since the last ``reset_peak_rss``."""
-    value = _proc_status_kb("VmHWM")
+    value = proc_kb("/proc/self/status", "VmHWM")
     if value is not None:
         return value / 1024.0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -148,27 +148,23 @@ def reset_peak_rss() -> bool:
 def huge_mapped_mb() -> float | None:
     """Memory this process maps with huge pages now, in MiB: anonymous THP plus PMD-mapped file pages
     (Linux ``/proc/self/smaps_rollup``; None elsewhere). Tells which bandwidth bounds a row."""
+    value = proc_kb("/proc/self/smaps_rollup", "AnonHugePages", "FilePmdMapped", "ShmemPmdMapped")
+    return value / 1024.0 if value is not None else None
+
+
+def proc_kb(path: str, *keys: str) -> float | None:
+    """The sum of the ``key: N kB`` fields ``keys`` of a /proc file; None if it cannot be read or has none."""
     total, found = 0.0, False
     try:
-        with open("/proc/self/smaps_rollup") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith(("AnonHugePages:", "FilePmdMapped:", "ShmemPmdMapped:")):
-                    total += float(line.split()[1])
+                name, _, rest = line.partition(":")
+                if name in keys:
+                    total += float(rest.split()[0])
                     found = True
     except OSError:
         return None
-    return total / 1024.0 if found else None
-
-
-def _proc_status_kb(key: str) -> float | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return float(line.split()[1])
-    except OSError:
-        return None
-    return None
+    return total if found else None
 
 
 # ---------------------------------------------------------------- protocol
