@@ -161,10 +161,6 @@ def _f(x, fmt="{:.2f}", none="–"):
     return none if x is None else fmt.format(x)
 
 
-def _target_ratio(t: dict) -> str:
-    return _f(t["ratio"], "{:.2f}x")
-
-
 def render(s: dict) -> str:
     w, m, v = s["workload"], s["machine"], s["versions"]
     bw = s["bandwidth"]
@@ -234,7 +230,7 @@ def render(s: dict) -> str:
               "| target | measured | met |", "|---|---:|:---:|"]
     for t in s["targets"]:
         met = "n/a" if t["met"] is None else ("yes" if t["met"] else "**no**")
-        lines.append(f"| {t['target']} | {_target_ratio(t)} | {met} |")
+        lines.append(f"| {t['target']} | {_f(t['ratio'], '{:.2f}x')} | {met} |")
     if s.get("no_slower"):
         lines += ["", "## No slower than the previous run", "",
                   "Decode × PyTorch fp32 of each run (the same-run baseline cancels the machine's drift).", "",

@@ -22,15 +22,13 @@ def main() -> None:
     if args.torch_dtype:
         import torch
 
-        from lmexport.bench.torch_side import TORCH_DTYPES, ArgmaxStepper
-        from lmexport.modeling.checkpoint import load_model
+        from lmexport.bench.torch_side import open_stepper
 
         if args.threads:
             torch.set_num_threads(args.threads)
 
         def load():
-            model, ckpt = load_model(args.artifact, dtype=TORCH_DTYPES[args.torch_dtype])
-            return ArgmaxStepper(model, torch.device("cpu")), ckpt.config.vocab_size
+            return open_stepper(args.artifact, args.torch_dtype, torch.device("cpu"))
         backend, variant, versions = "pytorch", args.torch_dtype, {"torch": torch.__version__}
     else:
         import onnxruntime as ort

@@ -27,6 +27,12 @@ class ArgmaxStepper(TorchStepper):
         return super().step(ids, mask, positions)[:, -1, :].float().cpu().numpy()
 
 
+def open_stepper(model_dir: str, torch_dtype: str, device: torch.device) -> tuple[ArgmaxStepper, int]:
+    """The reference model of ``model_dir`` in ``torch_dtype`` on ``device`` as a stepper, and its vocabulary size."""
+    model, ckpt = load_model(model_dir, dtype=TORCH_DTYPES[torch_dtype])
+    return ArgmaxStepper(model.to(device), device), ckpt.config.vocab_size
+
+
 def resolve_torch_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -47,10 +53,7 @@ def bench_torch(model_dir: str, workload: Workload, *, device: str = "auto", thr
         torch.set_num_threads(threads)
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
 
-    def load():
-        model, ckpt = load_model(model_dir, dtype=TORCH_DTYPES[torch_dtype])
-        return ArgmaxStepper(model.to(dev), dev), ckpt.config.vocab_size
-
-    return run_protocol(load, workload, artifact=str(model_dir), backend="pytorch", variant=torch_dtype,
+    return run_protocol(lambda: open_stepper(model_dir, torch_dtype, dev), workload, artifact=str(model_dir),
+                        backend="pytorch", variant=torch_dtype,
                         device=dev.type, threads=torch.get_num_threads() if dev.type == "cpu" else None,
                         versions={"torch": torch.__version__}, sync=sync, progress=progress)

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 
+from cli_helpers import run_cli
 from lmexport.bench.measure import (QUALITY_NEXT_TOKENS, QUALITY_PROMPTS, huge_mapped_mb, kl_from_reference,
                                     quality_logits)
 from lmexport.bench.onnx_side import OnnxStepper
-from lmexport.bench.torch_side import ArgmaxStepper
+from lmexport.bench.torch_side import open_stepper
 from lmexport.modeling.checkpoint import load_model
 from lmexport.modeling.tiny import make_model_folder
 
@@ -33,8 +34,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(model_dir):
-    model, ckpt = load_model(model_dir, dtype=torch.float32)
-    return quality_logits(ArgmaxStepper(model, torch.device("cpu")), ckpt.config.vocab_size)
+    return quality_logits(*open_stepper(str(model_dir), "fp32", torch.device("cpu")))
 
 
 def full_sequence_logits(model_dir) -> np.ndarray:
@@ -94,8 +94,7 @@ def test_llamacpp_worker_gives_the_gguf_logits_and_a_timing(patched_llamacpp, mo
     """benchmarks/worker_llamacpp.py reads llama.cpp's own logits (llama-cpp-python 0.3.36 leaves
     ``Llama.scores`` empty without logits_all): an f32 GGUF must match the reference."""
     gguf = tmp_path / "tiny-f32.gguf"
-    proc = subprocess.run([sys.executable, "-m", "lmexport.cli", "gguf", str(model_dir), "-o", str(gguf),
-                           "--outtype", "f32"], capture_output=True, text=True, timeout=300)
+    proc = run_cli("gguf", model_dir, "-o", gguf, "--outtype", "f32", timeout=300)
     assert proc.returncode == 0, proc.stderr
     worker = [sys.executable, str(ROOT / "benchmarks" / "worker_llamacpp.py"), str(gguf), "--variant", "f32",
               "--threads", "1"]
