@@ -2,11 +2,10 @@
 tests that run a folder in another consumer (onnxruntime-genai, transformers.js)."""
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from cli_helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[3]
 BUNDLED = ROOT / "examples" / "liquid-metal-tiny"
@@ -23,11 +22,6 @@ PROMPTS = ("def read_file(path):", "class Point(object):")
 NEW_TOKENS = 32
 
 _folders: dict[str, Path] = {}
-
-
-def run_cli(*args, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmexport.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ}, timeout=600, **kw)
 
 
 def exported(name: str, tmp_path_factory) -> Path:

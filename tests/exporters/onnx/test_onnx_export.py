@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections import Counter
 
 import numpy as np
@@ -16,6 +14,7 @@ import onnx
 import pytest
 import torch
 
+from cli_helpers import run_cli
 from lmexport.modeling.checkpoint import load_model
 from lmexport.errors import ValidationError
 from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
@@ -40,11 +39,6 @@ PRECISIONS = {"fp16": {"dtype": "fp16"}, "int8": {"quantize": "int8"},
 # the plain graph (no opset-23 fused ops), at the lowest supported opset
 PLAIN = {"fused_ops": False, "opset": 18}
 FUSED_OPS = {"Attention", "RotaryEmbedding", "RMSNormalization"}
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "lmexport.cli", *map(str, args)], capture_output=True,
-                          text=True, env={**os.environ})
 
 
 class Exports:

@@ -6,9 +6,6 @@ every check reads the real files back (onnx.load, onnxruntime) and compares numb
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
-import sys
 from collections import Counter
 
 import numpy as np
@@ -16,6 +13,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from cli_helpers import run_cli
 from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
 from lmexport.exporters.onnx.quant import canonical_of
 from lmexport.exporters.onnx.validate import validate_folder
@@ -30,11 +28,6 @@ VARIANTS = {"fp32": {}, "fp16": {"dtype": "fp16"}, "int8": {"quantize": "int8"},
             "int4": {"quantize": "int4", "lm_head_bits": 8}}
 # the op that runs a weight matrix in each variant
 WEIGHT_OP = {"fp32": "MatMul", "fp16": "MatMul", "int8": "MatMulInteger", "int4": "MatMulNBits"}
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "lmexport.cli", *map(str, args)], capture_output=True,
-                          text=True, env={**os.environ})
 
 
 class Folders:
