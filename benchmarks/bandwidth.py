@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lmexport.bench.measure import proc_kb  # noqa: E402  (stdlib and numpy only)
+from lmexport.bench.memory import proc_kb  # noqa: E402  (stdlib and numpy only)
 
 
 def best_rate(fn, nbytes: int, repeats: int) -> tuple[float, list[float]]:

@@ -29,7 +29,7 @@ def make_model(folder: Path, layers: int) -> None:
     import torch
 
     from lmexport.modeling.checkpoint import save_checkpoint
-    from lmexport.modeling.config import LiquidMetalConfig
+    from lmexport.config import LiquidMetalConfig
     from lmexport.modeling.model import LiquidMetalForCausalLM, init_random
     from lmexport.modeling.tiny import tiny_config_dict
 

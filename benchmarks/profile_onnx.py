@@ -26,8 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def profile(folder: Path, prompt_tokens: int, steps: int, threads: int | None) -> dict:
     import onnxruntime as ort
 
-    from lmexport.bench.onnx_side import OnnxStepper
-    from lmexport.bench.measure import prompt_ids
+    from lmexport.bench.protocol import greedy, prompt_ids
+    from lmexport.runtime.ort import OnnxEngine
 
     with tempfile.TemporaryDirectory(prefix="lmexport-profile-") as tmp:
         options = ort.SessionOptions()
@@ -35,23 +35,23 @@ def profile(folder: Path, prompt_tokens: int, steps: int, threads: int | None) -
         options.profile_file_prefix = str(Path(tmp) / "ort")
         if threads:
             options.intra_op_num_threads = threads
-        stepper = OnnxStepper.open(folder, device="cpu", threads=threads)
+        stepper = OnnxEngine(folder, device="cpu", threads=threads)
         # The runtime's Session takes no profiling switch: swap in a profiling session
         # over the same file; names and state feeding stay the runtime's.
         rt = stepper.session
         rt.session = ort.InferenceSession(str(Path(folder) / rt.manifest.model_file), options,
                                           providers=["CPUExecutionProvider"])
-        vocab = stepper.vocab_size
+        vocab = stepper.info.vocab_size
         ids = prompt_ids(1, prompt_tokens, vocab)
         total = prompt_tokens + steps
         mask = np.ones((1, total), dtype=np.int64)
         stepper.reset(1)
-        token = stepper.step(ids, mask[:, :prompt_tokens], np.arange(prompt_tokens, dtype=np.int64)[None])
+        token = greedy(stepper, ids, mask[:, :prompt_tokens], np.arange(prompt_tokens, dtype=np.int64)[None])
         wall = []
         for i in range(steps):
             t = prompt_tokens + i
             t0 = time.perf_counter()
-            token = stepper.step(token.reshape(1, 1), mask[:, :t + 1], np.array([[t]], dtype=np.int64))
+            token = greedy(stepper, token.reshape(1, 1), mask[:, :t + 1], np.array([[t]], dtype=np.int64))
             wall.append(time.perf_counter() - t0)
         trace = json.loads(Path(rt.session.end_profiling()).read_text())
 

@@ -198,7 +198,7 @@ def render(s: dict) -> str:
         "bandwidth of the page size the row's weights sat in (huge pages: the share of the weights mapped "
         "with 2 MiB pages at the end of the row) ÷ bytes of weights read per token (every stored weight "
         "except the embedding table). KL: mean KL(fp32 PyTorch ‖ row) of the next-token distribution over "
-        "fixed positions (teacher-forced prompts, `lmexport/bench/measure.py`), nats; top-1: how often the "
+        "fixed positions (teacher-forced prompts, `lmexport/bench/protocol.py`), nats; top-1: how often the "
         "row's argmax is the reference's.",
         "",
         "| row | weights / token | decode tokens/s | × PyTorch fp32 | huge pages | bound tokens/s | × bound | "

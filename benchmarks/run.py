@@ -32,7 +32,7 @@ import report  # noqa: E402
 import weights  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lmexport.bench.measure import kl_from_reference  # noqa: E402
+from lmexport.compare.metrics import distribution_agreement  # noqa: E402
 
 log = logging.getLogger("bench")
 HERE = Path(__file__).resolve().parent
@@ -168,7 +168,7 @@ def run_quality(row: Row, out_dir: Path, reference: np.ndarray | None, timeout: 
         row.failures.append(f"quality pass: {exc} {detail.decode(errors='replace')[-300:]}".strip())
         return None
     if reference is not None:
-        row.quality_result = kl_from_reference(reference, logits)
+        row.quality_result = distribution_agreement(reference, logits)
     return logits
 
 
@@ -277,7 +277,7 @@ def main(argv=None) -> None:
             if row.quality and row is not ref_row and reference is not None:
                 run_quality(row, out_dir, reference, args.row_timeout)
         if ref_row and reference is not None:
-            ref_row.quality_result = kl_from_reference(reference, reference)
+            ref_row.quality_result = distribution_agreement(reference, reference)
 
     profiles = {}
     for variant in PROFILED if args.profile else ():

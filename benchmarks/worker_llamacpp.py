@@ -10,7 +10,7 @@ the prompt. ``Llama.eval`` runs a call (prefill or one decode token) on llama.cp
 the greedy token is the argmax of the call's last logits, read from llama.cpp's own buffer
 (``llama_get_logits``: llama-cpp-python 0.3.36 no longer copies them into ``Llama.scores`` unless
 ``logits_all``, which would make llama.cpp compute every position's logits). The same measurement protocol as
-``lmexport bench`` drives it (``lmexport/bench/measure.py``). llama-cpp-python's high-level API
+``lmexport bench`` drives it (``lmexport/bench/protocol.py``). llama-cpp-python's high-level API
 holds one sequence, so batch must be 1.
 """
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lmexport.bench.measure import run_worker, worker_parser  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from worker_cli import run_worker, worker_parser  # noqa: E402
 
 
 class LlamaCppStepper:
@@ -34,13 +34,11 @@ class LlamaCppStepper:
             raise SystemExit("llama-cpp-python's Llama runs one sequence: batch must be 1")
         self.llm.reset()
 
-    def logits(self, ids, mask, positions):
+    def step(self, ids, mask, positions):
+        """The last position's logits [1, vocab] (the benchmark protocol takes the argmax)."""
         self.llm.eval([int(t) for t in ids[0]])
         last = np.ctypeslib.as_array(self.llm._ctx.get_logits(), shape=(self.n_vocab,))
         return np.array(last, dtype=np.float32)[None, :]
-
-    def step(self, ids, mask, positions):
-        return self.logits(ids, mask, positions).argmax(axis=-1)
 
 
 def main() -> None:
@@ -53,7 +51,7 @@ def main() -> None:
 
     import llama_cpp
 
-    from lmexport.bench.measure import QUALITY_NEXT_TOKENS, QUALITY_PROMPT_TOKENS
+    from lmexport.bench.protocol import QUALITY_NEXT_TOKENS, QUALITY_PROMPT_TOKENS
 
     def load():
         kwargs = {"n_threads": args.threads, "n_threads_batch": args.threads} if args.threads else {}

@@ -5,7 +5,7 @@
 The folder is what ``optimum-cli export onnx --task text-generation-with-past`` wrote
 for the plain Llama. It is loaded with ``ORTModelForCausalLM`` (CPU provider, no IO
 binding) and driven call by call with its own past_key_values, through the same
-measurement protocol as ``lmexport bench`` (``lmexport/bench/measure.py``, imported
+measurement protocol as ``lmexport bench`` (``lmexport/bench/protocol.py``, imported
 from this checkout: it needs only numpy).
 """
 from __future__ import annotations
@@ -13,8 +13,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lmexport.bench.measure import run_worker, worker_parser  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from worker_cli import run_worker, worker_parser  # noqa: E402
 
 
 class OptimumStepper:
@@ -28,16 +28,14 @@ class OptimumStepper:
     def reset(self, batch: int) -> None:
         self.past = None
 
-    def logits(self, ids, mask, positions):
+    def step(self, ids, mask, positions):
+        """The last position's logits [batch, vocab] (the benchmark protocol takes the argmax)."""
         t = self.torch
         with t.inference_mode():
             out = self.model(input_ids=t.from_numpy(ids), attention_mask=t.from_numpy(mask),
                              position_ids=t.from_numpy(positions), past_key_values=self.past, use_cache=True)
         self.past = out.past_key_values
         return out.logits[:, -1, :].float().numpy()
-
-    def step(self, ids, mask, positions):
-        return self.logits(ids, mask, positions).argmax(axis=-1)
 
 
 def main() -> None:

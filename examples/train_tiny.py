@@ -45,9 +45,10 @@ from tqdm import tqdm  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a clone without install
 
 from lmexport.modeling.checkpoint import save_checkpoint  # noqa: E402
-from lmexport.modeling.config import LiquidMetalConfig  # noqa: E402
+from lmexport.config import LiquidMetalConfig  # noqa: E402
 from lmexport.modeling.model import LiquidMetalForCausalLM  # noqa: E402
-from lmexport.perplexity import perplexity, torch_scorer  # noqa: E402
+from lmexport.modeling.engine import TorchEngine  # noqa: E402
+from lmexport.perplexity import engine_scorer, perplexity  # noqa: E402
 from lmexport.modeling.tiny import CHAT_TEMPLATE, SPECIAL_TOKENS, write_tokenizer_files  # noqa: E402
 
 log = logging.getLogger("train_tiny")
@@ -318,7 +319,7 @@ def train(out: Path, preset: Preset, *, seed: int = 0, max_minutes: float = 18.0
     train_seconds = time.time() - t_train
 
     model.eval()
-    result = perplexity(torch_scorer(model), heldout_ids, eval_window, eval_stride)
+    result = perplexity(engine_scorer(TorchEngine(model=model)), heldout_ids, eval_window, eval_stride)
     tail = train_losses[-min(50, len(train_losses)):]
     metrics = {
         "heldout_perplexity": result.perplexity,

@@ -28,8 +28,8 @@ COMMANDS = {
     "chat": ("lmexport.commands.generate", "chat", "Chat with an ONNX folder or a GGUF (llama.cpp)."),
     "parity": ("lmexport.commands.parity", "parity", "Compare an ONNX folder or GGUF file with PyTorch."),
     "perplexity": ("lmexport.commands.perplexity", "perplexity", "Perplexity of a model, ONNX folder or GGUF file."),
-    "bench": ("lmexport.commands.bench", "bench", "Benchmark an ONNX folder or a PyTorch model."),
-    "llamacpp": ("lmexport.commands.llamacpp", "llamacpp", "Build llama.cpp with liquidmetal; quantize, run GGUFs."),
+    "bench": ("lmexport.commands.bench", "bench", "Benchmark an ONNX folder, a GGUF or a PyTorch model."),
+    "llamacpp": ("lmexport.commands.llamacpp", "llamacpp", "Build llama.cpp with liquidmetal; quantize GGUFs."),
 }
 
 
@@ -68,6 +68,24 @@ def missing_extra_message(exc: ModuleNotFoundError, command: str | None) -> str 
             "pip install torch==2.13.0 'lmexport[export]' (torch first, for its CPU build)")
 
 
+def huge_pages_for(artifact) -> None:
+    """Before a command opens an ONNX folder: re-execute the process with huge pages for ONNX Runtime's
+    weights (``lmexport/runtime/hugepages.py``). Decided here, by the CLI: only its process entry
+    (``main()`` without arguments) re-executes itself, never an in-process call, and only for an ONNX folder."""
+    from pathlib import Path
+
+    from lmexport.engine import MANIFEST_FILE
+
+    ctx = click.get_current_context(silent=True)
+    if ctx is None or not (ctx.find_root().obj or {}).get("process_entry"):
+        return
+    if not (Path(artifact) / MANIFEST_FILE).is_file():
+        return
+    from lmexport.runtime.hugepages import reexec
+
+    reexec(Path(artifact))
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -102,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     # started us ignored SIGINT (background jobs inherit an ignored SIGINT).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    # Only a process entry (no argv given) may re-execute itself (lmexport/runtime/hugepages.py).
+    # Only a process entry (no argv given) may re-execute itself (huge_pages_for).
     try:
         cli.main(args=args, prog_name="lmexport", standalone_mode=False, obj={"process_entry": argv is None})
     except LmexportError as exc:

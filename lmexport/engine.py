@@ -14,12 +14,12 @@ kind (``artifact_kind``)  engine      class
 ======================  ==========  ======================================================
 ``onnx``                onnxruntime ``lmexport.runtime.ort.OnnxEngine``
 ``gguf``                llama.cpp   ``lmexport.runtime.llamacpp.engine.LlamaCppEngine``
-``gguf``                pytorch     ``lmexport.exporters.gguf.reader.GGUFTorchEngine`` (rebuild)
+``gguf``                pytorch     ``lmexport.exporters.gguf.reader.torch_engine`` (rebuild)
 ``pytorch``             pytorch     ``lmexport.modeling.engine.TorchEngine``
 ``pte``                 (room)      an ExecuTorch engine registers itself here
 ======================  ==========  ======================================================
 
-Adding an engine: one module with a class implementing ``Engine`` (subclass
+Adding an engine: one module with a class (or factory) implementing ``Engine`` (subclass
 ``EngineBase`` for the defaults), plus one ``register(kind, name, "module:Class")`` line in
 ``ENGINES`` below (and, for a new kind of file, one line in ``artifact_kind``). See
 docs/DESIGN.md, "Adding an engine".
@@ -49,8 +49,9 @@ KINDS = ("onnx", "gguf", "pytorch", "pte")
 def artifact_kind(path: str | Path) -> str:
     """The kind of ``path``, by one rule:
 
-    * a folder with ``lmexport.json``: ``onnx`` (an exported ONNX folder);
-    * a folder with ``config.json``: ``pytorch`` (a Liquid-Metal model folder);
+    * a folder with ``lmexport.json`` or an ``*.onnx`` file: ``onnx`` (an exported ONNX folder; its
+      engine says what is missing from a damaged one);
+    * another folder with ``config.json``: ``pytorch`` (a Liquid-Metal model folder);
     * a file starting with the GGUF magic: ``gguf``;
     * a file named ``*.pte``: ``pte`` (ExecuTorch).
 
@@ -60,12 +61,12 @@ def artifact_kind(path: str | Path) -> str:
         raise InputError(f"{path} does not exist",
                          hint="pass an exported ONNX folder, a GGUF file or a model folder")
     if path.is_dir():
-        if (path / MANIFEST_FILE).is_file():
+        if (path / MANIFEST_FILE).is_file() or any(path.glob("*.onnx")):
             return "onnx"
         if (path / "config.json").is_file():
             return "pytorch"
-        raise InputError(f"{path} holds neither {MANIFEST_FILE} (an exported ONNX folder) nor config.json "
-                         "(a model folder)", hint="pass an exported ONNX folder, a GGUF file or a model folder")
+        raise InputError(f"{path} holds neither {MANIFEST_FILE} nor config.json: it is neither an exported ONNX "
+                         "folder nor a model folder", hint="pass an exported ONNX folder, a GGUF file or a model folder")
     try:
         with open(path, "rb") as f:
             magic = f.read(4)
@@ -186,8 +187,8 @@ class Stats:
 
     def line(self, engine: str, device: str) -> str:
         return (f"[{self.prompt_tokens} prompt tokens, {self.new_tokens} new tokens; prefill "
-                f"{self.prefill_s * 1e3:.1f} ms; decode {self.decode_tokens_per_s:.1f} tokens/s on {engine} "
-                f"({device})]")
+                f"{self.prefill_s * 1e3:.1f} ms; decode {self.decode_tokens_per_s:.1f} tokens/s on {device} "
+                f"({engine})]")
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,7 @@ def register(kind: str, name: str, target: str) -> None:
 
 register("onnx", "onnxruntime", "lmexport.runtime.ort:OnnxEngine")
 register("gguf", "llama.cpp", "lmexport.runtime.llamacpp.engine:LlamaCppEngine")
-register("gguf", "pytorch", "lmexport.exporters.gguf.reader:GGUFTorchEngine")
+register("gguf", "pytorch", "lmexport.exporters.gguf.reader:torch_engine")
 register("pytorch", "pytorch", "lmexport.modeling.engine:TorchEngine")
 
 

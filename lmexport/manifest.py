@@ -15,7 +15,7 @@ Layout (format_version 1)::
       "opset": 23,
       "fused_ops": true,        # opset-23 Attention/RotaryEmbedding/RMSNormalization (false: plain ops)
       "pack_matmuls": true,     # q|k|v and gate|up each one MatMul over a packed initializer (tensor_names.PACKS)
-      "tolerance_preset": "int4", # the preset the export was validated with (lmexport.parity.tolerances)
+      "tolerance_preset": "int4", # the preset the export was validated with (lmexport.compare.tolerances)
       "source": {"weights_hash": "sha256:...", "config": {...config.json...}},
       "num_layers": N,
       "inputs":  [IOSpec...],   # graph inputs, in graph order

@@ -131,7 +131,7 @@ def _config_problems(source: Any) -> tuple[list[str], int | None]:
         return [], None
     if not isinstance(config, dict):
         return ["source.config is not an object"], None
-    from lmexport.modeling.config import LiquidMetalConfig   # torch-free
+    from lmexport.config import LiquidMetalConfig   # torch-free
 
     try:
         parsed = LiquidMetalConfig.from_dict(config)

@@ -18,7 +18,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from lmexport.modeling.config import LiquidMetalConfig
+from lmexport.config import LiquidMetalConfig
 
 # GGUF type classes: "norm", "bias" and "conv" stay F32; "matrix"/"embedding" take the outtype.
 ROLES = ("embedding", "matrix", "norm", "bias", "conv")

@@ -9,7 +9,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 import torch
 
-from lmexport.modeling.config import LiquidMetalConfig
+from lmexport.config import LiquidMetalConfig
 from lmexport.modeling.model import LiquidMetalForCausalLM, init_random
 from lmexport.modeling.tiny import make_model_folder, tiny_config_dict
 
@@ -59,7 +59,7 @@ def patched_llamacpp():
             b.build(progress=lambda line: print("[llamacpp build]", line, flush=True))
         except b.BuildError as exc:
             reason = str(exc)
-    from lmexport.runtime.llamacpp.engine import LlamaCppUnavailable, require_patched
+    from lmexport.runtime.llamacpp.install import LlamaCppUnavailable, require_patched
 
     try:
         return require_patched()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lmexport.parity.metrics import compare_logits
+from lmexport.compare.metrics import compare_logits
 
 
 def logits_of(model, seq_len: int = 16, batch: int = 2, seed: int = 1) -> np.ndarray:

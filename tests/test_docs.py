@@ -2,7 +2,7 @@
 import re
 from pathlib import Path
 
-from lmexport.parity.tolerances import TOLERANCES
+from lmexport.compare.tolerances import TOLERANCES
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 
-from lmexport.bench.measure import Workload
+from lmexport.bench.protocol import Workload
 
 MAX_REPEATS = 1000
 FLOAT_BYTES = 4

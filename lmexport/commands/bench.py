@@ -16,14 +16,16 @@ log = logging.getLogger("lmexport.bench")
 @click.option("--batch", default=1, show_default=True, help="Sequences per call.")
 @click.option("--repeats", default=5, show_default=True, help="Timed passes after one warm-up pass.")
 @click.option("--device", type=click.Choice(["cpu", "cuda", "auto"]), default="auto", show_default=True,
-              help="Where to run: cuda needs onnxruntime-gpu (ONNX) or a CUDA torch build (PyTorch).")
+              help="Where to run: cuda needs onnxruntime-gpu (ONNX), a CUDA build of llama.cpp (GGUF) or a CUDA "
+                   "torch build (PyTorch).")
 @click.option("--threads", type=int, default=None,
-              help="Intra-op threads (ORT intra_op_num_threads, torch.set_num_threads); default: the library's.")
+              help="Threads (ORT intra_op_num_threads, llama.cpp n_threads, torch.set_num_threads); default: the "
+                   "library's.")
 @click.option("--torch-dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default=None,
               help="PyTorch model folders only: the dtype of weights and compute [default: fp32].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as one JSON object.")
 def bench(artifact, prompt_tokens, new_tokens, batch, repeats, device, threads, torch_dtype, as_json):
-    """Benchmark an exported ONNX folder or a PyTorch model folder.
+    """Benchmark an exported ONNX folder, a GGUF file (llama.cpp) or a PyTorch model folder.
 
     Reports load time, prefill latency, decode tokens/s (median, min and max over
     the timed repeats, after one warm-up pass) and the process's peak RSS. Decode
@@ -33,14 +35,15 @@ def bench(artifact, prompt_tokens, new_tokens, batch, repeats, device, threads, 
     \b
     Examples:
       lmexport bench out/onnx-int4
+      lmexport bench out/model-q4_k_m.gguf --threads 2
       lmexport bench examples/liquid-metal-tiny --torch-dtype bf16 --json
     """
-    from lmexport.bench import Workload, artifact_kind, run_bench
+    from lmexport.bench import Workload, run_bench
+    from lmexport.cli import huge_pages_for
+    from lmexport.engine import artifact_kind
 
     if artifact_kind(artifact) == "onnx":
-        from lmexport.runtime.hugepages import reexec_for
-
-        reexec_for(Path(artifact))
+        huge_pages_for(artifact)
 
     workload = Workload(prompt_tokens=prompt_tokens, new_tokens=new_tokens, batch=batch, repeats=repeats)
     result = run_bench(artifact, workload, device=device, threads=threads, torch_dtype=torch_dtype,

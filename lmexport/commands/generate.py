@@ -1,8 +1,9 @@
 """`lmexport generate` and `lmexport chat`: the torch-free runtimes on the command line.
 
-An exported ONNX folder runs on ONNX Runtime (``lmexport.runtime``); a GGUF file runs on the
-patched llama.cpp (``lmexport.runtime.llamacpp``, built by ``lmexport llamacpp build``), with the
-same sampling options.
+The artifact is opened in its engine (``lmexport.engine.open_artifact``: an exported ONNX folder
+on ONNX Runtime, a GGUF file on the patched llama.cpp built by ``lmexport llamacpp build``) and
+run by the one generation loop (``lmexport.runtime.generator``) and chat session
+(``lmexport.runtime.chat``): the same options, defaults, output and --stats line on every engine.
 """
 from __future__ import annotations
 
@@ -24,10 +25,11 @@ def runtime_options(f):
         click.option("--repetition-penalty", default=1.0, show_default=True, type=float, help="1 = off."),
         click.option("--seed", type=int, help="Seed for sampling (same seed, same text)."),
         click.option("--device", type=DEVICE, default="cpu", show_default=True,
-                     help="auto takes CUDA when onnxruntime offers it."),
-        click.option("--threads", type=click.IntRange(1), help="ONNX Runtime intra-op threads."),
+                     help="auto takes CUDA when onnxruntime offers it; a GGUF on cuda/auto offloads every layer."),
+        click.option("--threads", type=click.IntRange(1), help="Threads of the engine (ONNX Runtime intra-op, "
+                                                                 "llama.cpp)."),
         click.option("--optimization", type=click.Choice(["disable", "basic", "extended", "all"]), default="all",
-                     show_default=True, help="ONNX Runtime graph optimisation level."),
+                     show_default=True, help="ONNX Runtime graph optimisation level (ONNX folders)."),
     ]):
         f = option(f)
     return f
@@ -48,66 +50,29 @@ def _read_line(number: int) -> str:
                               hint="send UTF-8 text") from None
 
 
-def _is_gguf(path: Path) -> bool:
-    if not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        return f.read(4) == b"GGUF"
-
-
-def _open_gguf(path: Path, device, threads, n_ctx: int | None = None):
-    """The GGUF in llama.cpp; --device cuda/auto offloads every layer (a CUDA build of llama.cpp)."""
-    from lmexport.runtime.llamacpp.engine import LlamaCppEngine, require_patched
-
-    require_patched()                # first: without the patched build, one line on how to build it
-    kwargs = dict(n_gpu_layers=0 if device == "cpu" else -1, n_threads=threads)
-    if n_ctx:
-        kwargs["n_ctx"] = n_ctx
-    else:
-        from lmexport.exporters.gguf.reader import open_gguf
-        kwargs["n_ctx"] = open_gguf(path).config().max_position_embeddings
-    eng = LlamaCppEngine(path, **kwargs)
-    click.echo(f"[running on llama.cpp ({'cpu' if device == 'cpu' else 'offloaded: ' + device})]", err=True)
-    return eng
-
-
-def _llamacpp_sampling(temperature, top_k, top_p, repetition_penalty, seed) -> dict:
-    return dict(temperature=temperature, top_k=top_k, top_p=top_p, repeat_penalty=repetition_penalty,
-                seed=seed if seed is not None else 0)
-
-
-def _generate_gguf(path, prompts, max_new_tokens, sampling, device, threads, stop, chat, truncate, stats):
-    import time
-
+def open_generator(path: Path, device: str, threads: int | None, optimization: str):
+    """The artifact at ``path`` in its engine (``lmexport.engine.open_artifact``) under the one generation
+    loop; an ONNX folder first gets the CLI's huge-page decision, a GGUF the check for the patched build."""
+    from lmexport.cli import huge_pages_for
+    from lmexport.engine import artifact_kind, open_artifact
     from lmexport.errors import InputError
+    from lmexport.runtime.generator import Generator
 
-    if chat or truncate:
-        raise InputError(f"--{'chat' if chat else 'truncate'} is not supported for a GGUF file",
-                         hint="use `lmexport chat model.gguf` for a conversation" if chat else None)
-    with _open_gguf(path, device, threads) as eng:
-        for i, prompt in enumerate(prompts):
-            if len(prompts) > 1:
-                click.echo(f"--- [{i}]")
-            click.echo(prompt, nl=False)
-            t0, n = time.perf_counter(), 0
-            for piece in eng.generate(prompt, max_tokens=max_new_tokens, stop=list(stop), **sampling):
-                n += 1
-                click.echo(piece, nl=False)
-                sys.stdout.flush()
-            click.echo()
-            if stats:
-                dt = time.perf_counter() - t0
-                click.echo(f"[{n} pieces in {dt:.2f} s ({n / dt if dt else 0:.1f}/s) on llama.cpp]", err=True)
-
-
-def _open(folder, device, threads, optimization):
-    from lmexport.runtime import Generator
-    from lmexport.runtime.hugepages import reexec_for
-
-    reexec_for(Path(folder))
-
-    gen = Generator.from_folder(folder, device=device, threads=threads, optimization=optimization)
-    click.echo(f"[running on {gen.device}{' (--device auto)' if device == 'auto' else ''}]", err=True)
+    kind = artifact_kind(path)
+    options: dict = {"device": device, "threads": threads}
+    if kind == "onnx":
+        huge_pages_for(path)
+        options["optimization"] = optimization
+    elif kind == "gguf":
+        from lmexport.runtime.llamacpp.install import require_patched
+        require_patched()            # first: without the patched build, one line on how to build it
+    elif kind == "pytorch":
+        raise InputError(f"{path} is a model folder; generate and chat run an exported artifact",
+                         hint="export it first (lmexport onnx or lmexport gguf), or pass the exported folder or file")
+    gen = Generator(open_artifact(path, **options))
+    info = gen.engine.info
+    click.echo(f"[running on {info.device}{' (--device auto)' if device == 'auto' else ''}] {info.engine} "
+               f"({info.variant})", err=True)
     return gen
 
 
@@ -130,7 +95,8 @@ def generate(folder, prompts, max_new_tokens, temperature, top_k, top_p, repetit
     """Generate text from an exported ONNX folder (ONNX Runtime) or a GGUF file (llama.cpp); no torch needed.
 
     One prompt streams its text as it is produced; several run as one
-    left-padded batch (ONNX) or one after the other (GGUF) and print in order.
+    left-padded batch and print in order. Every engine runs the same loop:
+    the same sampling options, stop strings and --stats line.
     A GGUF needs the patched llama.cpp: lmexport llamacpp build.
 
     \b
@@ -138,11 +104,7 @@ def generate(folder, prompts, max_new_tokens, temperature, top_k, top_p, repetit
       lmexport generate out/onnx --prompt "def read_file(path):" --max-new-tokens 48
       lmexport generate out/model.gguf --prompt "def read_file(path):" --temperature 0.8 --seed 1
     """
-    if _is_gguf(folder):
-        return _generate_gguf(folder, prompts, max_new_tokens,
-                              _llamacpp_sampling(temperature, top_k, top_p, repetition_penalty, seed),
-                              device, threads, stop, chat, truncate, stats)
-    gen = _open(folder, device, threads, optimization)
+    gen = open_generator(folder, device, threads, optimization)
     sampling = _sampling(temperature, top_k, top_p, repetition_penalty, seed)
     kwargs = dict(max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, chat=chat, truncate=truncate)
     # A completion continues its prompt, so the prompt is printed first; a chat answer
@@ -159,9 +121,7 @@ def generate(folder, prompts, max_new_tokens, temperature, top_k, top_p, repetit
             click.echo(f"--- [{i}] ({result.finish_reason}, {len(result.token_ids)} tokens)")
             click.echo(result.text if chat else result.prompt + result.text)
     if stats:
-        s = gen.last_stats
-        click.echo(f"[{s.prompt_tokens} prompt tokens, {s.new_tokens} new tokens; prefill {s.prefill_s * 1e3:.1f} ms; "
-                   f"decode {s.decode_tokens_per_s:.1f} tokens/s on {gen.device}]", err=True)
+        click.echo(gen.stats_line(), err=True)
 
 
 @click.command("chat")
@@ -178,17 +138,10 @@ def chat(folder, max_new_tokens, temperature, top_k, top_p, repetition_penalty, 
     (Ctrl-D) ends the chat. Piped input is echoed after the prompt, so the output
     reads as the conversation: "> message", the reply, a blank line.
     """
-    if _is_gguf(folder):
-        from lmexport.runtime.llamacpp.chat import LlamaCppChat
+    from lmexport.runtime import ChatSession
 
-        session = LlamaCppChat(_open_gguf(folder, device, threads), max_new_tokens=max_new_tokens, system=system,
-                               **_llamacpp_sampling(temperature, top_k, top_p, repetition_penalty, seed))
-    else:
-        from lmexport.runtime import ChatSession
-
-        gen = _open(folder, device, threads, optimization)
-        session = ChatSession(gen, max_new_tokens=max_new_tokens, system=system,
-                              sampling=_sampling(temperature, top_k, top_p, repetition_penalty, seed))
+    session = ChatSession(open_generator(folder, device, threads, optimization), max_new_tokens=max_new_tokens,
+                          system=system, sampling=_sampling(temperature, top_k, top_p, repetition_penalty, seed))
     interactive = sys.stdin.isatty()
     number = 0
     while True:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from lmexport.exporters.gguf.format import KQUANTS, OUTTYPES
+from lmexport.formats.gguf import KQUANTS, OUTTYPES
 
 
 @click.command("gguf")

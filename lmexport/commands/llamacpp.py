@@ -1,4 +1,7 @@
-"""``lmexport llamacpp``: build llama.cpp with the liquidmetal architecture, quantize and run GGUFs in it."""
+"""``lmexport llamacpp``: build llama.cpp with the liquidmetal architecture and quantize GGUFs with it.
+
+A GGUF runs through the same commands as an ONNX folder (``lmexport generate``, ``chat``, ``bench``,
+``parity``, ``perplexity``); ``lmexport llamacpp generate`` is an alias of ``lmexport generate``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +18,7 @@ def llamacpp():
       lmexport llamacpp build
       CMAKE_ARGS=-DGGML_CUDA=on lmexport llamacpp build
       lmexport llamacpp quantize lm-f32.gguf lm-q4_k_m.gguf --type q4_k_m
-      lmexport llamacpp generate lm-q4_k_m.gguf --prompt "def add(a, b):"
+      lmexport generate lm-q4_k_m.gguf --prompt "def add(a, b):"
     """
 
 
@@ -50,26 +53,12 @@ def quantize_cmd(src, dst, ftype, overwrite):
     click.echo(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB, {ftype})")
 
 
-@llamacpp.command("generate")
-@click.argument("gguf_path", type=click.Path(path_type=Path))
-@click.option("--prompt", required=True)
-@click.option("--max-tokens", default=64, show_default=True, type=click.IntRange(1, 1 << 20))
-@click.option("--temperature", default=0.0, show_default=True, type=float, help="0 is greedy.")
-@click.option("--top-k", default=40, show_default=True, type=int)
-@click.option("--top-p", default=0.95, show_default=True, type=float)
-@click.option("--repeat-penalty", default=1.0, show_default=True, type=float)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--stop", multiple=True, help="Stop string (repeatable).")
-@click.option("--n-ctx", default=2048, show_default=True, type=int)
-@click.option("--n-gpu-layers", default=0, show_default=True, type=int)
-def generate_cmd(gguf_path, prompt, max_tokens, temperature, top_k, top_p, repeat_penalty, seed, stop, n_ctx,
-                 n_gpu_layers):
-    """Stream a completion from a GGUF with the patched llama.cpp."""
-    from lmexport.runtime.llamacpp.engine import LlamaCppEngine
+def _generate_alias():
+    """``lmexport llamacpp generate``: a plain alias of ``lmexport generate`` (same options, defaults, output)."""
+    from lmexport.commands.generate import generate
 
-    with LlamaCppEngine(gguf_path, n_ctx=n_ctx, n_gpu_layers=n_gpu_layers, seed=seed) as eng:
-        click.echo(prompt, nl=False)
-        for piece in eng.generate(prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k,
-                                  top_p=top_p, repeat_penalty=repeat_penalty, seed=seed, stop=list(stop)):
-            click.echo(piece, nl=False)
-        click.echo()
+    return click.Command("generate", params=generate.params, callback=generate.callback,
+                         help="Alias of `lmexport generate` for a GGUF file (the same options and defaults).")
+
+
+llamacpp.add_command(_generate_alias())

@@ -41,7 +41,7 @@ def perplexity(target, text_file, tokenizer, max_tokens, window, stride, device,
     except UnicodeDecodeError as exc:
         raise InputError(f"text file {text_file} is not UTF-8 (byte {exc.start})", hint="save it as UTF-8") from None
     if engine == "llama.cpp":       # before the tokenizer: without the build, one line on how to build it
-        from lmexport.runtime.llamacpp.engine import require_patched
+        from lmexport.runtime.llamacpp.install import require_patched
         require_patched()
     from lmexport.manifest import MANIFEST_FILE
     from lmexport.modeling.precheck import precheck

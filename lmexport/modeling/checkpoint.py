@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 
 from lmexport.atomic import atomic_output
 from lmexport.errors import CheckpointError, UnsafeFileError
-from lmexport.modeling.config import LiquidMetalConfig
+from lmexport.config import LiquidMetalConfig
 from lmexport.modeling.model import LiquidMetalForCausalLM
 from lmexport.modeling.folder_files import copy_verified
 from lmexport.modeling.precheck import INDEX_FILE, check_model_folder, read_config_dict, shard_names  # noqa: F401

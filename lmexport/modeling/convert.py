@@ -27,7 +27,7 @@ from lmexport.atomic import check_output_path
 from lmexport.errors import InputError
 from lmexport.modeling.folder_files import verify_files
 from lmexport.modeling.checkpoint import Checkpoint, build_model, read_checkpoint, save_checkpoint
-from lmexport.modeling.config import LiquidMetalConfig
+from lmexport.config import LiquidMetalConfig
 from lmexport.modeling.model import LiquidMetalForCausalLM
 from lmexport.tensor_names import LM_HEAD, TOKEN_CONV, expected_tensors
 

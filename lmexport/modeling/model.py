@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lmexport.modeling.config import LiquidMetalConfig
+from lmexport.config import LiquidMetalConfig
 from lmexport.modeling.modules import (CONTEXT_SLOTS, AdaptiveRMSNorm, ContextState, SqueezeExcitation, TokenMixing,
                                        rms_normalize, valid_counts)
 from lmexport.tensor_names import lookup

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lmexport.errors import CheckpointError, ConfigError, InputError
 from lmexport.jsonio import read_json_object
-from lmexport.modeling.config import LiquidMetalConfig
+from lmexport.config import LiquidMetalConfig
 from lmexport.safe_paths import name_problem
 
 INDEX_FILE = "model.safetensors.index.json"

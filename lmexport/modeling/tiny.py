@@ -65,7 +65,7 @@ def make_model_folder(folder: str | Path, *, seed: int = 0, overwrite: bool = Fa
                       vocab_size: int = 384, **config_overrides) -> Path:
     """A complete random Liquid-Metal checkpoint folder (needs the export extra: torch)."""
     from lmexport.modeling.checkpoint import save_checkpoint
-    from lmexport.modeling.config import LiquidMetalConfig
+    from lmexport.config import LiquidMetalConfig
     from lmexport.modeling.model import LiquidMetalForCausalLM, init_random
     import torch
 

@@ -29,7 +29,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from lmexport.modeling.tiny import CHAT_TEMPLATE, SAMPLE_TEXT, SPECIAL_TOKENS, make_tokenizer, write_tokenizer_files
 
 # Llama 3's Split regex, as its tokenizer.json writes it (the same constant the GGUF side identifies).
-from lmexport.exporters.gguf.pretokenizer import LLAMA3_REGEX  # noqa: E402
+from lmexport.formats.gguf import LLAMA3_REGEX  # noqa: E402
 
 TRAIN_TEXT = SAMPLE_TEXT + ("café naïve Ångström   spaces  and\ttabs 2024 12345 東京 🙂\n"
                             "    indented = [1, 2, 3]  # comment\n")

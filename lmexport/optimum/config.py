@@ -11,7 +11,7 @@ from __future__ import annotations
 from transformers import AutoConfig, PretrainedConfig
 
 from lmexport.manifest import Manifest
-from lmexport.modeling.config import MODEL_TYPE
+from lmexport.config import MODEL_TYPE
 
 
 class LiquidMetalHFConfig(PretrainedConfig):

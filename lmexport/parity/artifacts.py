@@ -1,27 +1,24 @@
-"""Open the artifact side of a parity run, after checking (once) that it came from this model.
+"""Open the artifact side of a parity run in its engine, after checking (once) that it came from this model.
 
-Each kind reads its identity (recorded weights hash and config) cheaply first; the
-check runs before the artifact is loaded, so a wrong-model artifact is an input
-error reported before any numbers.
+Each kind reads its identity (recorded weights hash and config) cheaply first; the check runs
+before the artifact is loaded, so a wrong-model artifact is an input error reported before any
+numbers. The engines are the ones every command uses (``lmexport.engine``).
 """
 from __future__ import annotations
 
 from pathlib import Path
 
+from lmexport.engine import artifact_kind, engine_class
 from lmexport.errors import ArtifactError, InputError
 from lmexport.modeling.checkpoint import Checkpoint
-from lmexport.parity.backends import TorchBackend
 from lmexport.parity.identity import check_same_model
-
 
 ENGINES = ("pytorch", "llama.cpp")
 
 
-def _gguf(path: Path, ckpt: Checkpoint, device: str, engine: str = "pytorch", batch_size: int = 3):
-    from gguf import Keys
-
-    from lmexport.exporters.gguf.format import ARCH_LIQUIDMETAL, OUTTYPE, file_outtype, tolerance_preset
-    from lmexport.exporters.gguf.reader import load_gguf_model, open_gguf
+def _gguf(path: Path, ckpt: Checkpoint, device: str, engine: str, batch_size: int):
+    from lmexport.exporters.gguf.reader import open_gguf
+    from lmexport.formats.gguf import ARCH_LIQUIDMETAL
 
     g = open_gguf(path)
     if g.arch != ARCH_LIQUIDMETAL:
@@ -29,39 +26,42 @@ def _gguf(path: Path, ckpt: Checkpoint, device: str, engine: str = "pytorch", ba
                             hint="parity compares Liquid-Metal exports; export with lmexport gguf --arch auto")
     check_same_model(ckpt, path, g.weights_hash, g.source_config)
     if engine == "llama.cpp":
-        from lmexport.runtime.llamacpp.engine import require_patched
+        from lmexport.runtime.llamacpp.install import require_patched
         require_patched()            # before the rebuild: without the build, one line on how to build it
-    model, _, _ = load_gguf_model(path)
-    outtype = file_outtype(g.value(Keys.General.FILE_TYPE), g.value(OUTTYPE))
-    rebuild = TorchBackend(model, name=f"gguf {outtype}")
+    rebuild = engine_class("gguf", "pytorch")(path)
     if engine == "llama.cpp":
-        from lmexport.parity.llamacpp_backend import LlamaCppBackend
-        return (LlamaCppBackend(path, rebuild, batch_size=batch_size, context=ckpt.config.max_position_embeddings),
-                tolerance_preset(outtype))
-    return rebuild, tolerance_preset(outtype)
+        context = ckpt.config.max_position_embeddings
+        art = engine_class("gguf", "llama.cpp")(path, n_ctx=context, n_batch=batch_size * context, n_ubatch=512,
+                                                f32_kv=True)
+        return art, rebuild
+    return rebuild, rebuild
 
 
-def _onnx(folder: Path, ckpt: Checkpoint, device: str, engine: str = "pytorch", batch_size: int = 3):
+def _onnx(folder: Path, ckpt: Checkpoint, device: str, engine: str, batch_size: int):
     from lmexport.manifest import Manifest
-    from lmexport.parity.onnx_backend import OnnxBackend
 
     if engine != "pytorch":
         raise InputError(f"--engine {engine} runs GGUF files; {folder} is an ONNX folder",
                          hint="drop --engine for an ONNX folder (it runs on ONNX Runtime)")
     manifest = Manifest.read(folder)
     check_same_model(ckpt, folder, manifest.weights_hash, manifest.config)
-    return OnnxBackend(folder, manifest, device), manifest.preset
+    art = engine_class("onnx")(folder, device=device)
+    return art, art
 
 
 OPENERS = {"gguf": _gguf, "onnx": _onnx}
 
 
-def open_artifact(kind: str, path: Path, ckpt: Checkpoint, device: str = "cpu", engine: str = "pytorch",
-                  batch_size: int = 3):
-    """(backend, default tolerance preset) for an ONNX folder or a GGUF file.
+def open_artifact(path: Path, ckpt: Checkpoint, device: str = "cpu", engine: str = "pytorch", batch_size: int = 3):
+    """(engine that computes the artifact's logits, engine whose ``intermediates`` localise a failure) for an
+    ONNX folder or a GGUF file. ``info.tolerance`` of the first is the default preset.
 
     ``engine`` (GGUF only): "pytorch" rebuilds the model from the file's tensors; "llama.cpp" runs the
     file in the patched llama.cpp (its logits; per-layer outputs from the PyTorch rebuild)."""
     if engine not in ENGINES:
         raise InputError(f"unknown parity engine {engine!r}", hint="choose one of " + ", ".join(ENGINES))
+    kind = artifact_kind(path)
+    if kind not in OPENERS:
+        raise InputError(f"{path} is neither an exported ONNX folder nor a GGUF file (a {kind} artifact)",
+                         hint="parity compares an export with the model folder it came from")
     return OPENERS[kind](path, ckpt, device, engine, batch_size)

@@ -16,10 +16,10 @@ The method, shared by every backend so that their numbers compare:
 3. perplexity = exp(sum of NLL over scored tokens / number of scored tokens), NLL in nats.
 
 The windowing and the aggregation here are torch-free (``windows``, ``perplexity``);
-a backend only supplies a ``WindowScorer``: given one window's ids and the index of
-its first scored token, return the summed NLL of ids[first_target:] given their
-prefixes. ``perplexity_torch`` is the PyTorch scorer; ONNX and GGUF scorers are
-other functions of the same shape.
+a ``WindowScorer`` takes one window's ids and the index of its first scored token and
+returns the summed NLL of ids[first_target:] given their prefixes. ``engine_scorer`` is
+the one scorer: any engine (``lmexport.engine``: ONNX Runtime, llama.cpp, PyTorch),
+each window one prefill from an empty state, the NLL from ``lmexport.compare.metrics``.
 """
 from __future__ import annotations
 
@@ -122,19 +122,17 @@ def perplexity(scorer: WindowScorer, token_ids: Sequence[int], window: int, stri
                             window - 1 if stride is None else stride)
 
 
-def torch_scorer(model) -> WindowScorer:
-    """A WindowScorer for a LiquidMetalForCausalLM (any module whose forward returns ``.logits``)."""
-    import torch
-    import torch.nn.functional as F
+def engine_scorer(engine) -> WindowScorer:
+    """A WindowScorer for any engine: each window is one prefill from an empty state."""
+    import numpy as np
 
-    device = next(model.parameters()).device
+    from lmexport.compare.metrics import nll_sum
 
     def score(ids: Sequence[int], first_target: int) -> float:
-        x = torch.tensor([list(ids)], dtype=torch.long, device=device)            # (1, T)
-        with torch.no_grad():
-            logits = model(x).logits[0, first_target - 1:-1].float()              # (n, V)
-        targets = x[0, first_target:]                                               # (n,)
-        return float(F.cross_entropy(logits, targets, reduction="sum"))
+        x = np.asarray([list(ids)], dtype=np.int64)                        # (1, T)
+        engine.reset(1)
+        logits = engine.step(x, np.ones_like(x), np.arange(x.shape[1], dtype=np.int64)[None])
+        return nll_sum(logits[0, first_target - 1:-1], ids[first_target:])
 
     return score
 
@@ -142,10 +140,13 @@ def torch_scorer(model) -> WindowScorer:
 def perplexity_torch(model, token_ids: Sequence[int], window: int = 256, stride: int | None = None,
                      *, progress: bool = False) -> float:
     """Perplexity of a PyTorch model on ``token_ids`` (windows of ``window``, starts ``stride`` apart)."""
+    from lmexport.modeling.engine import TorchEngine
+
     was_training = model.training
-    model.eval()
+    device = next(model.parameters()).device
     try:
-        return perplexity(torch_scorer(model), token_ids, window, stride, progress=progress,
+        engine = TorchEngine(model=model, device=device.type)
+        return perplexity(engine_scorer(engine), token_ids, window, stride, progress=progress,
                           desc="perplexity (torch)").perplexity
     finally:
         model.train(was_training)

@@ -1,4 +1,7 @@
-"""An interactive chat that keeps the model's state between turns.
+"""An interactive chat that keeps the model's state between turns, on any engine (``lmexport.engine``).
+
+The one chat session of lmexport: ``lmexport chat`` runs it on an ONNX folder and on a GGUF
+file alike; the state lives in the engine (``Engine.step`` carries it).
 
 The state (keys and values, convolution windows, context sums) of every earlier
 turn stays; a turn feeds the model only the tokens of the text it adds. That
@@ -20,7 +23,8 @@ from typing import Iterator
 import numpy as np
 
 from lmexport.errors import GenerationError
-from lmexport.runtime.generator import Generation, Generator, RowProgress, Stats
+from lmexport.engine import Stats
+from lmexport.runtime.generator import Generation, Generator, RowProgress
 from lmexport.runtime.sampling import SamplingParams
 from lmexport.runtime.batch import positions_from_mask
 
@@ -44,7 +48,7 @@ class ChatSession:
         self.rng = np.random.default_rng(self.sampling.seed)
         self.messages: list[dict] = [{"role": "system", "content": self.system}] if self.system else []
         self.fed: list[int] = []
-        self.state: dict | None = None
+        self.started = False              # whether the engine's state holds this conversation
         self._covered: list[str] = []     # texts whose tokens are all in the state, longest first
 
     # ------------------------------------------------------------ rendering
@@ -55,7 +59,7 @@ class ChatSession:
 
     def _new_tokens(self, rendered: str) -> tuple[bool, list[int]]:
         """(whether the state must be rebuilt, the token ids to feed now)."""
-        if self.state is not None:
+        if self.started:
             for covered in self._covered:
                 if rendered.startswith(covered):
                     return False, self.gen.tokenizer.encode(rendered[len(covered):], add_special_tokens=False)
@@ -80,32 +84,34 @@ class ChatSession:
             self.messages.pop()
             raise
         if rebuild:
-            if self.state is not None:
+            if self.started:
                 self.rebuilds += 1
                 log.info("the chat template rewrote earlier turns; recomputing the state from the whole conversation")
-            self.fed, self.state = [], self.gen.session.zero_state(1)
+            self.fed = []
+            self.gen.engine.reset(1)
+            self.started = True
 
         reply = Generation(text, prompt_tokens=len(new))
         row = RowProgress(reply, self.gen.tokenizer, self.fed + new, ())
         self.last_stats = Stats(prompt_tokens=len(new))
         seen = [set(self.fed) | set(new)]
-        loop = self.gen.decode_loop(np.asarray([new], dtype=np.int64),
-                                    np.ones((1, past + len(new)), dtype=np.int64), self.state, [row],
-                                    self.sampling, [self.rng], seen, self.max_new_tokens, self.last_stats)
-        while True:
-            try:
-                yield next(loop).text
-            except StopIteration as done:
-                state = done.value
-                break
+        try:
+            for response in self.gen.decode_loop(np.asarray([new], dtype=np.int64),
+                                                 np.ones((1, past + len(new)), dtype=np.int64), [row],
+                                                 self.sampling, [self.rng], seen, self.max_new_tokens,
+                                                 self.last_stats):
+                if response.text:
+                    yield response.text
+        except BaseException:
+            self.started = False          # a turn cut short leaves the state unknown: rebuild next turn
+            raise
 
         # every chosen token but the last is in the state; feed the last (the EOS too) to keep it whole
         ended_with_eos = reply.finish_reason == "eos"
         chosen = reply.token_ids + ([row.last] if ended_with_eos else [])
         total = past + len(new) + len(chosen)
         mask = np.ones((1, total), dtype=np.int64)
-        _, self.state = self.gen.session.step(np.asarray([[chosen[-1]]], dtype=np.int64), mask,
-                                              positions_from_mask(mask, 1), state)
+        self.gen.engine.step(np.asarray([[chosen[-1]]], dtype=np.int64), mask, positions_from_mask(mask, 1))
         self.fed += new + chosen
         self.messages.append({"role": "assistant", "content": reply.text})
         fed_text = rendered + reply.text

@@ -1,7 +1,11 @@
-"""Text generation on ONNX Runtime: greedy or sampled, batched with left padding, streamed.
+"""Text generation on any engine (``lmexport.engine``): greedy or sampled, batched with left padding, streamed.
+
+The one generation loop of lmexport: ``lmexport generate`` and ``lmexport chat`` run it on an ONNX
+folder (ONNX Runtime), a GGUF file (llama.cpp) or any other registered engine, with the same
+sampling (``sampling.py``), stop strings, statistics and response type.
 
     from lmexport.runtime import Generator
-    gen = Generator.from_folder("out/onnx")
+    gen = Generator.open("out/onnx")            # or "out/model.gguf"; Generator.from_folder for ONNX
     [result] = gen.generate("def read(path):", max_new_tokens=32)
     print(result.text, result.token_ids)
     for piece in gen.stream("def read(path):"):
@@ -21,11 +25,10 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from lmexport.engine import Engine, Response, Stats, open_artifact
 from lmexport.errors import GenerationError, NonFiniteError
 from lmexport.runtime.sampling import SamplingParams, choose
 from lmexport.runtime.batch import left_pad, positions_from_mask
-from lmexport.runtime.ort import Session
-from lmexport.runtime.tokenizer import TextTokenizer
 
 # Generated text is decoded after this many prompt tokens, so that a decoder
 # which strips the first space of a text (SentencePiece/Metaspace) keeps the
@@ -42,23 +45,7 @@ class Generation:
     finish_reason: str = "length"        # "eos", "stop" or "length"
 
 
-@dataclass(frozen=True)
-class Piece:
-    index: int                           # which prompt
-    text: str
-
-
-@dataclass
-class Stats:
-    prompt_tokens: int = 0
-    new_tokens: int = 0
-    decode_tokens: int = 0               # tokens produced by decode calls (not by the prefill)
-    prefill_s: float = 0.0
-    decode_s: float = 0.0
-
-    @property
-    def decode_tokens_per_s(self) -> float:
-        return self.decode_tokens / self.decode_s if self.decode_s > 0 else 0.0
+Piece = Response                         # the streamed piece: lmexport.engine.Response (index, text)
 
 
 def held_back(text: str, stops: Sequence[str]) -> int:
@@ -95,7 +82,7 @@ def check_finite(logits: np.ndarray, folder, where: str) -> None:
 class RowProgress:
     """One prompt's progress: its new ids, their text, and how much of it was released."""
 
-    def __init__(self, gen: Generation, tokenizer: TextTokenizer, prompt_ids: Sequence[int],
+    def __init__(self, gen: Generation, tokenizer, prompt_ids: Sequence[int],
                  stops: Sequence[str]):
         self.gen, self.tokenizer, self.stops = gen, tokenizer, [s for s in stops if s]
         self.anchor = list(prompt_ids[-ANCHOR_TOKENS:])
@@ -137,27 +124,37 @@ class RowProgress:
 
 
 class Generator:
-    def __init__(self, session: Session, tokenizer: TextTokenizer):
-        self.session, self.tokenizer = session, tokenizer
-        manifest = session.manifest
-        self.context_length = int(manifest.config.get("max_position_embeddings", 2048))
-        eos = manifest.tokenizer.get("eos_token_ids") or tokenizer.eos_token_ids
-        self.eos_token_ids = {int(i) for i in eos}
-        pad = manifest.tokenizer.get("pad_token_id", tokenizer.pad_token_id)
-        self.pad_token_id = int(pad) if pad is not None else 0
+    """The generation loop over one engine (its tokenizer, context length and EOS/pad ids)."""
+
+    def __init__(self, engine: Engine, tokenizer=None):
+        self.engine = engine
+        self.tokenizer = tokenizer if tokenizer is not None else engine.tokenizer
+        info = engine.info
+        self.context_length = info.context_length
+        self.eos_token_ids = {int(i) for i in (info.eos_token_ids or self.tokenizer.eos_token_ids)}
+        self.pad_token_id = info.pad_token_id
         self.last_stats = Stats()
+
+    @classmethod
+    def open(cls, path: str | Path, *, engine: str | None = None, **options) -> "Generator":
+        """Any artifact ``lmexport.engine.open_artifact`` opens (an ONNX folder, a GGUF file, ...)."""
+        return cls(open_artifact(path, engine=engine, **options))
 
     @classmethod
     def from_folder(cls, folder: str | Path, *, device: str = "cpu", threads: int | None = None,
                     optimization: str = "all") -> "Generator":
-        session = Session(folder, device=device, threads=threads, optimization=optimization)
-        tokenizer = TextTokenizer.from_folder(folder, eos_token_ids=session.manifest.tokenizer.get("eos_token_ids")
-                                              or ())
-        return cls(session, tokenizer)
+        """An exported ONNX folder in ONNX Runtime."""
+        from lmexport.runtime.ort import OnnxEngine
+
+        return cls(OnnxEngine(folder, device=device, threads=threads, optimization=optimization))
 
     @property
     def device(self) -> str:
-        return self.session.device
+        return self.engine.info.device
+
+    def stats_line(self, stats: Stats | None = None) -> str:
+        """The one ``--stats`` line, the same on every engine."""
+        return (stats or self.last_stats).line(self.engine.info.engine, self.device)
 
     # ------------------------------------------------------------ prompts
     def encode_prompt(self, prompt: str, *, chat: bool = False, max_new_tokens: int = 0,
@@ -184,17 +181,17 @@ class Generator:
         return ids
 
     # ------------------------------------------------------------ the loop
-    def decode_loop(self, tokens: np.ndarray, mask: np.ndarray, state: dict, rows: list[RowProgress],
+    def decode_loop(self, tokens: np.ndarray, mask: np.ndarray, rows: list[RowProgress],
                     params: SamplingParams, rngs: list[np.random.Generator], seen: list[set[int]],
-                    max_new_tokens: int, stats: Stats) -> Iterator[Piece]:
-        """Feed ``tokens`` ([B, T]; ``mask`` covers the past and them), then choose, release and feed
-        back one token per row until every row is done. Returns (through StopIteration) the state,
-        which holds every chosen token but the last (``RowProgress.last``)."""
+                    max_new_tokens: int, stats: Stats) -> Iterator[Response]:
+        """Feed ``tokens`` ([B, T]; ``mask`` covers the past and them) to the engine, then choose, release
+        and feed back one token per row until every row is done. The engine's state then holds every
+        chosen token but the last (``RowProgress.last``)."""
         for step in range(max_new_tokens):
             started = time.perf_counter()
-            logits, state = self.session.step(tokens, mask, positions_from_mask(mask, tokens.shape[1]), state)
-            check_finite(logits[:, -1], self.session.folder, "prefill" if step == 0 else f"decode step {step}")
-            nxt = choose(logits[:, -1], params, rngs, seen)
+            logits = self.engine.step(tokens, mask, positions_from_mask(mask, tokens.shape[1]))[:, -1]
+            check_finite(logits, self.engine.path, "prefill" if step == 0 else f"decode step {step}")
+            nxt = choose(logits, params, rngs, seen)
             elapsed = time.perf_counter() - started
             if step == 0:
                 stats.prefill_s += elapsed
@@ -208,23 +205,21 @@ class Generator:
                 seen[i].add(int(nxt[i]))
                 piece = row.update(self.eos_token_ids, int(nxt[i]))
                 if piece:
-                    yield Piece(i, piece)
+                    yield Response(i, piece)
             if all(r.done for r in rows):
                 break
             # finished rows keep running on padding until the whole batch is done; nobody reads them
             tokens = np.where([r.done for r in rows], self.pad_token_id, nxt)[:, None].astype(np.int64)
             mask = np.concatenate([mask, np.ones((len(rows), 1), dtype=np.int64)], axis=1)
         for i, row in enumerate(rows):
-            piece = row.finish()
-            if piece:
-                yield Piece(i, piece)
-        return state
+            yield Response(i, row.finish(), row.gen.finish_reason)
 
     # ------------------------------------------------------------ generation
     def stream(self, prompts: str | Sequence[str], *, max_new_tokens: int = 64,
                sampling: SamplingParams | None = None, stop: Sequence[str] = (), chat: bool = False,
-               truncate: bool = False, results: list[Generation] | None = None, **sampling_kw) -> Iterator[Piece]:
-        """Yield text pieces as they are produced, for each prompt (``Piece.index``).
+               truncate: bool = False, results: list[Generation] | None = None, **sampling_kw) -> Iterator[Response]:
+        """Yield text pieces as they are produced, for each prompt (``Response.index``); each row ends with
+        one Response that carries its ``finish_reason`` (its text may be empty).
 
         ``sampling`` or its fields as keywords (temperature, top_k, top_p,
         repetition_penalty, seed); ``results`` (a list) receives one Generation per prompt.
@@ -246,8 +241,8 @@ class Generator:
         stats = self.last_stats = Stats(prompt_tokens=sum(map(len, encoded)))
 
         ids, mask = left_pad(encoded, self.pad_token_id)
-        yield from self.decode_loop(ids, mask, self.session.zero_state(len(encoded)), rows, params, rngs, seen,
-                              max_new_tokens, stats)
+        self.engine.reset(len(encoded))
+        yield from self.decode_loop(ids, mask, rows, params, rngs, seen, max_new_tokens, stats)
 
     def generate(self, prompts: str | Sequence[str], **kwargs) -> list[Generation]:
         """Generate for one prompt or a batch; returns one Generation per prompt."""

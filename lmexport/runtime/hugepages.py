@@ -13,8 +13,9 @@ Linux, glibc >= 2.35, THP mode ``madvise``, the folder's files hold at least ``M
 ``LMEXPORT_HUGE_PAGES`` is not ``0``. ``LMEXPORT_HUGE_PAGES=1`` asks regardless of size. Measured
 on the 1.1B shape (benchmarks/RESULTS.md): faster decode, a slower load (the kernel compacts
 memory to find 2 MiB pages). Library users set the variable themselves before starting Python:
-``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``. Only the CLI process entry (``lmexport.cli.main()``
-without arguments, which marks the click context) re-executes; an in-process call never does.
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``. Whether to re-execute at all is the CLI's decision
+(``lmexport.cli.huge_pages_for``: only its process entry, ``lmexport.cli.main()`` without arguments);
+this module only says whether the system allows it (``why_not``) and does it (``reexec``).
 """
 from __future__ import annotations
 
@@ -85,14 +86,9 @@ def why_not(weight_bytes: int) -> str | None:
     return None
 
 
-def reexec_for(folder: Path) -> None:
-    """Re-execute this CLI process with huge pages for malloc, if it is the process entry and
-    ``why_not`` finds no reason against; otherwise return and go on as before."""
-    import click
-
-    ctx = click.get_current_context(silent=True)
-    if ctx is None or not (ctx.find_root().obj or {}).get("process_entry"):
-        return
+def reexec(folder: Path) -> None:
+    """Re-execute this process with huge pages for malloc, if ``why_not`` finds no reason against the
+    folder's weights; otherwise return and go on as before."""
     reason = why_not(folder_bytes(folder))
     if reason is not None:
         log.debug("huge pages for ONNX Runtime: not asked for (%s)", reason)

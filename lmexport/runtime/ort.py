@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from lmexport.engine import EngineBase, EngineInfo
 from lmexport.errors import ArtifactError, DeviceError, InputError
 from lmexport.manifest import MANIFEST_FILE, Manifest, check_files, io_contract_problems
 
@@ -178,9 +179,6 @@ class Session:
         outputs = dict(zip(self.output_names, binding.get_outputs()))
         return outputs[self.logits_name].numpy(), self.next_state(outputs)
 
-    def stepper(self) -> "Stepper":
-        return Stepper(self)
-
     def _call(self, run):
         """Run one call; a kernel the provider lacks becomes one clear DeviceError.
 
@@ -198,19 +196,72 @@ class Session:
                                    "or use --device cpu" if fused else "use --device cpu") from exc
 
 
-class Stepper:
-    """A Session and the state of the one batch it runs, call after call (parity, bench).
+class OnnxEngine(EngineBase):
+    """An exported ONNX folder in ONNX Runtime, behind the one engine protocol (``lmexport.engine``).
 
-    The twin of ``lmexport.modeling.stepper.TorchStepper``: ``reset(batch)``, then
-    ``step(ids, mask, positions)`` returns the logits [B, T, V] on the host."""
+    ``reset(batch)`` starts from zero state; ``step(ids, mask, positions)`` returns the logits
+    [B, T, V] on the host and keeps the state on the session's device. Per-layer outputs
+    (``intermediates``) come from the folder's own graph: lmexport.json names the graph values that
+    hold them (``probes``); they are added as outputs of an in-memory copy of the graph, so the
+    weights and the computation are the artifact's, not a stand-in's."""
 
-    def __init__(self, session: Session):
-        self.session = session
+    def __init__(self, folder: str | Path, *, device: str = "cpu", threads: int | None = None,
+                 optimization: str = "all", low_memory: bool = False, session: Session | None = None):
+        self.session = session or Session(folder, device=device, threads=threads, optimization=optimization,
+                                          low_memory=low_memory)
+        self.path = self.session.folder
+        self.manifest = m = self.session.manifest
+        self.requested_device, self.threads = device, threads
         self.state: dict = {}
+        self._tokenizer = None
+        self._probe_session: Session | None = None
+        self._probes: dict[str, str] = {}
+        pad = m.tokenizer.get("pad_token_id", m.config.get("pad_token_id"))
+        self.info = EngineInfo(kind="onnx", engine="onnxruntime", variant=m.variant, device=self.session.device,
+                               context_length=int(m.config.get("max_position_embeddings", 2048)),
+                               vocab_size=int(m.config.get("vocab_size", 0)),
+                               bos_token_id=m.config.get("bos_token_id"),
+                               eos_token_ids=tuple(int(i) for i in m.tokenizer.get("eos_token_ids") or ()),
+                               pad_token_id=int(pad) if pad is not None else 0, tolerance=m.preset,
+                               versions={"onnxruntime": ort.__version__})
 
     def reset(self, batch: int) -> None:
         self.state = self.session.zero_state(batch)
 
     def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
         logits, self.state = self.session.step(ids, mask, positions, self.state)
-        return logits
+        return logits.astype(np.float32, copy=False)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from lmexport.runtime.tokenizer import TextTokenizer
+
+            self._tokenizer = TextTokenizer.from_folder(self.path, eos_token_ids=self.info.eos_token_ids)
+        return self._tokenizer
+
+    @property
+    def has_probes(self) -> bool:
+        return bool(self.manifest.probes)
+
+    def intermediates(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> dict[str, np.ndarray]:
+        probes = self.manifest.probes
+        if not probes:
+            log.warning("%s lists no probes: cannot localise inside the graph", self.path)
+            return {}
+        if self._probe_session is None:
+            present = graph_values(self.path, self.manifest)
+            self._probes = {key: value for key, value in probes.items() if value in present}
+            gone = len(probes) - len(self._probes)
+            if not self._probes:
+                log.warning("none of the %d probe values of %s is left in its graph (optimised or re-written?): "
+                            "cannot localise the divergence inside it", len(probes), self.path)
+                return {}
+            if gone:
+                log.warning("%d of %d probe values of %s are gone from its graph (optimised or re-written?): "
+                            "localisation covers only the %d left", gone, len(probes), self.path, len(self._probes))
+            self._probe_session = Session(self.path, device=self.requested_device, threads=self.threads,
+                                          extra_outputs=tuple(self._probes.values()))
+        s = self._probe_session
+        out = s.run(ids, mask, positions, s.zero_state(ids.shape[0]))
+        return {key: out[value].astype(np.float32) for key, value in self._probes.items()}

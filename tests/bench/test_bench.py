@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from lmexport.bench.measure import WARMUP_DECODE_STEPS, Workload, measure, prompt_ids
+from lmexport.bench.protocol import WARMUP_DECODE_STEPS, Workload, measure, prompt_ids
 from lmexport.modeling.tiny import make_model_folder
 
 SMOKE = ["--repeats", "1", "--prompt-tokens", "8", "--new-tokens", "4", "--threads", "1"]
@@ -99,7 +99,7 @@ def test_bench_torch_dtype_refused_for_onnx(onnx_dir):
 
 
 class Recorder:
-    """A stand-in model that records how it is called and returns a fixed token."""
+    """A stand-in engine that records how it is called; its logits make 7 the greedy token."""
 
     def __init__(self):
         self.calls, self.resets = [], 0
@@ -109,7 +109,9 @@ class Recorder:
 
     def step(self, ids, mask, positions):
         self.calls.append((ids.copy(), mask.copy(), positions.copy()))
-        return np.full(ids.shape[0], 7, dtype=np.int64)
+        logits = np.zeros((*ids.shape, 50), dtype=np.float32)
+        logits[..., 7] = 1.0
+        return logits
 
 
 def test_protocol_prefills_then_feeds_one_token_per_call():

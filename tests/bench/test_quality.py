@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from cli_helpers import run_cli
-from lmexport.bench.measure import (QUALITY_NEXT_TOKENS, QUALITY_PROMPTS, huge_mapped_mb, kl_from_reference,
-                                    quality_logits)
-from lmexport.bench.onnx_side import OnnxStepper
-from lmexport.bench.torch_side import open_stepper
+from lmexport.bench.memory import huge_mapped_mb
+from lmexport.bench.protocol import QUALITY_NEXT_TOKENS, QUALITY_PROMPTS, quality_logits
+from lmexport.compare.metrics import distribution_agreement as kl_from_reference
+from lmexport.engine import open_artifact
 from lmexport.modeling.checkpoint import load_model
 from lmexport.modeling.tiny import make_model_folder
 
@@ -34,12 +34,13 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(model_dir):
-    return quality_logits(*open_stepper(str(model_dir), "fp32", torch.device("cpu")))
+    engine = open_artifact(model_dir, device="cpu")
+    return quality_logits(engine, engine.info.vocab_size)
 
 
 def full_sequence_logits(model_dir) -> np.ndarray:
     """The same positions computed without any carried state: every prompt + its next ids in one pass."""
-    from lmexport.bench.measure import QUALITY_PROMPT_TOKENS, QUALITY_SEED, prompt_ids
+    from lmexport.bench.protocol import QUALITY_PROMPT_TOKENS, QUALITY_SEED, prompt_ids
 
     model, ckpt = load_model(model_dir, dtype=torch.float32)
     ids = torch.from_numpy(prompt_ids(QUALITY_PROMPTS, QUALITY_PROMPT_TOKENS + QUALITY_NEXT_TOKENS,
@@ -77,8 +78,8 @@ def test_onnx_row_is_within_its_tolerance_of_the_reference(model_dir, reference,
 
     out = tmp_path / "onnx"
     export_onnx(model_dir, out, OnnxExportOptions())
-    stepper = OnnxStepper.open(out, device="cpu", threads=1)
-    got = kl_from_reference(reference, quality_logits(stepper, stepper.vocab_size))
+    engine = open_artifact(out, device="cpu", threads=1)
+    got = kl_from_reference(reference, quality_logits(engine, engine.info.vocab_size))
     assert got["kl"] < 1e-8 and got["top1"] == 1.0
 
 

@@ -15,7 +15,8 @@ from tokenizers import Tokenizer
 
 from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
 from lmexport.perplexity import perplexity
-from lmexport.perplexity.scoring import onnx_scorer, torch_folder_scorer
+from lmexport.engine import open_artifact
+from lmexport.perplexity import engine_scorer
 from conftest import BUNDLED
 
 BOUNDS = {"none": 0.001, "int8": 0.01, "int4": 0.05}
@@ -30,14 +31,14 @@ def heldout_ids():
 
 @pytest.fixture(scope="module")
 def reference_ppl(heldout_ids):
-    return perplexity(torch_folder_scorer(BUNDLED), heldout_ids, 256, 128).perplexity
+    return perplexity(engine_scorer(open_artifact(BUNDLED)), heldout_ids, 256, 128).perplexity
 
 
 @pytest.mark.parametrize("quantize", ["none", "int8", "int4"])
 def test_onnx_perplexity_within_documented_bound(quantize, heldout_ids, reference_ppl, tmp_path):
     folder = tmp_path / f"onnx-{quantize}"
     export_onnx(BUNDLED, folder, OnnxExportOptions(quantize=quantize, validate=False))
-    ppl = perplexity(onnx_scorer(folder), heldout_ids, 256, 128).perplexity
+    ppl = perplexity(engine_scorer(open_artifact(folder)), heldout_ids, 256, 128).perplexity
     assert abs(ppl / reference_ppl - 1) <= BOUNDS[quantize], (quantize, ppl, reference_ppl)
     if quantize != "none":
         assert ppl != reference_ppl     # the quantised graph really is different

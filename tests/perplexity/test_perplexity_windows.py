@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from lmexport.errors import InputError
-from lmexport.perplexity import Window, aggregate, perplexity, perplexity_torch, torch_scorer, windows
+from lmexport.modeling.engine import TorchEngine
+from lmexport.perplexity import Window, aggregate, engine_scorer, perplexity, perplexity_torch, windows
 
 from conftest import tiny_model
 
@@ -57,7 +58,7 @@ def test_perplexity_torch_matches_cross_entropy_of_one_forward(one_thread):
     expected = math.exp(float(torch.nn.functional.cross_entropy(logits[:-1], ids[0, 1:])))
     assert perplexity_torch(model, ids[0].tolist(), window=40) == pytest.approx(expected, rel=1e-5)
     # Strided: each later window scores its last `stride` tokens with the rest as context.
-    score = torch_scorer(model)
+    score = engine_scorer(TorchEngine(model=model))
     manual = score(ids[0, 0:16].tolist(), 1) + score(ids[0, 8:24].tolist(), 8) + \
         score(ids[0, 16:32].tolist(), 8) + score(ids[0, 24:40].tolist(), 8)
     assert perplexity_torch(model, ids[0].tolist(), window=16, stride=8) == pytest.approx(

@@ -167,12 +167,13 @@ def test_chat_shows_the_turns(smollm2):
 def test_perplexity_fp32_equals_pytorch_and_int4_stays_close(smollm2, heldout_ids):
     """A subset of the README table (examples/smollm2/measure.py makes all of it)."""
     from lmexport.perplexity import perplexity
-    from lmexport.perplexity.scoring import onnx_scorer, torch_folder_scorer
+    from lmexport.engine import open_artifact
+    from lmexport.perplexity import engine_scorer
 
     ids = heldout_ids[:384]
-    torch_ppl = perplexity(torch_folder_scorer(smollm2.converted), ids, 256, 128).perplexity
-    fp32 = perplexity(onnx_scorer(smollm2.artifact("onnx-fp32")), ids, 256, 128).perplexity
-    int4 = perplexity(onnx_scorer(smollm2.artifact("onnx-int4")), ids, 256, 128).perplexity
+    torch_ppl = perplexity(engine_scorer(open_artifact(smollm2.converted)), ids, 256, 128).perplexity
+    fp32 = perplexity(engine_scorer(open_artifact(smollm2.artifact("onnx-fp32"))), ids, 256, 128).perplexity
+    int4 = perplexity(engine_scorer(open_artifact(smollm2.artifact("onnx-int4"))), ids, 256, 128).perplexity
     assert 2 < torch_ppl < 40                        # an English model on English text
     assert abs(fp32 / torch_ppl - 1) < 1e-3
     assert 0 < int4 / torch_ppl - 1 < 0.25

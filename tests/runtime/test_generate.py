@@ -152,9 +152,10 @@ def test_cuda_request_without_cuda_is_a_clear_error(exported):
 
 def greedy_from_scratch(gen: Generator, ids: list[int], n: int) -> list[int]:
     """Greedy tokens after ``ids`` fed in one call from a zero state (stops after EOS)."""
-    state = gen.session.zero_state(1)
+    session = gen.engine.session
+    state = session.zero_state(1)
     mask = np.ones((1, len(ids)), dtype=np.int64)
-    logits, state = gen.session.step(np.asarray([ids]), mask, np.arange(len(ids))[None], state)
+    logits, state = session.step(np.asarray([ids]), mask, np.arange(len(ids))[None], state)
     tokens = []
     for _ in range(n):
         t = int(logits[0, -1].argmax())
@@ -162,7 +163,7 @@ def greedy_from_scratch(gen: Generator, ids: list[int], n: int) -> list[int]:
         if t in gen.eos_token_ids:
             break
         mask = np.ones((1, len(ids) + len(tokens)), dtype=np.int64)
-        logits, state = gen.session.step(np.asarray([[t]]), mask, np.asarray([[mask.shape[1] - 1]]), state)
+        logits, state = session.step(np.asarray([[t]]), mask, np.asarray([[mask.shape[1] - 1]]), state)
     return tokens
 
 
@@ -175,9 +176,8 @@ def test_chat_keeps_state_between_turns(exported, eos):
         gen.eos_token_ids = {free.token_ids[1]}
     chat = ChatSession(gen, max_new_tokens=12)
     calls = []
-    step = gen.session.step
-    gen.session.step = lambda ids, mask, pos, state: calls.append((ids.shape[1], mask.shape[1])) or \
-        step(ids, mask, pos, state)
+    step = gen.engine.step
+    gen.engine.step = lambda ids, mask, pos: calls.append((ids.shape[1], mask.shape[1])) or step(ids, mask, pos)
     for message in ["hello", "tell me about lists", "and dicts?"]:
         before = list(chat.fed)
         calls.clear()
@@ -187,7 +187,7 @@ def test_chat_keeps_state_between_turns(exported, eos):
         assert calls[0][1] - calls[0][0] == len(before)
         assert chat.fed[:len(before)] == before and chat.rebuilds == 0
         # the state (OrtValues) holds exactly the fed tokens (keys: [1, kv_heads, past, head_dim])
-        key = next(v for name, v in chat.state.items() if name.endswith(".key"))
+        key = next(v for name, v in gen.engine.state.items() if name.endswith(".key"))
         assert key.shape()[2] == len(chat.fed)
         # and the reply is what a fresh run over the same tokens gives
         prompt_len = calls[0][0]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lmexport.exporters.gguf import format as fmt
+from lmexport.formats import gguf as fmt
 from lmexport.errors import InputError
 
 

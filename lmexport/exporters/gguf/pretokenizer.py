@@ -26,10 +26,8 @@ from __future__ import annotations
 import re
 
 from lmexport.errors import InputError
+from lmexport.formats.gguf import LLAMA3_REGEX
 
-# The regex of Llama 3's tokenizer.json Split pre-tokenizer (data, as written in those files).
-LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
 PRE_FLAG = "--tokenizer-pre"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 

@@ -36,9 +36,9 @@ from gguf import GGUFReader, GGUFValueType, Keys
 from gguf.gguf_reader import ReaderField, ReaderTensor
 from gguf.quants import dequantize
 
-from lmexport.exporters.gguf import format as fmt
+from lmexport.formats import gguf as fmt
 from lmexport.errors import ArtifactError, ConfigError
-from lmexport.modeling.config import MODEL_TYPE, LiquidMetalConfig
+from lmexport.config import MODEL_TYPE, LiquidMetalConfig
 from lmexport.tensor_names import (EMBEDDING, LM_HEAD, TensorRef, expected_tensors, from_gguf_layout, gguf_layout_shape)
 
 GGUF_MAGIC = 0x46554747          # b"GGUF" little-endian
@@ -277,3 +277,19 @@ def load_gguf_model(path: str | Path, dtype=None):
     tensors = {ref.name: torch.tensor(array) for ref, array in g.iter_tensors(config)}
     model = build_model(config, tensors, dtype or torch.float32)
     return model, config, g.metadata()
+
+
+def torch_engine(path: str | Path, *, device: str = "cpu", threads: int | None = None):
+    """A liquidmetal GGUF's tensors (dequantised) rebuilt into the PyTorch model, as an engine
+    (``lmexport.engine``: the ``pytorch`` engine of kind ``gguf``): what ``parity`` and ``perplexity``
+    compare a GGUF with by default, and where a llama.cpp run's per-layer outputs come from."""
+    from dataclasses import replace
+
+    from lmexport.modeling.engine import TorchEngine
+
+    g = open_gguf(path)
+    model, _, _ = load_gguf_model(path)
+    outtype = fmt.file_outtype(g.value(Keys.General.FILE_TYPE), g.value(fmt.OUTTYPE))
+    engine = TorchEngine(path, device=device, threads=threads, model=model, kind="gguf", variant=outtype)
+    engine.info = replace(engine.info, engine="pytorch rebuild of the GGUF", tolerance=fmt.tolerance_preset(outtype))
+    return engine

@@ -36,7 +36,7 @@ from gguf import TokenType
 
 from lmexport.errors import InputError
 from lmexport.exporters.gguf import pretokenizer
-from lmexport.exporters.gguf.format import TOKENIZER_ID_KEYS
+from lmexport.formats.gguf import TOKENIZER_ID_KEYS
 from lmexport.modeling.checkpoint import read_config_dict
 from lmexport.modeling.tokenizer import ResolvedTokenizer, resolve_tokenizer
 from lmexport.runtime.tokenizer import inside, token_text

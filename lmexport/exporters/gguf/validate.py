@@ -22,7 +22,7 @@ import numpy as np
 from gguf import GGUFValueType as VT
 from gguf import Keys, TokenType
 
-from lmexport.exporters.gguf import format as fmt
+from lmexport.formats import gguf as fmt
 from lmexport.modeling.checkpoint import Checkpoint
 from lmexport.errors import ArtifactError, ValidationError
 from lmexport.exporters.gguf.reader import GGUFFile, open_gguf

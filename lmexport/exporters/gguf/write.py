@@ -27,11 +27,11 @@ from gguf import GGMLQuantizationType as QT
 from tqdm import tqdm
 
 from lmexport import __version__
-from lmexport.exporters.gguf import format as fmt
+from lmexport.formats import gguf as fmt
 from lmexport.atomic import atomic_outputs, check_output_path, staging_folder
 from lmexport.modeling.checkpoint import Checkpoint, check_model_folder, read_checkpoint, read_config_dict
 from lmexport.errors import CheckpointError, InputError
-from lmexport.modeling.config import MODEL_TYPE, LiquidMetalConfig
+from lmexport.config import MODEL_TYPE, LiquidMetalConfig
 from lmexport.tensor_names import TensorRef, expected_tensors, gguf_layout_shape, lookup, to_gguf_layout
 from lmexport.exporters.gguf.tokenizer import GGUFTokenizer, read_tokenizer
 from lmexport.exporters.gguf.kquant import check_kquant_options, requantize_staged
@@ -202,7 +202,7 @@ def export_gguf(model_dir: str | Path, output: str | Path, options: GGUFOptions 
     check_kquant_options(options.outtype, options.split_max_size)
     kquant = options.outtype in fmt.KQUANTS
     if kquant:                       # before reading the weights: the patched llama.cpp must be here
-        from lmexport.runtime.llamacpp.engine import require_patched
+        from lmexport.runtime.llamacpp.install import require_patched
         require_patched()
     written = fmt.KQUANT_SOURCE if kquant else options.outtype    # what lmexport itself writes
     plan = plan_tensors(config, arch, written)

@@ -32,7 +32,7 @@ import torch
 from lmexport.atomic import atomic_output, check_output_path
 from lmexport.errors import ExportError, InputError, ValidationError
 from lmexport.manifest import IOSpec, Manifest, file_digest, stored_tensors, variant_name
-from lmexport.modeling.config import LiquidMetalConfig
+from lmexport.config import LiquidMetalConfig
 from lmexport.modeling.folder_files import copy_verified, verify_files
 from lmexport.modeling.modules import CONTEXT_SLOTS
 from lmexport.modeling.tokenizer import ResolvedTokenizer
@@ -96,7 +96,7 @@ class OnnxExportOptions:
         if self.lm_head_bits not in (4, 8):
             problems.append(f"lm_head bits {self.lm_head_bits} is not 4 or 8")
         if self.tolerance is not None:
-            from lmexport.parity.tolerances import TOLERANCES
+            from lmexport.compare.tolerances import TOLERANCES
             if self.tolerance not in TOLERANCES:
                 problems.append(f"tolerance preset {self.tolerance!r} is unknown")
         if self.decode_steps < 1:
@@ -108,7 +108,7 @@ class OnnxExportOptions:
 
     @property
     def variant(self) -> str:
-        """The export's variant: its default tolerance preset (lmexport.parity.tolerances)."""
+        """The export's variant: its default tolerance preset (lmexport.compare.tolerances)."""
         return variant_name(self.dtype, self.quantize)
 
     @property

@@ -8,8 +8,9 @@ positions and every present state (keys/values at valid positions) with PyTorch.
 All differences are collected; the report lists each output's worst case and every
 bound it exceeds (lmexport.tolerances).
 
-The folder runs through the runtime's own ``Session`` (lmexport.runtime.session),
-and the logits are compared with the same metrics as ``lmexport parity``.
+The folder runs in the runtime's own engine (``lmexport.runtime.ort.OnnxEngine``) beside the
+PyTorch engine (``lmexport.modeling.engine.TorchEngine``), through the comparison core's loop
+(``lmexport.compare.loop``) that ``lmexport parity`` runs too.
 """
 from __future__ import annotations
 
@@ -19,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
-from lmexport.parity.metrics import StepMetrics, compare_logits, overall
+from lmexport.compare.loop import compare_calls
+from lmexport.compare.metrics import StepMetrics, compare_logits, overall
+from lmexport.compare.tolerances import Tolerance, bound_text, check, exceeds, get_tolerance
 from lmexport.manifest import IOSpec
-from lmexport.runtime.batch import left_pad, positions_from_mask
-from lmexport.runtime.ort import Session
-from lmexport.parity.tolerances import Tolerance, bound_text, check, exceeds, get_tolerance
+from lmexport.runtime.batch import left_pad
 
 log = logging.getLogger(__name__)
 
@@ -113,40 +114,38 @@ def validation_batch(vocab_size: int, pad_id: int, lengths: tuple[int, ...] = (1
 def validate_folder(folder: str | Path, model, variant: str, *, decode_steps: int = 8,
                     lengths: tuple[int, ...] = (11, 4), seed: int = 0) -> ValidationReport:
     """Compare the folder with ``model`` (PyTorch fp32) call by call; never raises on a bound."""
-    import torch
+    from lmexport.modeling.engine import TorchEngine
+    from lmexport.runtime.ort import OnnxEngine
 
     config = model.config
-    runner = Session(folder, low_memory=True)
+    art = OnnxEngine(folder, low_memory=True)
+    ref = TorchEngine(folder, model=model)
     tol = get_tolerance(variant)
     pad = config.pad_token_id if config.pad_token_id is not None else 0
     ids, mask = validation_batch(config.vocab_size, pad, lengths, seed)
     report = ValidationReport(variant, tol, decode_steps + 1)
-    state = runner.zero_state(ids.shape[0])
-    ref_state: dict = {}
-    tokens = ids
-    for call in range(decode_steps + 1):
-        pos = positions_from_mask(mask, tokens.shape[1])
-        with torch.no_grad():
-            ref = model(torch.from_numpy(tokens), torch.from_numpy(mask), torch.from_numpy(pos), **ref_state)
-        out = runner.run(tokens, mask, pos, state)
-        valid = mask[:, mask.shape[1] - tokens.shape[1]:].astype(bool)
-        ref_logits = ref.logits.float().numpy()
-        report.add_logits(ref_logits[valid], out[runner.logits_name][valid])
-        for spec, value in _reference_presents(ref, runner.manifest.outputs):
+
+    past_of = {s.present: s.name for s in art.session.states}     # the engine keeps each present as its past
+
+    def compare_states(call, mask, ref_logits, art_logits):
+        for spec, value in _reference_presents(ref.state, art.manifest.outputs):
             keep = mask[:, None, :, None] if spec.role in ("key", "value") else None   # padded KV rows are junk
-            report.states.setdefault(spec.name, StateStats()).add(value, out[spec.name], keep)
-        state = runner.next_state(out)
-        ref_state = {"past_key_values": ref.present_key_values, "past_conv": ref.present_conv,
-                     "past_context": ref.present_context}
-        tokens = ref_logits[:, -1].argmax(-1)[:, None].astype(np.int64)
-        mask = np.concatenate([mask, np.ones((mask.shape[0], 1), dtype=np.int64)], axis=1)
+            report.states.setdefault(spec.name, StateStats()).add(value, _host(art.state[past_of[spec.name]]), keep)
+
+    report.per_call, _ = compare_calls(ref, art, ids, mask, decode_steps, on_call=compare_states)
     report.finish()
     log.debug("%s", report.table())
     return report
 
 
-def _reference_presents(out, outputs: list[IOSpec]) -> list[tuple[IOSpec, np.ndarray]]:
-    """The PyTorch model's present state, paired with the graph output of each role and layer."""
-    by_role = {"key": lambda i: out.present_key_values[i][0], "value": lambda i: out.present_key_values[i][1],
-               "conv": lambda i: out.present_conv[i], "context": lambda i: out.present_context[i]}
+def _host(value) -> np.ndarray:
+    """A state value on the host (the engine keeps OrtValues)."""
+    return value if isinstance(value, np.ndarray) else value.numpy()
+
+
+def _reference_presents(state, outputs: list[IOSpec]) -> list[tuple[IOSpec, np.ndarray]]:
+    """The PyTorch engine's present state (kv, conv, context), paired with the graph output of each role and layer."""
+    kv, conv, context = state
+    by_role = {"key": lambda i: kv[i][0], "value": lambda i: kv[i][1],
+               "conv": lambda i: conv[i], "context": lambda i: context[i]}
     return [(spec, by_role[spec.role](spec.layer).float().numpy()) for spec in outputs if spec.is_state]

@@ -1,112 +1,46 @@
-"""Run a ``liquidmetal`` GGUF in llama.cpp through llama-cpp-python (patched: ``lmexport llamacpp build``).
+"""The llama.cpp engine: a ``liquidmetal`` (or llama) GGUF in the patched llama.cpp, through llama-cpp-python.
 
-Imports llama_cpp and numpy only (never torch). ``LlamaCppEngine`` opens one GGUF and offers:
+Imports llama_cpp and numpy only (never torch). ``LlamaCppEngine`` implements the one engine protocol
+(``lmexport.engine``: ``reset``/``step``, ``tokenizer``, ``info``), so ``generate``, ``chat``, ``bench``,
+``parity --engine llama.cpp`` and ``perplexity --engine llama.cpp`` run a GGUF through the same loops
+as an ONNX folder. Each row of a left-padded batch is its own llama.cpp sequence (seq_id = row,
+positions from the caller) in one context; only the valid tokens are decoded, and the logits come
+back in the batch layout ``[B, T, V]`` (zeros at padded positions, which no loop reads). Beyond the
+protocol it offers llama.cpp's raw views:
 
 * ``logits(token_ids, n_ubatch=...)``: logits of every position of a fresh sequence, ``[T, V]``;
 * ``logits_multi({seq_id: ids, ...})``: several sequences decoded together in one context;
-* ``generate(prompt, ...)``: streamed text through llama-cpp-python's own sampler (greedy at
-  temperature 0; top_k, top_p, repeat penalty, seed, stop strings, max tokens);
-* ``generate_ids(token_ids, ...)``: the same, yielding token ids.
+* ``greedy(token_ids, steps)``: a prompt, then greedy tokens decoded one by one;
+* ``generate``/``generate_ids``: llama-cpp-python's own sampler (``completion.py``).
 
-``f32_kv=True`` keeps the KV cache in F32 (llama.cpp's default is F16, ~1e-3 off a fp32 reference),
-for exact comparisons. Flash attention is on by default, as llama.cpp's own tools pick it where the
-backend supports it (if a context cannot be created with it, the engine retries without); with
-``f32_kv`` it defaults to off, because ggml's CPU flash attention rounds through F16 (measured:
-1.6e-3 max |logit diff| on the bundled model with it, 6e-6 without).
+The install probe is ``install.py``, llama.cpp's log capture ``native_log.py``, its tokenizer
+``tokenizer.py``. ``f32_kv=True`` keeps the KV cache in F32 (llama.cpp's default is F16, ~1e-3 off
+a fp32 reference), for exact comparisons. Flash attention is on by default, as llama.cpp's own tools
+pick it where the backend supports it (if a context cannot be created with it, the engine retries
+without); with ``f32_kv`` it defaults to off, because ggml's CPU flash attention rounds through F16
+(measured: 1.6e-3 max |logit diff| on the bundled model with it, 6e-6 without).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from lmexport.engine import EngineBase, EngineInfo
 from lmexport.errors import ArtifactError, InputError, LmexportError
+from lmexport.formats import gguf as fmt
+from lmexport.runtime.llamacpp.install import (BUILD_HINT, LlamaCppUnavailable, is_patched,  # noqa: F401
+                                               library_path, require_patched)
+from lmexport.runtime.llamacpp.native_log import load_error, native_log
 
-BUILD_HINT = "run `lmexport llamacpp build`"
 GGML_TYPE_F32 = 0
-
-
-class LlamaCppUnavailable(LmexportError):
-    """llama-cpp-python is missing, or is a build without the liquidmetal architecture."""
-
-
-def _import_llama_cpp():
-    try:
-        import llama_cpp
-    except ImportError as exc:  # not installed, or its shared library does not load
-        raise LlamaCppUnavailable(f"llama-cpp-python is not usable here ({exc})", hint=BUILD_HINT) from exc
-    return llama_cpp
-
-
-def library_path(llama_cpp=None) -> Path | None:
-    """The libllama the imported llama_cpp loaded (honours LLAMA_CPP_LIB_PATH)."""
-    llama_cpp = llama_cpp or _import_llama_cpp()
-    lib = getattr(llama_cpp.llama_cpp, "_lib", None)
-    name = getattr(lib, "_name", None)
-    return Path(name) if name else None
-
-
-def is_patched(llama_cpp=None) -> bool:
-    """Does the loaded libllama know the liquidmetal architecture? (looks for its metadata key name)"""
-    path = library_path(llama_cpp)
-    if path is None or not path.exists():
-        return False
-    data = path.read_bytes()
-    return b"liquidmetal" in data and b"%s.token_mixing.kernel_size" in data
-
-
-def require_patched():
-    llama_cpp = _import_llama_cpp()
-    if not is_patched(llama_cpp):
-        raise LlamaCppUnavailable(f"the installed llama-cpp-python ({library_path(llama_cpp)}) has no liquidmetal "
-                                  f"architecture", hint=BUILD_HINT)
-    return llama_cpp
-
-
-@contextmanager
-def native_log(llama_cpp, verbose: bool):
-    """Collect llama.cpp's warnings and errors (it logs from C) instead of printing its chatter.
-
-    Yields a list that fills with the warning/error lines; with ``verbose`` llama-cpp-python's own
-    logger stays in place and the list stays empty."""
-    lines: list[str] = []
-    if verbose:
-        yield lines
-        return
-    import ctypes
-
-    state = {"keep": False}
-
-    @llama_cpp.llama_log_callback
-    def collect(level, text, user_data):  # ggml.h: WARN = 3, ERROR = 4, CONT = 5 (continues the last line)
-        if level in (3, 4) or (level == 5 and state["keep"]):
-            state["keep"] = True
-            if text:
-                lines.append(text.decode("utf-8", errors="replace").strip())
-        elif level != 5:
-            state["keep"] = False
-
-    llama_cpp.llama_log_set(collect, ctypes.c_void_p(0))
-    try:
-        yield lines
-    finally:
-        from llama_cpp import _logger
-        llama_cpp.llama_log_set(_logger.llama_log_callback, ctypes.c_void_p(0))
-
-
-def _load_error(lines: list[str]) -> str | None:
-    for line in lines:
-        if "error loading model" in line:
-            return line.split("error loading model:", 1)[-1].strip()
-    return None
 
 
 @dataclass(frozen=True)
 class EngineOptions:
-    n_ctx: int = 512
+    n_ctx: int = 512                   # tokens per sequence
     n_batch: int = 512
     n_ubatch: int = 512
     n_threads: int | None = None
@@ -117,21 +51,38 @@ class EngineOptions:
     verbose: bool = False
 
 
-class LlamaCppEngine:
-    """One liquidmetal (or llama) GGUF opened in llama.cpp."""
+class LlamaCppEngine(EngineBase):
+    """One liquidmetal (or llama) GGUF opened in llama.cpp.
 
-    def __init__(self, path: str | Path, options: EngineOptions | None = None, **kwargs):
+    ``device``/``threads`` as every engine takes them (``lmexport.engine.open_artifact``): a device
+    other than cpu offloads every layer (a CUDA build of llama.cpp); ``n_ctx`` defaults to the
+    model's context length when opened that way."""
+
+    def __init__(self, path: str | Path, options: EngineOptions | None = None, *, device: str | None = None,
+                 threads: int | None = None, **kwargs):
         self.llama_cpp = require_patched()
         self.path = Path(path)
         if not self.path.exists():
             raise ArtifactError(f"{self.path} not found", hint="write one with `lmexport gguf`")
+        if device is not None:
+            kwargs.setdefault("n_gpu_layers", 0 if device == "cpu" else -1)
+            kwargs.setdefault("n_ctx", 0)            # 0: the model's own context length (below)
+        if threads is not None:
+            kwargs.setdefault("n_threads", threads)
         self.options = options or EngineOptions(**kwargs)
         self._contexts: dict[tuple[int, int], object] = {}
+        self._ctx = None                             # the protocol's context (reset/step)
+        self._batch = 0
+        self._tokenizer = None
         # llama.cpp's CPU flash attention computes in F16 internally (~1e-4 relative off fp32), so an
         # exact (f32 KV) engine keeps it off unless asked for
         fa = self.options.flash_attn
         self.flash_attn = (False if self.options.f32_kv else None) if fa is None else fa
         self.llm = self._open_llama()
+        if self.options.n_ctx == 0:
+            from dataclasses import replace
+            self.options = replace(self.options, n_ctx=self.context_length)
+        self.info = self._info(device or ("cpu" if self.options.n_gpu_layers == 0 else "offloaded"))
 
     # ------------------------------------------------------------------ opening
     def _llama_kwargs(self, flash_attn: bool) -> dict:
@@ -157,7 +108,7 @@ class LlamaCppEngine:
                 else:
                     self.flash_attn = fa
                     return llm
-            reason = _load_error(log)
+            reason = load_error(log)
             if reason is not None or "load model" in str(last):
                 # the model itself did not load: flash attention is not the cause
                 raise ArtifactError(f"llama.cpp could not load {self.path}: {reason or last}",
@@ -165,6 +116,27 @@ class LlamaCppEngine:
                                          f"if the architecture is unknown, {BUILD_HINT}") from last
         raise ArtifactError(f"llama.cpp could not open {self.path}: {last}",
                             hint="run with verbose=True for llama.cpp's log") from last
+
+    def _info(self, device: str) -> EngineInfo:
+        meta = self.llm.metadata
+        outtype = fmt.file_outtype(meta.get(fmt.Keys.General.FILE_TYPE), meta.get(fmt.OUTTYPE))
+        pad = meta.get(fmt.Keys.Tokenizer.PAD_ID)
+        eos = {int(self.llm.token_eos())}
+        if meta.get(fmt.Keys.Tokenizer.EOT_ID) is not None:
+            eos.add(int(meta[fmt.Keys.Tokenizer.EOT_ID]))
+        bos = int(self.llm.token_bos())
+        import llama_cpp
+
+        return EngineInfo(kind="gguf", engine="llama.cpp", variant=outtype, device=device,
+                          context_length=self.context_length, vocab_size=self.n_vocab,
+                          bos_token_id=bos if bos >= 0 else None, eos_token_ids=tuple(sorted(i for i in eos if i >= 0)),
+                          pad_token_id=int(pad) if pad is not None else 0, tolerance=fmt.tolerance_preset(outtype),
+                          versions={"llama_cpp_python": getattr(llama_cpp, "__version__", "?")})
+
+    @property
+    def context_length(self) -> int:
+        """The model's context length (its GGUF's ``{arch}.context_length``)."""
+        return int(self.llm._model.n_ctx_train())
 
     @property
     def model(self):
@@ -175,18 +147,13 @@ class LlamaCppEngine:
         return int(self.llm.n_vocab())
 
     def close(self) -> None:
+        self._ctx = None
         for ctx in self._contexts.values():
             self.llama_cpp.llama_free(ctx)
         self._contexts.clear()
         if self.llm is not None:
             self.llm.close()
             self.llm = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     # ------------------------------------------------------------------ raw contexts
     def _context(self, n_ubatch: int, n_seq_max: int):
@@ -196,7 +163,7 @@ class LlamaCppEngine:
             return self._contexts[key]
         lc, o = self.llama_cpp, self.options
         params = lc.llama_context_default_params()
-        params.n_ctx = o.n_ctx
+        params.n_ctx = o.n_ctx * n_seq_max       # llama.cpp splits n_ctx between the sequences
         params.n_batch = max(o.n_batch, n_ubatch)
         params.n_ubatch = n_ubatch
         params.n_seq_max = n_seq_max
@@ -232,6 +199,15 @@ class LlamaCppEngine:
         if rc != 0:
             raise LmexportError(f"llama_decode failed with code {rc}")
 
+    def _decode_chunks(self, ctx, items: list[tuple[int, int, int]], n_batch: int) -> np.ndarray:
+        """Decode ``items`` in llama_decode calls of at most ``n_batch`` tokens; logits ``[len(items), V]``."""
+        out = []
+        for start in range(0, len(items), n_batch):
+            part = items[start:start + n_batch]
+            self._decode(ctx, part)
+            out.append(self._rows(ctx, len(part)))
+        return np.concatenate(out, axis=0)
+
     def _rows(self, ctx, n: int) -> np.ndarray:
         ptr = self.llama_cpp.llama_get_logits(ctx)
         return np.ctypeslib.as_array(ptr, shape=(n, self.n_vocab)).copy()
@@ -256,13 +232,43 @@ class LlamaCppEngine:
         return ctx
 
     def decode(self, ctx, items: Sequence[tuple[int, int, int]]) -> np.ndarray:
-        """Decode (token, position, seq_id) triples into ``ctx`` (from ``sequences``): logits ``[n, V]``."""
+        """Decode (token, position, seq_id) triples into ``ctx`` (from ``sequences``): logits ``[n, V]``
+        (in llama_decode calls of at most n_batch tokens)."""
         items = [(int(t), int(p), int(s)) for t, p, s in items]
         bad = [t for t, _, _ in items if not 0 <= t < self.n_vocab]
         if bad:
             raise InputError(f"token ids out of range 0..{self.n_vocab - 1}: {bad[:5]}")
-        self._decode(ctx, items)
-        return self._rows(ctx, len(items))
+        return self._decode_chunks(ctx, items, self.options.n_batch)
+
+    # ------------------------------------------------------------------ the engine protocol
+    def reset(self, batch: int) -> None:
+        self._ctx = self.sequences(batch)
+        self._batch = batch
+
+    def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        if self._ctx is None:
+            raise InputError("step before reset")
+        b, t = ids.shape
+        if b != self._batch:
+            raise InputError(f"batch of {b} rows after a reset for {self._batch}")
+        valid = np.asarray(mask)[:, mask.shape[1] - t:].astype(bool)
+        where = [(r, c) for r in range(b) for c in range(t) if valid[r, c]]
+        if any(int(positions[r, c]) >= self.options.n_ctx for r, c in where):
+            raise InputError(f"a sequence reaches past the context of {self.options.n_ctx} tokens")
+        rows = self.decode(self._ctx, [(ids[r, c], positions[r, c], r) for r, c in where])
+        out = np.zeros((b, t, rows.shape[1]), dtype=np.float32)
+        for (r, c), row in zip(where, rows):
+            out[r, c] = row
+        return out
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from lmexport.runtime.llamacpp.tokenizer import LlamaCppTokenizer
+
+            self._tokenizer = LlamaCppTokenizer(self)
+        return self._tokenizer
+
 
     # ------------------------------------------------------------------ logits
     def logits(self, token_ids: Sequence[int], n_ubatch: int | None = None, chunk: int | None = None) -> np.ndarray:
@@ -302,10 +308,7 @@ class LlamaCppEngine:
         else:
             for s, ids in seqs.items():
                 items += [(t, p, s) for p, t in enumerate(ids)]
-        if len(items) > max(self.options.n_batch, n_ubatch or 0):
-            raise InputError(f"{len(items)} tokens exceed n_batch={self.options.n_batch}")
-        self._decode(ctx, items)
-        rows = self._rows(ctx, len(items))
+        rows = self._decode_chunks(ctx, items, max(self.options.n_batch, n_ubatch or 0))
         out: dict[int, list[np.ndarray]] = {s: [] for s in seqs}
         for row, (_, _, s) in zip(rows, items):
             out[s].append(row)
@@ -340,51 +343,14 @@ class LlamaCppEngine:
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.llm.detokenize(list(ids)).decode("utf-8", errors="replace")
 
-    def generate(self, prompt: str | Sequence[int], *, max_tokens: int = 64, temperature: float = 0.0, top_k: int = 40,
-                 top_p: float = 0.95, min_p: float = 0.0, repeat_penalty: float = 1.0, seed: int | None = None,
-                 stop: Sequence[str] | str | None = None) -> Iterator[str]:
-        """Stream the completion of ``prompt`` (text, or token ids as they are) as text pieces
-        (llama-cpp-python's create_completion). temperature 0 is greedy."""
-        self._check_sampling(max_tokens, temperature, top_k, top_p, repeat_penalty)
-        stream = self.llm.create_completion(
-            prompt, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-            repeat_penalty=repeat_penalty, seed=self.options.seed if seed is None else seed,
-            stop=[stop] if isinstance(stop, str) else list(stop or []), stream=True)
-        for chunk in stream:
-            text = chunk["choices"][0]["text"]
-            if text:
-                yield text
+    def generate(self, prompt: str | Sequence[int], **kwargs) -> Iterator[str]:
+        """llama-cpp-python's own sampler, streaming text (``completion.generate``)."""
+        from lmexport.runtime.llamacpp.completion import generate
 
-    def generate_ids(self, token_ids: Sequence[int], *, max_tokens: int = 64, temperature: float = 0.0,
-                     top_k: int = 40, top_p: float = 0.95, min_p: float = 0.0, repeat_penalty: float = 1.0,
-                     seed: int | None = None, stop_ids: Sequence[int] = ()) -> Iterator[int]:
-        """Stream generated token ids after the prompt ``token_ids`` (llama-cpp-python's Llama.generate)."""
-        self._check_sampling(max_tokens, temperature, top_k, top_p, repeat_penalty)
-        ids = self._check_ids(token_ids)
-        if seed is not None or self.options.seed is not None:
-            self.llm.set_seed(self.options.seed if seed is None else seed)
-        self.llm.reset()
-        stops = set(int(t) for t in stop_ids)
-        for n, tok in enumerate(self.llm.generate(ids, top_k=top_k, top_p=top_p, min_p=min_p, temp=temperature,
-                                                  repeat_penalty=repeat_penalty, reset=True)):
-            if tok in stops or n >= max_tokens:
-                break
-            yield int(tok)
-            if n + 1 >= max_tokens or len(ids) + n + 1 >= self.options.n_ctx:
-                break
+        return generate(self, prompt, **kwargs)
 
-    @staticmethod
-    def _check_sampling(max_tokens, temperature, top_k, top_p, repeat_penalty) -> None:
-        if max_tokens < 1:
-            raise InputError("max_tokens must be at least 1")
-        if temperature < 0:
-            raise InputError("temperature must be >= 0 (0 is greedy)")
-        if top_k < 0 or not 0 < top_p <= 1:
-            raise InputError("top_k must be >= 0 and top_p in (0, 1]")
-        if repeat_penalty <= 0:
-            raise InputError("repeat_penalty must be > 0")
+    def generate_ids(self, token_ids: Sequence[int], **kwargs) -> Iterator[int]:
+        """llama-cpp-python's own sampler, streaming token ids (``completion.generate_ids``)."""
+        from lmexport.runtime.llamacpp.completion import generate_ids
 
-
-def open_engine(path: str | Path, **kwargs) -> LlamaCppEngine:
-    return LlamaCppEngine(path, **kwargs)
-
+        return generate_ids(self, token_ids, **kwargs)

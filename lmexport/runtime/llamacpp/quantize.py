@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from lmexport.errors import ArtifactError, InputError, LmexportError
-from lmexport.runtime.llamacpp.engine import native_log, require_patched
+from lmexport.runtime.llamacpp.install import require_patched
+from lmexport.runtime.llamacpp.native_log import native_log
 
 # name -> llama_ftype (llama.h)
 FTYPES = {"q8_0": 7, "q4_0": 2, "q4_k_m": 15, "q5_k_m": 17, "q6_k": 18}

@@ -8,7 +8,7 @@ import pytest
 from gguf import GGMLQuantizationType as QT
 from gguf import GGUFReader
 
-from lmexport.exporters.gguf import format as fmt
+from lmexport.formats import gguf as fmt
 from lmexport.atomic import FREE_SPACE_OVERRIDE_ENV
 from lmexport.modeling.checkpoint import load_model, read_checkpoint
 from lmexport.errors import DiskSpaceError, InputError, OutputExistsError, ValidationError
@@ -16,7 +16,7 @@ from lmexport.exporters.gguf.write import GGUFOptions, export_gguf, parse_size, 
 from lmexport.exporters.gguf.validate import validate_gguf
 from lmexport.exporters.gguf.reader import load_gguf_model, open_gguf, read_gguf_tensors
 from lmexport.modeling.tiny import make_model_folder
-from lmexport.parity.tolerances import TOLERANCES, check
+from lmexport.compare.tolerances import TOLERANCES, check
 
 from gguf_helpers import logit_metrics, logits_of
 
@@ -127,7 +127,7 @@ def test_type_rules():
 
 def test_a_shape_that_fits_nothing_is_a_clear_error(monkeypatch):
     import lmexport.tensor_names as tn
-    from lmexport.modeling.config import LiquidMetalConfig
+    from lmexport.config import LiquidMetalConfig
 
     config = LiquidMetalConfig.from_dict({"vocab_size": 64, "hidden_size": 64, "intermediate_size": 64,
                                          "num_hidden_layers": 1, "num_attention_heads": 4})

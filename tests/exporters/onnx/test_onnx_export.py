@@ -389,7 +389,7 @@ def test_cli_unsupported_opset(exports, tmp_path, opset):
 
 def test_nan_outputs_always_fail():
     from lmexport.exporters.onnx.validate import StateStats, ValidationReport
-    from lmexport.parity.tolerances import get_tolerance
+    from lmexport.compare.tolerances import get_tolerance
 
     for preset in ("fp32", "int4"):
         report = ValidationReport(preset, get_tolerance(preset), calls=1)

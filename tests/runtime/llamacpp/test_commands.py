@@ -81,10 +81,10 @@ def test_chat_cli_keeps_the_conversation(files):
     assert done.returncode == 0, done.stderr
     replies = done.stdout.split("\n")
     # the same first message after /reset gives the same greedy reply
-    from lmexport.runtime.llamacpp.chat import LlamaCppChat
+    from lmexport.runtime import ChatSession, Generator
 
     with engine(files["f32"]) as eng:
-        chat = LlamaCppChat(eng, max_new_tokens=8, temperature=0.0, seed=0)
+        chat = ChatSession(Generator(eng), max_new_tokens=8)
         want = "".join(chat.send("hello"))
         second = "".join(chat.send("and then?"))
     assert want and done.stdout.count(want) == 2, (done.stdout, want)
@@ -144,12 +144,14 @@ def test_gguf_outtype_q4_k_m_writes_a_validated_k_quant_file(tmp_path, patched_l
 def test_perplexity_on_llamacpp_within_the_readme_bounds(files):
     from lmexport.modeling.tokenizer import folder_tokenizer
     from lmexport.perplexity import perplexity
-    from lmexport.perplexity.scoring import llamacpp_scorer, torch_folder_scorer
+    from lmexport.engine import open_artifact
+    from lmexport.perplexity import engine_scorer
 
     ids = folder_tokenizer(BUNDLED).encode((BUNDLED / "heldout.txt").read_text(encoding="utf-8"))
-    ref = perplexity(torch_folder_scorer(BUNDLED), ids, 256, 128).perplexity
+    ref = perplexity(engine_scorer(open_artifact(BUNDLED)), ids, 256, 128).perplexity
     for outtype, bound in PPL_BOUNDS.items():
-        ppl = perplexity(llamacpp_scorer(files[outtype], 2048), ids, 256, 128).perplexity
+        llamacpp = open_artifact(files[outtype], engine="llama.cpp", n_ctx=2048, n_batch=2048, n_ubatch=512)
+        ppl = perplexity(engine_scorer(llamacpp), ids, 256, 128).perplexity
         print(f"{outtype}: {ppl:.4f} vs PyTorch {ref:.4f} ({ppl / ref - 1:+.3%})")
         assert abs(ppl / ref - 1) <= bound, (outtype, ppl, ref)
     done = run_cli("perplexity", files["q8_0"], "--engine", "llama.cpp", "--text", BUNDLED / "heldout.txt",

@@ -17,7 +17,7 @@ from gguf import GGUFReader
 from lmexport.modeling.checkpoint import load_model
 from lmexport.exporters.gguf.write import GGUFOptions, export_gguf
 from lmexport.modeling.tiny import make_model_folder
-from lmexport.parity.tolerances import TOLERANCES, check
+from lmexport.compare.tolerances import TOLERANCES, check
 
 from gguf_helpers import logit_metrics
 
@@ -200,8 +200,9 @@ def test_legacy_gguf_is_refused_with_a_clear_message(llamacpp, tmp_path):
 
 def test_unpatched_library_is_reported(monkeypatch, llamacpp):
     from lmexport.runtime.llamacpp import engine as e
+    from lmexport.runtime.llamacpp import install
 
-    monkeypatch.setattr(e, "is_patched", lambda *_: False)
+    monkeypatch.setattr(install, "is_patched", lambda *_: False)
     with pytest.raises(e.LlamaCppUnavailable, match="lmexport llamacpp build"):
         e.LlamaCppEngine(BUNDLED / "config.json")
 

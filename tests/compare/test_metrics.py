@@ -1,9 +1,9 @@
-"""The logit metrics every validator and parity run reports (lmexport.parity.metrics)."""
+"""The logit metrics every validator and parity run reports (lmexport.compare.metrics)."""
 import numpy as np
 import pytest
 
-from lmexport.parity.metrics import compare_logits, greedy_agreement_length, overall, relative_difference
-from lmexport.parity.tolerances import TOLERANCES, check, get_tolerance
+from lmexport.compare.metrics import compare_logits, greedy_agreement_length, overall, relative_difference
+from lmexport.compare.tolerances import TOLERANCES, check, get_tolerance
 
 
 def test_identical_logits_have_zero_error_full_agreement_and_unit_cosine():

@@ -19,6 +19,10 @@ from gguf import GGMLQuantizationType as QT
 from gguf import GGUFValueType as VT
 from gguf import Keys, LlamaFileType
 
+# The regex of Llama 3's tokenizer.json Split pre-tokenizer (data, as written in those files).
+LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+                r"|\s*[\r\n]+|\s+(?!\S)|\s+")
+
 ARCH_LIQUIDMETAL = "liquidmetal"
 ARCH_LLAMA = "llama"
 ARCHS = (ARCH_LIQUIDMETAL, ARCH_LLAMA)
@@ -32,12 +36,18 @@ SOURCE_CONFIG = "lmexport.source.config"        # the source config.json, as JSO
 LMEXPORT_VERSION = "lmexport.version"
 OUTTYPE = "lmexport.outtype"
 
-# Liquid-Metal keys (templates like gguf.Keys.LLM.*).
+# Liquid-Metal keys (templates like gguf.Keys.LLM.*). The patched llama.cpp spells them with "%s"
+# for the architecture (``native_key``), which is how the llama.cpp engine recognises a patched build.
 KERNEL_SIZE = "{arch}.token_mixing.kernel_size"
 SE_HIDDEN_SIZE = "{arch}.se.hidden_size"
 SE_REDUCTION = "{arch}.se.reduction"
 CONTEXT_MODE = "{arch}.context_mode"
 ADAPTIVE_NORM_EPS = "{arch}.adaptive_norm.layer_norm_rms_epsilon"
+
+
+def native_key(template: str) -> bytes:
+    """A key template as llama.cpp's C source writes it (``LLM_KV_NAMES``: "%s.token_mixing.kernel_size")."""
+    return template.format(arch="%s").encode("ascii")
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from lmexport.exporters.onnx.validate import StateStats, state_failure
-from lmexport.parity.metrics import compare_logits
-from lmexport.parity.tolerances import TOLERANCES, check, exceeds, get_tolerance, limit
+from lmexport.compare.metrics import compare_logits
+from lmexport.compare.tolerances import TOLERANCES, check, exceeds, get_tolerance, limit
 
 FP32 = get_tolerance("fp32")
 

@@ -1,8 +1,9 @@
 """The measurement protocol shared by every benchmark row: stdlib and numpy only.
 
-A row is anything that can ``reset(batch)`` its state and ``step(ids, mask, positions)``
-one call (prefill or decode), returning the greedy next token of every sequence.
-``measure`` drives it the same way for every backend:
+A row is an engine (``lmexport.engine``; or a benchmark worker's stand-in of the same shape):
+``reset(batch)`` clears its state and ``step(ids, mask, positions)`` runs one call (prefill or
+decode) and returns the logits; the next token is the greedy one (``greedy``: on the engine's
+device where it offers ``greedy``). ``measure`` drives every row the same way:
 
 1. one warm-up pass (prefill, then ``min(new_tokens, WARMUP_DECODE_STEPS)`` decode
    steps), untimed;
@@ -14,17 +15,13 @@ Decode tokens/s counts tokens generated across the batch per second of decode
 calls; each statistic is given as median, min and max over the repeats.
 
 This module is imported by the optimum-onnx and llama.cpp workers of
-``benchmarks/run.py`` from their own virtual environments, so it must keep to the
-standard library and numpy (``lmexport/bench/__init__.py`` imports nothing else).
+``benchmarks/run.py`` (``benchmarks/worker_cli.py``) from their own virtual environments, so it
+must keep to the standard library and numpy (``lmexport/bench/__init__.py`` imports nothing else;
+memory readings are ``memory.py``).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import platform
-import sys
-import resource
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -32,19 +29,33 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from lmexport.bench.memory import huge_mapped_mb, peak_rss_mb, reset_peak_rss, rss_mb
+
 WARMUP_DECODE_STEPS = 4
 FIRST_PROMPT_ID = 4  # skip <unk>, <s>, </s>, <pad> when drawing prompt ids
 
 
 class Stepper(Protocol):
+    """The part of ``lmexport.engine.Engine`` a benchmark row needs."""
     def reset(self, batch: int) -> None: ...
 
-    def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray: ...
+    def step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Logits [batch, T, vocab] (or [batch, vocab] of the last position)."""
 
 
-class LogitsStepper(Stepper, Protocol):
-    def logits(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """The same call as ``step``, returning the last position's logits [batch, vocab] as numpy."""
+def last_logits(logits) -> np.ndarray:
+    """The last position's logits [batch, vocab] of a ``step`` result, float32 on the host."""
+    logits = np.asarray(logits)
+    return (logits[:, -1] if logits.ndim == 3 else logits).astype(np.float32, copy=False)
+
+
+def greedy(stepper: Stepper, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """One call; the greedy next token of each sequence [batch]. An engine that offers ``greedy`` (the
+    PyTorch engine: the argmax stays on its device) answers it itself."""
+    own = getattr(stepper, "greedy", None)
+    if own is not None:
+        return own(ids, mask, positions)
+    return last_logits(stepper.step(ids, mask, positions)).argmax(axis=-1)
 
 
 @dataclass(frozen=True)
@@ -119,54 +130,6 @@ class BenchResult:
         return out
 
 
-# ---------------------------------------------------------------- memory
-def rss_mb() -> float:
-    """Resident set size now, in MiB (Linux /proc; elsewhere the peak)."""
-    value = proc_kb("/proc/self/status", "VmRSS")
-    return value / 1024.0 if value is not None else peak_rss_mb()
-
-
-def peak_rss_mb() -> float:
-    """Peak resident set size of this process, in MiB, since the last ``reset_peak_rss``."""
-    value = proc_kb("/proc/self/status", "VmHWM")
-    if value is not None:
-        return value / 1024.0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024.0 * 1024.0) if platform.system() == "Darwin" else peak / 1024.0
-
-
-def reset_peak_rss() -> bool:
-    """Restart the peak-RSS counter (Linux: write 5 to /proc/self/clear_refs). False if not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def huge_mapped_mb() -> float | None:
-    """Memory this process maps with huge pages now, in MiB: anonymous THP plus PMD-mapped file pages
-    (Linux ``/proc/self/smaps_rollup``; None elsewhere). Tells which bandwidth bounds a row."""
-    value = proc_kb("/proc/self/smaps_rollup", "AnonHugePages", "FilePmdMapped", "ShmemPmdMapped")
-    return value / 1024.0 if value is not None else None
-
-
-def proc_kb(path: str, *keys: str) -> float | None:
-    """The sum of the ``key: N kB`` fields ``keys`` of a /proc file; None if it cannot be read or has none."""
-    total, found = 0.0, False
-    try:
-        with open(path) as f:
-            for line in f:
-                name, _, rest = line.partition(":")
-                if name in keys:
-                    total += float(rest.split()[0])
-                    found = True
-    except OSError:
-        return None
-    return total if found else None
-
-
 # ---------------------------------------------------------------- protocol
 def prompt_ids(batch: int, length: int, vocab_size: int, seed: int = 0) -> np.ndarray:
     """Deterministic prompt ids [batch, length] (int64), avoiding the special tokens."""
@@ -184,15 +147,15 @@ def _one_pass(stepper: Stepper, ids: np.ndarray, new_tokens: int,
     positions = np.tile(np.arange(total, dtype=np.int64), (batch, 1))
     stepper.reset(batch)
     t0 = time.perf_counter()
-    token = stepper.step(ids, mask[:, :prompt], np.ascontiguousarray(positions[:, :prompt]))
+    token = greedy(stepper, ids, mask[:, :prompt], np.ascontiguousarray(positions[:, :prompt]))
     sync()
     prefill = time.perf_counter() - t0
     steps = []
     for i in range(new_tokens):
         t = prompt + i
         t0 = time.perf_counter()
-        token = stepper.step(np.asarray(token, dtype=np.int64).reshape(batch, 1), mask[:, :t + 1],
-                             np.ascontiguousarray(positions[:, t:t + 1]))
+        token = greedy(stepper, np.asarray(token, dtype=np.int64).reshape(batch, 1), mask[:, :t + 1],
+                       np.ascontiguousarray(positions[:, t:t + 1]))
         sync()
         steps.append(time.perf_counter() - t0)
     return prefill, steps
@@ -243,7 +206,7 @@ QUALITY_NEXT_TOKENS = 16
 QUALITY_SEED = 1
 
 
-def quality_logits(stepper: LogitsStepper, vocab_size: int, *, prompts: int = QUALITY_PROMPTS,
+def quality_logits(stepper: Stepper, vocab_size: int, *, prompts: int = QUALITY_PROMPTS,
                    prompt_tokens: int = QUALITY_PROMPT_TOKENS, next_tokens: int = QUALITY_NEXT_TOKENS,
                    seed: int = QUALITY_SEED) -> np.ndarray:
     """Next-token logits on fixed ids, for comparing rows with a reference: float32
@@ -261,62 +224,13 @@ def quality_logits(stepper: LogitsStepper, vocab_size: int, *, prompts: int = QU
     for p in range(prompts):
         seq = ids[p:p + 1]
         stepper.reset(1)
-        rows.append(stepper.logits(seq[:, :prompt_tokens], mask[:, :prompt_tokens], positions[:, :prompt_tokens]))
+        rows.append(last_logits(stepper.step(seq[:, :prompt_tokens], mask[:, :prompt_tokens],
+                                             positions[:, :prompt_tokens])))
         for t in range(prompt_tokens, total):
-            rows.append(stepper.logits(seq[:, t:t + 1], mask[:, :t + 1], np.ascontiguousarray(positions[:, t:t + 1])))
+            rows.append(last_logits(stepper.step(seq[:, t:t + 1], mask[:, :t + 1],
+                                                 np.ascontiguousarray(positions[:, t:t + 1]))))
     return np.concatenate([np.asarray(r, dtype=np.float32).reshape(1, -1) for r in rows])
-
-
-def kl_from_reference(ref_logits: np.ndarray, logits: np.ndarray) -> dict[str, float]:
-    """Mean KL(reference || row) of the next-token distributions (nats), and the top-1 agreement."""
-    if ref_logits.shape[0] != logits.shape[0]:
-        raise ValueError(f"{logits.shape[0]} rows of logits against {ref_logits.shape[0]} reference rows")
-    vocab = min(ref_logits.shape[1], logits.shape[1])   # a GGUF may pad its vocabulary
-    ref, row = ref_logits[:, :vocab].astype(np.float64), logits[:, :vocab].astype(np.float64)
-
-    def log_softmax(x):
-        x = x - x.max(axis=1, keepdims=True)
-        return x - np.log(np.exp(x).sum(axis=1, keepdims=True))
-
-    lp, lq = log_softmax(ref), log_softmax(row)
-    kl = (np.exp(lp) * (lp - lq)).sum(axis=1)
-    return {"kl": float(kl.mean()), "kl_max": float(kl.max()),
-            "top1": float((ref.argmax(axis=1) == row.argmax(axis=1)).mean()), "positions": int(kl.size)}
 
 
 def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-# ---------------------------------------------------------------- benchmark workers
-def worker_parser(artifact: str) -> argparse.ArgumentParser:
-    """The command line every benchmark worker (benchmarks/worker_*.py) takes."""
-    ap = argparse.ArgumentParser()
-    ap.add_argument(artifact)
-    ap.add_argument("--out", help="Where the timing result goes (JSON).")
-    ap.add_argument("--prompt-tokens", type=int, default=128)
-    ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--logits", default=None,
-                    help="Instead of timing, write the quality pass's next-token logits here (.npy).")
-    return ap
-
-
-def run_worker(load, args, *, artifact: str, backend: str, variant: str, versions: dict[str, str]) -> None:
-    """Measure with the shared protocol and write the result JSON to ``args.out``
-    (with ``--logits``: run the quality pass instead and save its logits)."""
-    from pathlib import Path
-
-    if args.logits:
-        stepper, vocab_size = load()
-        np.save(args.logits, quality_logits(stepper, vocab_size))
-        return
-    if not args.out:
-        raise SystemExit("give --out (the timing result) or --logits (the quality pass)")
-    workload = Workload(args.prompt_tokens, args.new_tokens, args.batch, args.repeats)
-    result = run_protocol(load, workload, artifact=artifact, backend=backend, variant=variant, device="cpu",
-                          threads=args.threads, versions=versions,
-                          progress=lambda m: print(m, file=sys.stderr, flush=True))
-    Path(args.out).write_text(json.dumps(result.to_json(), indent=2) + "\n", encoding="utf-8")

@@ -1,6 +1,7 @@
-"""Numbers that say how far an artifact's logits are from PyTorch's (numpy only).
+"""Numbers that say how far an artifact's logits are from a reference's (numpy only).
 
-Shared by the export validators and ``lmexport parity``. Each comparison takes
+The one home of log-softmax, KL and the logit metrics: shared by the export validators,
+``lmexport parity``, ``bench``'s quality column and ``perplexity`` (``nll_sum``). Each comparison takes
 reference and artifact logits for the same positions, [N, V] (N = valid positions
 of one call, batch rows flattened). NaN/inf in the artifact's logits are counted
 (``nonfinite``) and always fail a tolerance check; the other numbers are computed
@@ -14,10 +15,35 @@ import numpy as np
 
 
 
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    """log softmax over the last axis, in float64."""
+    x = np.asarray(x, dtype=np.float64)
     x = x - x.max(axis=-1, keepdims=True)
     return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def kl_divergence(ref: np.ndarray, art: np.ndarray) -> np.ndarray:
+    """KL(softmax(ref) || softmax(art)) per row, in nats; logits [..., V] -> [...]."""
+    lp, lq = log_softmax(ref), log_softmax(art)
+    return (np.exp(lp) * (lp - lq)).sum(-1)
+
+
+def nll_sum(logits: np.ndarray, targets) -> float:
+    """Sum of -log softmax(logits)[target] over rows (nats); logits [n, V], targets [n]."""
+    logp = log_softmax(logits)
+    return float(-logp[np.arange(len(targets)), np.asarray(targets)].sum())
+
+
+def distribution_agreement(ref_logits: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+    """Mean and max KL(reference || row) of the next-token distributions (nats) and the top-1 agreement;
+    the shorter vocabulary wins (a GGUF may pad its vocabulary)."""
+    if ref_logits.shape[0] != logits.shape[0]:
+        raise ValueError(f"{logits.shape[0]} rows of logits against {ref_logits.shape[0]} reference rows")
+    vocab = min(ref_logits.shape[1], logits.shape[1])
+    ref, row = ref_logits[:, :vocab].astype(np.float64), logits[:, :vocab].astype(np.float64)
+    kl = kl_divergence(ref, row)
+    return {"kl": float(kl.mean()), "kl_max": float(kl.max()),
+            "top1": float((ref.argmax(axis=1) == row.argmax(axis=1)).mean()), "positions": int(kl.size)}
 
 
 @dataclass(frozen=True)
@@ -47,8 +73,7 @@ def compare_logits(ref: np.ndarray, art: np.ndarray) -> StepMetrics:
     diff = np.abs(ref - art)
     norms = np.linalg.norm(ref, axis=-1) * np.linalg.norm(art, axis=-1)
     cosine = (ref * art).sum(-1) / np.maximum(norms, 1e-30)
-    lp, lq = _log_softmax(ref), _log_softmax(art)
-    kl = (np.exp(lp) * (lp - lq)).sum(-1)
+    kl = kl_divergence(ref, art)
     return StepMetrics(
         max_abs=float(diff.max()), mean_abs=float(diff.mean()),
         rel=float(diff.max() / max(np.abs(ref).max(), 1e-30)),
