@@ -3,7 +3,7 @@
 A row is an engine (``lmexport.engine``; or a benchmark worker's stand-in of the same shape):
 ``reset(batch)`` clears its state and ``step(ids, mask, positions)`` runs one call (prefill or
 decode) and returns the logits; the next token is the greedy one (``greedy``: on the engine's
-device where it offers ``greedy``). ``measure`` drives every row the same way:
+device where it offers ``greedy_step``). ``measure`` drives every row the same way:
 
 1. one warm-up pass (prefill, then ``min(new_tokens, WARMUP_DECODE_STEPS)`` decode
    steps), untimed;
@@ -50,9 +50,9 @@ def last_logits(logits) -> np.ndarray:
 
 
 def greedy(stepper: Stepper, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
-    """One call; the greedy next token of each sequence [batch]. An engine that offers ``greedy`` (the
-    PyTorch engine: the argmax stays on its device) answers it itself."""
-    own = getattr(stepper, "greedy", None)
+    """One call; the greedy next token of each sequence [batch]. An engine that offers ``greedy_step``
+    (the PyTorch engine: the argmax stays on its device) answers it itself."""
+    own = getattr(stepper, "greedy_step", None)
     if own is not None:
         return own(ids, mask, positions)
     return last_logits(stepper.step(ids, mask, positions)).argmax(axis=-1)

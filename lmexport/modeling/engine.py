@@ -71,7 +71,7 @@ class TorchEngine(EngineBase):
         self.state = None
 
     @torch.inference_mode()
-    def greedy(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    def greedy_step(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """One call; the greedy next token per row, argmax on the model's device (a CUDA benchmark row is
         timed without copying logits to the host)."""
         return self.step_device(ids, mask, positions)[:, -1, :].argmax(dim=-1).cpu().numpy()

@@ -82,7 +82,8 @@ class LlamaCppEngine(EngineBase):
         if self.options.n_ctx == 0:
             from dataclasses import replace
             self.options = replace(self.options, n_ctx=self.context_length)
-        self.info = self._info(device or ("cpu" if self.options.n_gpu_layers == 0 else "offloaded"))
+        offloads = self.options.n_gpu_layers != 0 and bool(self.llama_cpp.llama_supports_gpu_offload())
+        self.info = self._info("gpu (llama.cpp offload)" if offloads else "cpu")
 
     # ------------------------------------------------------------------ opening
     def _llama_kwargs(self, flash_attn: bool) -> dict:
