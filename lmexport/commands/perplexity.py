@@ -32,8 +32,9 @@ def perplexity(target, text_file, tokenizer, max_tokens, window, stride, device,
     from lmexport.perplexity import perplexity as run
     from lmexport.perplexity.scoring import open_scorer
 
-    if not target.exists():
-        raise InputError(f"{target} does not exist")
+    from lmexport.engine import artifact_kind
+
+    artifact_kind(target)                # what the path is, before anything else is read
     try:
         text = text_file.read_text(encoding="utf-8")
     except FileNotFoundError:
