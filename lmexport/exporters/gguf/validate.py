@@ -192,6 +192,6 @@ def validate_gguf(paths, ckpt: Checkpoint, *, arch: str, outtype: str, weights_h
     if failures:
         raise ValidationError(f"GGUF validation of {first.name} failed ({len(failures)} problem(s))", failures)
     worst = report.worst_by_type()
-    log.info("GGUF validated: %d tensors, worst round-trip error per type: %s", len(report.round_trip),
+    log.debug("GGUF validated: %d tensors, worst round-trip error per type: %s", len(report.round_trip),
              ", ".join(f"{k} {v:.2e}" for k, v in sorted(worst.items())))
     return report

@@ -229,7 +229,7 @@ def export_gguf(model_dir: str | Path, output: str | Path, options: GGUFOptions 
                                    tokenizer=tokenizer)
         for src, tmp in zip(staged, tmps):
             src.replace(tmp)
-    log.info("wrote %s (%d file(s), %s, %s)", target, len(finals), arch, options.outtype)
+    log.debug("wrote %s (%d file(s), %s, %s)", target, len(finals), arch, options.outtype)
     return GGUFReport(finals, arch, options.outtype, plan, report)
 
 

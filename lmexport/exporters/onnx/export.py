@@ -252,7 +252,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, options: OnnxExportO
                 raise ValidationError(f"the ONNX export does not match PyTorch ({options.preset} tolerances); "
                                       f"nothing was written to {out_dir}", report.failures,
                                       hint="rerun with --debug, or --no-validate to keep the folder anyway")
-    log.info("wrote %s", out_dir)
+    log.debug("wrote %s", out_dir)  # the command prints the result line
     return OnnxExportResult(out_dir, manifest, report)
 
 
