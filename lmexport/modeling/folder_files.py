@@ -2,7 +2,7 @@
 
 A file is copied only after it parsed as what its name says it is: JSON files as
 a JSON object (tokenizer.json also through ``tokenizers``), tokenizer.model as a
-SentencePiece model (a protobuf ``ModelProto`` whose pieces are strings), the
+SentencePiece model (loaded by ``sentencepiece``), the
 chat template as a Jinja template. Files may be symlinks (a Hugging Face cache
 snapshot is a folder of links into ``../../blobs/``), so a link that points at an
 arbitrary host file would otherwise be published with the export; with these
@@ -18,59 +18,17 @@ from lmexport.jsonio import parse_json, read_bounded
 MAX_TOKENIZER_BYTES = 512 << 20
 
 
-def _varint(data: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if i >= len(data) or shift > 63:
-            raise ValueError("truncated varint")
-        byte = data[i]
-        i += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, i
-
-
-def _fields(data: bytes):
-    """(field number, wire type, value) of a protobuf message; ValueError if it is not one."""
-    i = 0
-    while i < len(data):
-        key, i = _varint(data, i)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise ValueError("field number 0")
-        if wire == 0:
-            value, i = _varint(data, i)
-        elif wire == 1:
-            value, i = data[i:i + 8], i + 8
-        elif wire == 2:
-            n, i = _varint(data, i)
-            value, i = data[i:i + n], i + n
-        elif wire == 5:
-            value, i = data[i:i + 4], i + 4
-        else:
-            raise ValueError(f"wire type {wire}")
-        if i > len(data):
-            raise ValueError("truncated field")
-        yield number, wire, value
-
-
 def check_sentencepiece(data: bytes) -> int:
-    """Number of pieces of a SentencePiece ``ModelProto``; ValueError if ``data`` is not one.
+    """Number of pieces of a SentencePiece model, loaded by ``sentencepiece`` itself (a dependency of the
+    export extra, which this module belongs to); ValueError if ``data`` is not one."""
+    import sentencepiece
 
-    ModelProto field 1 is ``repeated SentencePiece pieces``; each piece has its text
-    in field 1 (a UTF-8 string) and its score in field 2 (a float).
-    """
-    pieces = 0
-    for number, wire, value in _fields(data):
-        if number == 1:
-            if wire != 2:
-                raise ValueError("pieces field of the wrong type")
-            texts = [v for n, w, v in _fields(value) if n == 1 and w == 2]
-            if len(texts) != 1:
-                raise ValueError("a piece without its text")
-            texts[0].decode("utf-8")
-            pieces += 1
+    processor = sentencepiece.SentencePieceProcessor()
+    try:
+        processor.LoadFromSerializedProto(data)
+    except (RuntimeError, OSError) as exc:   # sentencepiece reports a bad model as RuntimeError("INTERNAL: ...")
+        raise ValueError(str(exc).splitlines()[0][:120] if str(exc) else "not a ModelProto") from None
+    pieces = processor.GetPieceSize()
     if not pieces:
         raise ValueError("no pieces")
     return pieces
