@@ -20,12 +20,7 @@ from lmexport.modeling.checkpoint import save_checkpoint
 from lmexport.modeling.tiny import make_model_folder, write_tokenizer_files, make_tokenizer
 
 from conftest import tiny_model
-
-
-def run_cli(*args, env_extra=None, **kw):
-    env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "lmexport.cli", *map(str, args)], capture_output=True,
-                           text=True, env=env, **kw)
+from cli_helpers import run_cli
 
 
 @dataclass
@@ -134,7 +129,7 @@ def assert_one_clear_line(done, code, message):
 
 @pytest.mark.parametrize("case", CONVERT_CASES, ids=lambda c: c.name)
 def test_convert_bad_input(case, tmp_path):
-    done = run_cli(*case.setup(tmp_path), env_extra=case.env)
+    done = run_cli(*case.setup(tmp_path), env=case.env)
     assert_one_clear_line(done, case.code, case.message)
     if case.output:
         assert not (tmp_path / case.output).exists()
@@ -194,7 +189,7 @@ def test_output_folder_not_writable(command, model_folder, tmp_path):
 @pytest.mark.parametrize("command", sorted(WRITERS))
 def test_not_enough_disk_space(command, model_folder, tmp_path):
     done = run_cli(command, model_folder, *WRITERS[command](tmp_path),
-                   env_extra={"LMEXPORT_FREE_SPACE_OVERRIDE": "1000"})
+                   env={"LMEXPORT_FREE_SPACE_OVERRIDE": "1000"})
     assert_one_clear_line(done, 2, "not enough disk space")
     assert [p.name for p in tmp_path.iterdir()] == []
 

@@ -13,15 +13,11 @@ import sys
 import numpy as np
 import pytest
 
+from cli_helpers import run_cli
 from lmexport.bench.protocol import WARMUP_DECODE_STEPS, Workload, measure, prompt_ids
 from lmexport.modeling.tiny import make_model_folder
 
 SMOKE = ["--repeats", "1", "--prompt-tokens", "8", "--new-tokens", "4", "--threads", "1"]
-
-
-def lmexport(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lmexport.cli", *args], capture_output=True, text=True,
-                          timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +46,7 @@ def check_report(report: dict, backend: str) -> None:
 
 
 def test_bench_onnx_folder_json(onnx_dir):
-    proc = lmexport("bench", str(onnx_dir), *SMOKE, "--device", "cpu", "--json")
+    proc = run_cli("bench", str(onnx_dir), *SMOKE, "--device", "cpu", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     check_report(report, "onnxruntime")
@@ -58,7 +54,7 @@ def test_bench_onnx_folder_json(onnx_dir):
 
 
 def test_bench_pytorch_folder_json(model_dir):
-    proc = lmexport("bench", str(model_dir), *SMOKE, "--torch-dtype", "bf16", "--json")
+    proc = run_cli("bench", str(model_dir), *SMOKE, "--torch-dtype", "bf16", "--json")
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     check_report(report, "pytorch")
@@ -75,7 +71,7 @@ def test_bench_onnx_path_never_imports_torch(onnx_dir):
 
 
 def test_bench_text_report(model_dir):
-    proc = lmexport("bench", str(model_dir), *SMOKE)
+    proc = run_cli("bench", str(model_dir), *SMOKE)
     assert proc.returncode == 0, proc.stderr
     assert "decode" in proc.stdout and "tokens/s" in proc.stdout and "peak RSS" in proc.stdout
 
@@ -87,14 +83,14 @@ def test_bench_text_report(model_dir):
     (["bench", "{model}", "--torch-dtype", "fp16", "--device", "cpu"], "fp16 is for CUDA"),
 ])
 def test_bench_bad_input_is_one_line(args, message, tmp_path, model_dir):
-    proc = lmexport(*(a.format(tmp=tmp_path, model=model_dir) for a in args))
+    proc = run_cli(*(a.format(tmp=tmp_path, model=model_dir) for a in args))
     assert proc.returncode == 2
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
 
 
 def test_bench_torch_dtype_refused_for_onnx(onnx_dir):
-    proc = lmexport("bench", str(onnx_dir), *SMOKE, "--torch-dtype", "bf16")
+    proc = run_cli("bench", str(onnx_dir), *SMOKE, "--torch-dtype", "bf16")
     assert proc.returncode == 2 and "--torch-dtype applies to a PyTorch model folder" in proc.stderr
 
 

@@ -9,11 +9,7 @@ import pytest
 import torch
 
 from lmexport.modeling.tiny import make_llama_folder, make_model_folder
-
-
-def run_cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "lmexport.cli", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+from cli_helpers import run_cli
 
 
 @pytest.fixture(scope="module")

@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,11 +13,7 @@ from lmexport.manifest import locate_tensor
 from lmexport.parity.report import COLUMNS, format_table
 from lmexport.parity.run import run_parity
 from lmexport.modeling.tiny import make_model_folder
-
-
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "lmexport.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"})
+from cli_helpers import run_cli
 
 
 @pytest.fixture(scope="module")

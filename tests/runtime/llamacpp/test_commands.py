@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +15,13 @@ from gguf import GGUFReader
 from lmexport.exporters.gguf.write import GGUFOptions, export_gguf
 from lmexport.modeling.checkpoint import load_model
 from lmexport.modeling.tiny import make_model_folder
+from cli_helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[3]
 BUNDLED = REPO / "examples" / "liquid-metal-tiny"
 PROMPT = "def add(a, b):"
 # the README's quantisation table: heldout.txt, windows of 256, stride 128
 PPL_BOUNDS = {"q8_0": 0.01, "q4_k_m": 0.05}
-
-
-def run_cli(*args, stdin: str | None = None, env: dict | None = None):
-    return subprocess.run([sys.executable, "-m", "lmexport.cli", *map(str, args)], capture_output=True, text=True,
-                          input=stdin, env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})}, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +71,7 @@ def test_generate_cli_sampling_is_seeded_and_stops(files):
 
 
 def test_chat_cli_keeps_the_conversation(files):
-    done = run_cli("chat", files["f32"], "--max-new-tokens", "8", stdin="hello\n\n/reset\nhello\n")
+    done = run_cli("chat", files["f32"], "--max-new-tokens", "8", input="hello\n\n/reset\nhello\n")
     assert done.returncode == 0, done.stderr
     replies = done.stdout.split("\n")
     # the same first message after /reset gives the same greedy reply
@@ -172,7 +166,7 @@ def test_without_the_patched_build_each_command_says_how_to_build_it(tmp_path):
                  ["parity", BUNDLED, gguf, "--engine", "llama.cpp"],
                  ["perplexity", gguf, "--engine", "llama.cpp", "--text", BUNDLED / "heldout.txt"],
                  ["gguf", BUNDLED, "-o", tmp_path / "k.gguf", "--outtype", "q4_k_m"]):
-        done = run_cli(*args, env=env, stdin="")
+        done = run_cli(*args, env=env, input="")
         assert done.returncode == 2, (args, done.stderr)
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1 and "lmexport llamacpp build" in lines[0], (args, done.stderr)
