@@ -108,6 +108,18 @@ TOLERANCES: dict[str, Tolerance] = {
 }
 
 
+GGUF_PREFIX = "gguf-"          # a GGUF file's preset is this prefix and its outtype
+
+
+def gguf_preset(outtype: str) -> str:
+    """The preset that holds the logits of a GGUF file of ``outtype`` (one name rule, checked against the table)."""
+    name = GGUF_PREFIX + outtype
+    if name not in TOLERANCES:
+        raise InputError(f"no tolerance preset for GGUF outtype {outtype!r}",
+                         hint="choose a preset with --tolerance: " + ", ".join(TOLERANCES))
+    return name
+
+
 def get_tolerance(preset: str) -> Tolerance:
     try:
         return TOLERANCES[preset]

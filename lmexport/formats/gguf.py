@@ -190,11 +190,6 @@ def file_outtype(file_type, recorded: str | None) -> str:
     return recorded or "f32"
 
 
-def tolerance_preset(outtype: str) -> str:
-    """The ``lmexport.tolerances`` preset for logits of a file of this outtype."""
-    return f"gguf-{outtype}"
-
-
 def block_size(qtype: QT) -> int:
     return gguf.GGML_QUANT_SIZES[qtype][0]
 

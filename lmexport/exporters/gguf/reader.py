@@ -285,11 +285,12 @@ def torch_engine(path: str | Path, *, device: str = "cpu", threads: int | None =
     compare a GGUF with by default, and where a llama.cpp run's per-layer outputs come from."""
     from dataclasses import replace
 
+    from lmexport.compare.tolerances import gguf_preset
     from lmexport.modeling.engine import TorchEngine
 
     g = open_gguf(path)
     model, _, _ = load_gguf_model(path)
     outtype = fmt.file_outtype(g.value(Keys.General.FILE_TYPE), g.value(fmt.OUTTYPE))
     engine = TorchEngine(path, device=device, threads=threads, model=model, kind="gguf", variant=outtype)
-    engine.info = replace(engine.info, engine="pytorch rebuild of the GGUF", tolerance=fmt.tolerance_preset(outtype))
+    engine.info = replace(engine.info, engine="pytorch rebuild of the GGUF", tolerance=gguf_preset(outtype))
     return engine

@@ -28,6 +28,7 @@ from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from lmexport.compare.tolerances import gguf_preset
 from lmexport.engine import EngineBase, EngineInfo
 from lmexport.errors import ArtifactError, InputError, LmexportError
 from lmexport.formats import gguf as fmt
@@ -131,7 +132,7 @@ class LlamaCppEngine(EngineBase):
         return EngineInfo(kind="gguf", engine="llama.cpp", variant=outtype, device=device,
                           context_length=self.context_length, vocab_size=self.n_vocab,
                           bos_token_id=bos if bos >= 0 else None, eos_token_ids=tuple(sorted(i for i in eos if i >= 0)),
-                          pad_token_id=int(pad) if pad is not None else 0, tolerance=fmt.tolerance_preset(outtype),
+                          pad_token_id=int(pad) if pad is not None else 0, tolerance=gguf_preset(outtype),
                           versions={"llama_cpp_python": getattr(llama_cpp, "__version__", "?")})
 
     @property

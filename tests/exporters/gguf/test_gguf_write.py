@@ -16,7 +16,7 @@ from lmexport.exporters.gguf.write import GGUFOptions, export_gguf, parse_size, 
 from lmexport.exporters.gguf.validate import validate_gguf
 from lmexport.exporters.gguf.reader import load_gguf_model, open_gguf, read_gguf_tensors
 from lmexport.modeling.tiny import make_model_folder
-from lmexport.compare.tolerances import TOLERANCES, check
+from lmexport.compare.tolerances import TOLERANCES, check, gguf_preset
 
 from gguf_helpers import logit_metrics, logits_of
 
@@ -59,7 +59,7 @@ def test_outtype_round_trip_and_logits(outtype, model_dir, reference, tmp_path):
     assert config == ckpt.config
     assert metadata["general.architecture"] == "liquidmetal"
     m = logit_metrics(ref_logits, logits_of(model))
-    tol = TOLERANCES[fmt.tolerance_preset(outtype)]
+    tol = TOLERANCES[gguf_preset(outtype)]
     assert check(m, tol) == [], (outtype, m)
     if outtype == "f32":
         assert m.max_abs <= 1e-5
