@@ -65,3 +65,30 @@ def patched_llamacpp():
         return require_patched()
     except LlamaCppUnavailable as exc:
         pytest.skip(f"patched llama-cpp-python not installed ({exc}); build failed: {reason}")
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory):
+    """A session-wide factory of real exports, each made once: ``exports("onnx")`` (the bundled model as
+    an fp32 ONNX folder), ``exports("gguf", outtype="f32")``, ``exports("onnx", model=folder, quantize="int4")``.
+    Tests must not change what it returns (copy first)."""
+    cache: dict = {}
+    root = tmp_path_factory.mktemp("exports")
+
+    def get(kind: str, model: Path = BUNDLED, **options) -> Path:
+        key = (kind, str(model), tuple(sorted(options.items())))
+        if key not in cache:
+            out = root / f"{len(cache)}-{Path(model).name}-{kind}"
+            if kind == "onnx":
+                from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
+                export_onnx(model, out, OnnxExportOptions(**{"validate": False, **options}))
+            elif kind == "gguf":
+                from lmexport.exporters.gguf.write import GGUFOptions, export_gguf
+                out = out.with_suffix(".gguf")
+                export_gguf(model, out, GGUFOptions(**options))
+            else:
+                raise ValueError(f"unknown export kind {kind!r}")
+            cache[key] = out
+        return cache[key]
+
+    return get

@@ -20,22 +20,14 @@ STATS = re.compile(r"^\[\d+ prompt tokens, \d+ new tokens; prefill [\d.]+ ms; de
                    r"\((onnxruntime|llama\.cpp)\)\]$", re.M)
 
 
-@pytest.fixture(scope="module")
-def onnx_dir(tmp_path_factory):
-    from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
-
-    out = tmp_path_factory.mktemp("engine") / "onnx"
-    export_onnx(BUNDLED, out, OnnxExportOptions(validate=False))
-    return out
+@pytest.fixture
+def onnx_dir(exports):
+    return exports("onnx")
 
 
-@pytest.fixture(scope="module")
-def gguf_file(tmp_path_factory):
-    from lmexport.exporters.gguf.write import GGUFOptions, export_gguf
-
-    out = tmp_path_factory.mktemp("engine-gguf") / "bundled-f32.gguf"
-    export_gguf(BUNDLED, out, GGUFOptions(outtype="f32"))
-    return out
+@pytest.fixture
+def gguf_file(exports):
+    return exports("gguf", outtype="f32")
 
 
 def test_artifact_kind_is_one_rule(onnx_dir, gguf_file, tmp_path):

@@ -14,13 +14,8 @@ from lmexport.modeling.tiny import make_model_folder
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
-
-    root = tmp_path_factory.mktemp("manifest")
-    out = root / "onnx"
-    export_onnx(make_model_folder(root / "model", seed=4), out, OnnxExportOptions(validate=False))
-    return out
+def exported(exports, tmp_path_factory):
+    return exports("onnx", model=make_model_folder(tmp_path_factory.mktemp("manifest") / "model", seed=4))
 
 
 def raw(folder) -> dict:
