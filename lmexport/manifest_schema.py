@@ -12,8 +12,9 @@ from typing import Any
 from lmexport.errors import ConfigError
 from lmexport.safe_paths import name_problem
 
-STATE_ROLES = ("key", "value", "conv", "context")
-IO_ROLES = ("input_ids", "attention_mask", "position_ids")
+KV_ROLES = ("key", "value")                          # states with one row per past position
+STATE_ROLES = KV_ROLES + ("conv", "context")
+IO_ROLES = ("input_ids", "attention_mask", "position_ids")   # what a caller feeds each call (the one spelling)
 ROLES = IO_ROLES + ("logits",) + STATE_ROLES
 DTYPES = ("int64", "float32", "float16")
 AXES = ("batch_size", "sequence_length", "total_sequence_length", "past_sequence_length",

@@ -28,12 +28,13 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from lmexport.errors import ArtifactError, GenerationError, InputError
 from lmexport.manifest import MANIFEST_FILE, Manifest, check_files
+from lmexport.manifest_schema import IO_ROLES
 from lmexport.optimum.config import config_from_manifest
 from lmexport.optimum.state import OnnxState
 from lmexport.runtime.batch import positions_from_mask
 
 log = logging.getLogger(__name__)
-FEED_ROLES = ("input_ids", "attention_mask", "position_ids")
+FEED_ROLES = IO_ROLES
 
 
 class ORTModelForLiquidMetal(ORTModelForCausalLM):

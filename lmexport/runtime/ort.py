@@ -19,6 +19,7 @@ import onnxruntime as ort
 from lmexport.engine import EngineBase, EngineInfo
 from lmexport.errors import ArtifactError, DeviceError, InputError
 from lmexport.manifest import MANIFEST_FILE, Manifest, check_files, io_contract_problems
+from lmexport.manifest_schema import IO_ROLES
 
 log = logging.getLogger(__name__)
 NUMPY_DTYPES = {"int64": np.int64, "float32": np.float32, "float16": np.float16}
@@ -137,7 +138,7 @@ class Session:
         self.states = self.manifest.state_inputs()
         self.logits_name = self.manifest.output("logits").name
         self._roles = {role: self.manifest.input(role).name
-                       for role in ("input_ids", "attention_mask", "position_ids")}
+                       for role in IO_ROLES}
 
     # ------------------------------------------------------------ state
     def zero_state(self, batch: int) -> dict[str, np.ndarray]:

@@ -24,6 +24,7 @@ from lmexport.compare.loop import compare_calls
 from lmexport.compare.metrics import StepMetrics, compare_logits, overall
 from lmexport.compare.tolerances import Tolerance, bound_text, check, exceeds, get_tolerance
 from lmexport.manifest import IOSpec
+from lmexport.manifest_schema import KV_ROLES
 from lmexport.runtime.batch import left_pad
 
 log = logging.getLogger(__name__)
@@ -129,7 +130,7 @@ def validate_folder(folder: str | Path, model, variant: str, *, decode_steps: in
 
     def compare_states(call, mask, ref_logits, art_logits):
         for spec, value in _reference_presents(ref.state, art.manifest.outputs):
-            keep = mask[:, None, :, None] if spec.role in ("key", "value") else None   # padded KV rows are junk
+            keep = mask[:, None, :, None] if spec.role in KV_ROLES else None   # padded KV rows are junk
             report.states.setdefault(spec.name, StateStats()).add(value, _host(art.state[past_of[spec.name]]), keep)
 
     report.per_call, _ = compare_calls(ref, art, ids, mask, decode_steps, on_call=compare_states)
