@@ -29,7 +29,7 @@ from lmexport.exporters.onnx.transformersjs import TARGET as TRANSFORMERSJS   # 
 @click.option("--accuracy-level", type=int, default=4, show_default=True,
               help="int4/int8: MatMulNBits accuracy level (4 = int8 compute on CPU).")
 @click.option("--bits-per-weight", type=float, default=None,
-              help="int4: size budget in bits per quantized weight, scales and zero points included "
+              help="int4: size budget in bits per quantized weight, scales and zero points included; 4: all at 4 bits "
                    "(default: what llama.cpp's Q4_K_M takes for the same weights).")
 @click.option("--no-quantize-embeddings", is_flag=True,
               help="int4/int8: keep the token-embedding table fp32 (for consumers without GatherBlockQuantized).")

@@ -45,10 +45,12 @@ class Quantized:
     bits: int
     block: int
 
+    k: int = 0               # the matrix's input size (the last block may be partial); 0: n_blocks * block
+
     def dequantize(self) -> np.ndarray:
         """[N, K] float32: (q - z) * s."""
         w = (self.q.astype(np.float32) - self.zeros.astype(np.float32)[..., None]) * self.scales[..., None]
-        return w.reshape(w.shape[0], -1)
+        return w.reshape(w.shape[0], -1)[:, :self.k or None]
 
     def packed_q(self) -> np.ndarray:
         return pack_bits(self.q, self.bits)
@@ -94,17 +96,21 @@ def importance(w: np.ndarray, act_sq: np.ndarray | None = None) -> np.ndarray:
 
 def quantize_blocks(w: np.ndarray, bits: int, block: int, zero: str = "float",
                     weights: np.ndarray | None = None, search: bool = True) -> Quantized:
-    """Quantise w [N, K] (K a multiple of ``block``) to ``bits`` per weight in blocks along K.
+    """Quantise w [N, K] to ``bits`` per weight in blocks along K (a partial last block is padded).
 
     ``weights`` [N, K]: the importance of each weight's error (default ``importance(w)``).
     ``search=False`` is round-to-nearest from each block's range (the baseline the search beats)."""
     if zero not in ("float", "uint"):
         raise ValueError(f"zero must be 'float' or 'uint', not {zero!r}")
     n, k = w.shape
-    if k % block:
-        raise ValueError(f"K={k} is not a multiple of the block size {block}")
+    imp = (importance(w) if weights is None else weights).astype(np.float32)
+    pad = (-k) % block
+    if pad:         # MatMulNBits' last block is partial: pad it with its own last value, weight 0
+        w = np.pad(w, ((0, 0), (0, pad)), mode="edge")
+        imp = np.pad(imp, ((0, 0), (0, pad)))
+        k += pad
     x = w.astype(np.float32).reshape(n * (k // block), block)
-    imp = (importance(w) if weights is None else weights).astype(np.float32).reshape(x.shape)
+    imp = imp.reshape(x.shape)
     nmax = (1 << bits) - 1
     lo, hi = x.min(axis=1), x.max(axis=1)
     span = np.where(hi > lo, hi - lo, 1.0)
@@ -145,7 +151,8 @@ def quantize_blocks(w: np.ndarray, bits: int, block: int, zero: str = "float",
             q[flat] = np.where(lo[flat] > 0, nmax, 0)[:, None]
     nb = k // block
     zeros = z.astype(np.float32 if zero == "float" else np.uint8).reshape(n, nb)
-    return Quantized(q.astype(np.uint8).reshape(n, nb, block), s.astype(np.float32).reshape(n, nb), zeros, bits, block)
+    return Quantized(q.astype(np.uint8).reshape(n, nb, block), s.astype(np.float32).reshape(n, nb), zeros, bits,
+                     block, k - pad)
 
 
 def _refit_offset(x, q, imp, s0, m0):

@@ -94,8 +94,8 @@ class OnnxExportOptions:
             problems.append(f"block size {self.block_size} is not one of 16, 32, 64, 128, 256")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             problems.append(f"accuracy level {self.accuracy_level} is not in 0..4")
-        if self.bits_per_weight is not None and not 4 < self.bits_per_weight <= 10:
-            problems.append(f"bits per weight {self.bits_per_weight:g} is not in (4, 10]")
+        if self.bits_per_weight is not None and not 4 <= self.bits_per_weight <= 10:
+            problems.append(f"bits per weight {self.bits_per_weight:g} is not in 4..10 (4: every weight at 4 bits)")
         if self.bits_per_weight is not None and self.quantize != "int4":
             problems.append("--bits-per-weight sets the int4 recipe's budget; use it with --quantize int4")
         if self.tolerance is not None:

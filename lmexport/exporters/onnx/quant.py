@@ -37,7 +37,6 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lmexport.errors import InputError
 from lmexport.exporters.onnx.blockquant import Quantized, quantize_blocks
 from lmexport.tensor_names import EMBEDDING, LM_HEAD, lookup, lookup_pack
 
@@ -105,8 +104,8 @@ def find_sites(graph: onnx.GraphProto, block: int) -> list[Site]:
         if len(matmul) + len(gather) != len(uses) or not (matmul or gather):
             continue                                   # read by something else too: leave it fp32
         k = t.dims[0] if matmul else t.dims[1]         # MatMul B is [K, N]; the table is [vocab, hidden]
-        if k % block:
-            log.info("leaving %s fp32: its input size %d is not a multiple of the block size %d", name, k, block)
+        if k % block and gather:
+            log.info("leaving %s fp32: its row size %d is not a multiple of the block size %d", name, k, block)
             continue
         array = numpy_helper.to_array(t)
         sites[name] = Site(name, np.ascontiguousarray(array.T if matmul else array), matmul, gather, [name])
@@ -125,7 +124,7 @@ def find_sites(graph: onnx.GraphProto, block: int) -> list[Site]:
 def site_bytes(site: Site, bits: int, block: int) -> int:
     """Bytes of one site at ``bits``: blocks, fp32 scales, packed uint8 zero points."""
     n, k = site.matrix.shape
-    nb = k // block
+    nb = -(-k // block)
     return n * nb * block * bits // 8 + n * nb * 4 + n * -(-nb * bits // 8)
 
 
@@ -253,9 +252,9 @@ def quantize(src: Path, dst: Path, options, data_file: str, config, model=None) 
         if budget is None:
             budget = q4_k_m_bits(sites, config)
         floor = sum(site_bytes(s, 4, block) for s in sites) * 8 / sum(s.numel for s in sites)
-        if budget < floor:
-            raise InputError(f"--bits-per-weight {budget:g} is below what 4 bits in blocks of {block} take "
-                             f"({floor:.3f} with scales and zero points)")
+        if budget <= floor:
+            log.info("budget %.3f bits per weight <= %.3f (4 bits with scales and zero points): every weight at 4 bits",
+                     budget, floor)
         if model is not None and budget > floor:
             log.info("measuring each weight's 4-bit sensitivity in PyTorch (%d weights)", len(sites))
             sensitivity = measure_sensitivity(model, sites, config, block, quantized4)
@@ -308,7 +307,7 @@ def _to_matmulnbits(node: onnx.NodeProto, names: dict, q: Quantized, accuracy_le
     new = helper.make_node("MatMulNBits", [node.input[0], names["B"], names["scales"], names["zeros"]],
                            list(node.output), name=node.name.removesuffix("MatMul") + "MatMulNBits"
                            if node.name.endswith("MatMul") else node.name, domain=MS_DOMAIN,
-                           K=nb * q.block, N=n, bits=q.bits, block_size=q.block, accuracy_level=accuracy_level)
+                           K=q.k or nb * q.block, N=n, bits=q.bits, block_size=q.block, accuracy_level=accuracy_level)
     node.CopyFrom(new)
 
 

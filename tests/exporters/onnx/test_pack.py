@@ -25,7 +25,7 @@ from lmexport.runtime.ort import Session
 from lmexport.tensor_names import PACKS, PackRef, expected_tensors, unpack_columns
 
 VARIANTS = {"fp32": {}, "fp16": {"dtype": "fp16"}, "int8": {"quantize": "int8"},
-            "int4": {"quantize": "int4", "bits_per_weight": 5.125}}      # every weight at 4 bits
+            "int4": {"quantize": "int4", "bits_per_weight": 4}}      # every weight at 4 bits
 # the op that runs a weight matrix in each variant
 WEIGHT_OP = {"fp32": "MatMul", "fp16": "MatMul", "int8": "MatMulNBits", "int4": "MatMulNBits"}
 

@@ -76,9 +76,9 @@ def _run_op(op: str, q, feed: np.ndarray) -> np.ndarray:
     inits = [numpy_helper.from_array(q.packed_q(), "B"), numpy_helper.from_array(q.scales, "S"),
              numpy_helper.from_array(q.packed_zeros(), "Z")]
     if op == "MatMulNBits":
-        nodes = [helper.make_node(op, ["X", "B", "S", "Z"], ["Y"], domain=MS_DOMAIN, K=nb * block, N=n,
+        nodes = [helper.make_node(op, ["X", "B", "S", "Z"], ["Y"], domain=MS_DOMAIN, K=q.k, N=n,
                                   bits=q.bits, block_size=block, accuracy_level=0)]
-        x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, nb * block])
+        x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, q.k])
     else:
         inits.append(numpy_helper.from_array(np.array([n, nb * block * q.bits // 8], np.int64), "shape"))
         nodes = [helper.make_node("Reshape", ["B", "shape"], ["rows"]),
@@ -90,14 +90,18 @@ def _run_op(op: str, q, feed: np.ndarray) -> np.ndarray:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"X": feed})[0]
 
 
-@pytest.mark.parametrize("bits", [4, 8])
-def test_onnxruntime_reads_the_layout(bits):
-    """MatMulNBits and GatherBlockQuantized over the same initializers compute x @ deq^T and deq[ids]."""
-    w = outlier_matrix(n=96, k=160)
+@pytest.mark.parametrize("bits,k", [(4, 160), (8, 160), (4, 176)])
+def test_onnxruntime_reads_the_layout(bits, k):
+    """MatMulNBits and GatherBlockQuantized over the same initializers compute x @ deq^T and deq[ids];
+    K=176: MatMulNBits' partial last block (padded in B, K says where the matrix ends)."""
+    w = outlier_matrix(n=96, k=k)
     q = quantize_blocks(w, bits, 32, "uint")
     deq = q.dequantize()
-    x = np.random.default_rng(3).standard_normal((5, 160)).astype(np.float32)
+    assert deq.shape == w.shape and np.abs(deq - w).max() < np.abs(w).max() / (1 << bits)
+    x = np.random.default_rng(3).standard_normal((5, k)).astype(np.float32)
     assert np.allclose(_run_op("MatMulNBits", q, x), x @ deq.T, rtol=1e-4, atol=1e-4)
+    if k % 32:
+        return                                                    # the Gather reads whole rows only
     ids = np.array([0, 7, 95, 7], np.int64)
     assert np.array_equal(_run_op("GatherBlockQuantized", q, ids), deq[ids])
 
