@@ -14,7 +14,8 @@ from lmexport.exporters.onnx.transformersjs import TARGET as TRANSFORMERSJS   # 
 @click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
               help="Weights and compute; fp16 keeps RMS statistics, gates, softmax and context sums in fp32.")
 @click.option("--quantize", type=click.Choice(["none", "int8", "int4"]), default="none", show_default=True,
-              help="int8: dynamic MatMul quantization; int4: weight-only MatMulNBits (of the fp32 graph).")
+              help="Weight-only block quantization of the fp32 graph (MatMulNBits, GatherBlockQuantized for the "
+                   "embedding): int8 = 8 bits; int4 = 4 bits, the most sensitive weights at 8 within --bits-per-weight.")
 @click.option("--opset", type=int, default=23, show_default=True,
               help="ONNX opset (18..23; the fused ops need 23).")
 @click.option("--no-fused-ops", is_flag=True,
@@ -23,19 +24,25 @@ from lmexport.exporters.onnx.transformersjs import TARGET as TRANSFORMERSJS   # 
 @click.option("--no-pack-matmuls", is_flag=True,
               help="Keep one MatMul per weight instead of one over q|k|v and one over gate|up "
                    "(packed initializers, then a Split), for tools that expect a weight per MatMul.")
-@click.option("--block-size", type=int, default=32, show_default=True, help="int4: weights per scale.")
+@click.option("--block-size", type=int, default=32, show_default=True,
+              help="int4/int8: weights per scale and zero point.")
 @click.option("--accuracy-level", type=int, default=4, show_default=True,
-              help="int4: MatMulNBits accuracy level (4 = int8 compute on CPU).")
-@click.option("--lm-head-int8", is_flag=True, help="int4: keep lm_head at 8 bits.")
-@click.option("--int4-asymmetric", is_flag=True,
-              help="int4: a 4-bit zero point per block besides its scale (closer to fp32, 2%% more bytes).")
+              help="int4/int8: MatMulNBits accuracy level (4 = int8 compute on CPU).")
+@click.option("--bits-per-weight", type=float, default=None,
+              help="int4: size budget in bits per quantized weight, scales and zero points included; 4: all at 4 bits "
+                   "(default: what llama.cpp's Q4_K_M takes for the same weights).")
+@click.option("--no-quantize-embeddings", is_flag=True,
+              help="int4/int8: keep the token-embedding table fp32 (for consumers without GatherBlockQuantized).")
+@click.option("--round-to-nearest", is_flag=True,
+              help="int4/int8: scales and zero points from each block's range instead of the error-minimising "
+                   "search (for comparison).")
 @click.option("--target", type=click.Choice(["lmexport", TRANSFORMERSJS]), default="lmexport", show_default=True,
               help="Whose state-name conventions the graph IO follows: transformers.js names the context sums "
                    "its 'recurrent' state and adds the liquid_metal.mjs loader (docs/runtime.md).")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with PyTorch (not recommended).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
-def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, no_pack_matmuls, block_size, accuracy_level, lm_head_int8,
-         int4_asymmetric, target, no_validate, overwrite):
+def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, no_pack_matmuls, block_size, accuracy_level,
+         bits_per_weight, no_quantize_embeddings, round_to_nearest, target, no_validate, overwrite):
     """Export a Liquid-Metal checkpoint to a stateful ONNX folder, validated against PyTorch.
 
     One graph serves prefill and decode; the folder's lmexport.json names every input
@@ -45,7 +52,7 @@ def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, no_pack_matmu
     \b
     Examples:
       lmexport onnx examples/liquid-metal-tiny -o out/onnx
-      lmexport onnx examples/liquid-metal-tiny -o out/onnx-int4 --quantize int4 --lm-head-int8
+      lmexport onnx examples/liquid-metal-tiny -o out/onnx-int4 --quantize int4
       lmexport onnx examples/liquid-metal-tiny -o out/onnx-tjs --target transformers.js
     """
     from lmexport.atomic import check_output_path
@@ -58,7 +65,8 @@ def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, no_pack_matmu
     options = OnnxExportOptions(dtype=dtype, quantize=quantize, opset=opset, fused_ops=not no_fused_ops,
                                 pack_matmuls=not no_pack_matmuls,
                                 block_size=block_size, accuracy_level=accuracy_level,
-                                lm_head_bits=8 if lm_head_int8 else 4, int4_symmetric=not int4_asymmetric,
+                                bits_per_weight=bits_per_weight, quantize_embeddings=not no_quantize_embeddings,
+                                search=not round_to_nearest,
                                 target=target,
                                 validate=not no_validate)
     result = export_onnx(model_dir, out_dir, options, overwrite=overwrite)

@@ -65,10 +65,11 @@ class OnnxExportOptions:
     quantize: str = "none"              # "none" | "int8" | "int4" (of the fp32 graph)
     opset: int = DEFAULT_OPSET
     fused_ops: bool = True              # opset-23 Attention/RotaryEmbedding/RMSNormalization (onnx_fused)
-    block_size: int = 32                # int4: weights per scale
-    accuracy_level: int = 4             # int4: MatMulNBits accuracy_level (4 = int8 compute on CPU)
-    lm_head_bits: int = 4               # int4: 8 keeps the output projection at 8 bits
-    int4_symmetric: bool = True         # int4: False stores a 4-bit zero point per block (asymmetric)
+    block_size: int = 32                # int4/int8: weights per scale and zero point
+    accuracy_level: int = 4             # MatMulNBits accuracy_level (4 = int8 compute on CPU)
+    bits_per_weight: float | None = None  # int4: the budget for 8-bit upgrades (None: Q4_K_M's, quant.q4_k_m_bits)
+    quantize_embeddings: bool = True    # the token embedding in GatherBlockQuantized (a tied head shares it)
+    search: bool = True                 # searched scales/zero points (False: round-to-nearest, for comparison)
     validate: bool = True
     decode_steps: int = 8               # validation: decode steps after the prefill
     tolerance: str | None = None        # validation: a preset other than the variant's own
@@ -93,8 +94,10 @@ class OnnxExportOptions:
             problems.append(f"block size {self.block_size} is not one of 16, 32, 64, 128, 256")
         if self.accuracy_level not in (0, 1, 2, 3, 4):
             problems.append(f"accuracy level {self.accuracy_level} is not in 0..4")
-        if self.lm_head_bits not in (4, 8):
-            problems.append(f"lm_head bits {self.lm_head_bits} is not 4 or 8")
+        if self.bits_per_weight is not None and not 4 <= self.bits_per_weight <= 10:
+            problems.append(f"bits per weight {self.bits_per_weight:g} is not in 4..10 (4: every weight at 4 bits)")
+        if self.bits_per_weight is not None and self.quantize != "int4":
+            problems.append("--bits-per-weight sets the int4 recipe's budget; use it with --quantize int4")
         if self.tolerance is not None:
             from lmexport.compare.tolerances import TOLERANCES
             if self.tolerance not in TOLERANCES:
@@ -116,12 +119,10 @@ class OnnxExportOptions:
         return self.tolerance or self.variant
 
     def quantization(self) -> dict:
-        if self.quantize == "int4":
-            return {"method": "int4", "op": "MatMulNBits", "bits": 4, "block_size": self.block_size,
-                    "symmetric": self.int4_symmetric, "accuracy_level": self.accuracy_level, "lm_head_bits": self.lm_head_bits}
-        if self.quantize == "int8":
-            from lmexport.exporters.onnx.quant import INT8_SETTINGS
-            return {"method": "int8", **INT8_SETTINGS}
+        if self.quantize in ("int4", "int8"):
+            return {"method": self.quantize, "op": "MatMulNBits", "block_size": self.block_size,
+                    "zero_points": "uint8, packed", "scales": "searched" if self.search else "round-to-nearest",
+                    "accuracy_level": self.accuracy_level}
         return {"method": "none"}
 
 
@@ -221,8 +222,8 @@ def estimate_bytes(model, options: OnnxExportOptions) -> int:
     if model.config.tie_word_embeddings:
         params += model.lm_head.weight.numel()       # stored once for Gather, once transposed
     fp32 = params * 4
-    final = {"none": fp32 // (2 if options.dtype == "fp16" else 1), "int8": fp32 // 4 + fp32 // 50,
-             "int4": fp32 // 6 + fp32 // 50}[options.quantize]
+    final = {"none": fp32 // (2 if options.dtype == "fp16" else 1), "int8": fp32 // 3,
+             "int4": fp32 // 3}[options.quantize]
     extra = fp32 if options.quantize != "none" else 0
     return int((final + extra) * 1.1) + (1 << 20)
 
@@ -269,6 +270,7 @@ def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash
     config = model.config
     inputs, outputs = graph_io(config, options.dtype, options.target)
     model_path = folder / MODEL_FILE
+    chosen: dict = {}
     if options.quantize == "none":
         traced = trace(model, model_path, inputs, outputs, DTYPES[options.dtype][0], options.opset,
                        options.fused_ops, options.pack_matmuls)
@@ -278,7 +280,7 @@ def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash
         staging.mkdir()
         traced = trace(model, staging / MODEL_FILE, inputs, outputs, torch.float32, options.opset,
                        options.fused_ops, options.pack_matmuls)
-        quantize(staging / MODEL_FILE, model_path, options, DATA_FILE)
+        chosen = quantize(staging / MODEL_FILE, model_path, options, DATA_FILE, config, model)
         shutil.rmtree(staging)
     _check_data_files(folder)
     log.info("checking %s with onnx.checker", MODEL_FILE)
@@ -299,7 +301,7 @@ def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash
     if options.target == transformersjs.TARGET:
         transformersjs.write_shim(folder)
     manifest = Manifest(
-        mode=config.context_mode, dtype=options.dtype, quantization=options.quantization(),
+        mode=config.context_mode, dtype=options.dtype, quantization={**options.quantization(), **chosen},
         opset=traced.opset, fused_ops=options.fused_ops, pack_matmuls=options.pack_matmuls,
         tolerance_preset=options.preset,
         source={"weights_hash": source_hash, "config": config.to_dict()},

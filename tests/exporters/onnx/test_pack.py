@@ -25,9 +25,9 @@ from lmexport.runtime.ort import Session
 from lmexport.tensor_names import PACKS, PackRef, expected_tensors, unpack_columns
 
 VARIANTS = {"fp32": {}, "fp16": {"dtype": "fp16"}, "int8": {"quantize": "int8"},
-            "int4": {"quantize": "int4", "lm_head_bits": 8}}
+            "int4": {"quantize": "int4", "bits_per_weight": 4}}      # every weight at 4 bits
 # the op that runs a weight matrix in each variant
-WEIGHT_OP = {"fp32": "MatMul", "fp16": "MatMul", "int8": "MatMulInteger", "int4": "MatMulNBits"}
+WEIGHT_OP = {"fp32": "MatMul", "fp16": "MatMul", "int8": "MatMulNBits", "int4": "MatMulNBits"}
 
 
 class Folders:
@@ -101,7 +101,7 @@ def test_packed_fp32_graph_has_one_matmul_per_pack(folders):
 
 @pytest.mark.parametrize("variant", ["fp16", "int8", "int4"])
 def test_packed_variants_run_fewer_weight_ops(folders, variant):
-    """fp16, int8 (MatMulInteger) and int4 (MatMulNBits): the export (validated against
+    """fp16, int8 and int4 (MatMulNBits): the export (validated against
     PyTorch with the variant's own preset) runs 3 fewer weight ops per layer than the
     weight matrices it stores, and its packed initializers carry the pack names."""
     folder, c = folders.get(variant), folders.model.config
@@ -123,7 +123,7 @@ def test_int4_packed_matches_unpacked_blocks_and_passes_validation(folders):
     got = {t.name: numpy_helper.to_array(t) for t in _graph(packed, data=True).initializer}
     old = {t.name: numpy_helper.to_array(t) for t in _graph(unpacked, data=True).initializer}
     for ref in _packs(c):
-        for suffix in ("_Q4", "_scales"):
+        for suffix in ("_Q4", "_scales", "_zero_points"):
             members = [old[m.name + suffix].reshape(m.shape(c)[0], -1) for m in ref.members]
             assert np.array_equal(got[ref.name + suffix].reshape(ref.shape(c)[1], -1), np.concatenate(members))
     report = validate_folder(packed, model, "int4", decode_steps=4, lengths=(9, 3), seed=2)
@@ -186,7 +186,7 @@ def test_canonical_of_reads_packed_names():
     ref = PackRef(PACKS[1], 4)
     assert canonical_of(ref.name) == (ref.name, None)
     assert canonical_of(ref.name + "_Q4")[0] == ref.name
-    assert canonical_of(ref.name + "_quantized")[0] == ref.name
+    assert canonical_of(ref.name + "_zero_points")[0] == ref.name
     assert canonical_of("model.layers.4.mlp.gate_up.weight") is None
 
 

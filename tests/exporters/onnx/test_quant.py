@@ -1,0 +1,193 @@
+"""The quantisation recipe (exporters/onnx/quant.py, blockquant.py), pinned on real files.
+
+* the per-block search beats round-to-nearest on matrices with planted outlier columns,
+  and what MatMulNBits / GatherBlockQuantized compute in onnxruntime is what the
+  dequantisation says;
+* a tied model's lm_head is stored once (read back with onnx);
+* a damaged quantised folder (a perturbed weight, a zeroed state) fails validation.
+"""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from lmexport.exporters.onnx.blockquant import importance, quantize_blocks, weighted_error
+from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
+from lmexport.exporters.onnx.quant import MS_DOMAIN
+from lmexport.exporters.onnx.validate import validate_folder
+from lmexport.manifest import Manifest
+from lmexport.modeling.checkpoint import load_model
+from lmexport.modeling.tiny import make_model_folder
+from lmexport.tensor_names import EMBEDDING, LM_HEAD
+
+
+def outlier_matrix(n=256, k=512, seed=0) -> np.ndarray:
+    """[N, K] Gaussian weights with a few input columns 30x larger (the outlier features
+    of real LLM weights), and some blocks skewed to one side (needs a zero point)."""
+    rng = np.random.default_rng(seed)
+    w = rng.standard_normal((n, k)).astype(np.float32) * 0.02
+    w[:, rng.choice(k, 6, replace=False)] *= 30
+    w[: n // 4, :32] += 0.05
+    return w
+
+
+@pytest.mark.parametrize("bits,margin", [(4, 0.8), (8, 0.9)])
+def test_search_beats_round_to_nearest_with_outliers(bits, margin):
+    w = outlier_matrix()
+    searched = quantize_blocks(w, bits, 32, "uint")
+    rtn = quantize_blocks(w, bits, 32, "uint", search=False)
+    e_s, e_r = weighted_error(w, searched), weighted_error(w, rtn)
+    assert e_s < margin * e_r, (e_s, e_r)
+    # and in plain squared error of the whole matrix (what the output sees without calibration)
+    assert np.sum((searched.dequantize() - w) ** 2) < np.sum((rtn.dequantize() - w) ** 2)
+    assert searched.q.max() <= (1 << bits) - 1 and searched.zeros.dtype == np.uint8
+
+
+def test_search_recovers_an_asymmetric_grid():
+    """A block already on a 4-bit grid with an integer zero point comes back exactly."""
+    rng = np.random.default_rng(1)
+    q = rng.integers(0, 16, (64, 128))
+    q[:, ::32] = 0
+    q[:, 1::32] = 15                                            # every block spans the full range
+    z = rng.integers(0, 16, (64, 4))
+    s = rng.uniform(0.01, 0.1, (64, 4)).astype(np.float32)
+    w = ((q.reshape(64, 4, 32) - z[..., None]) * s[..., None]).reshape(64, 128).astype(np.float32)
+    got = quantize_blocks(w, 4, 32, "uint")
+    assert np.allclose(got.dequantize(), w, atol=1e-6)
+
+
+def test_importance_weights_change_the_choice():
+    w = outlier_matrix(seed=2)
+    act = np.ones(w.shape[1], np.float32)
+    act[3::8] = 100.0                                             # calibration: these inputs matter
+    weighted = quantize_blocks(w, 4, 32, "uint", weights=importance(w, act))
+    plain = quantize_blocks(w, 4, 32, "uint")
+    err = lambda q: np.sum((q.dequantize()[:, 3::8] - w[:, 3::8]) ** 2)     # noqa: E731
+    assert err(weighted) < 0.95 * err(plain)                       # measured 0.91
+
+
+def _run_op(op: str, q, feed: np.ndarray) -> np.ndarray:
+    n, nb, block = q.q.shape
+    inits = [numpy_helper.from_array(q.packed_q(), "B"), numpy_helper.from_array(q.scales, "S"),
+             numpy_helper.from_array(q.packed_zeros(), "Z")]
+    if op == "MatMulNBits":
+        nodes = [helper.make_node(op, ["X", "B", "S", "Z"], ["Y"], domain=MS_DOMAIN, K=q.k, N=n,
+                                  bits=q.bits, block_size=block, accuracy_level=0)]
+        x = helper.make_tensor_value_info("X", TensorProto.FLOAT, [None, q.k])
+    else:
+        inits.append(numpy_helper.from_array(np.array([n, nb * block * q.bits // 8], np.int64), "shape"))
+        nodes = [helper.make_node("Reshape", ["B", "shape"], ["rows"]),
+                 helper.make_node(op, ["rows", "X", "S", "Z"], ["Y"], domain=MS_DOMAIN, gather_axis=0,
+                                  quantize_axis=1, block_size=block, bits=q.bits)]
+        x = helper.make_tensor_value_info("X", TensorProto.INT64, [None])
+    graph = helper.make_graph(nodes, "g", [x], [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid(MS_DOMAIN, 1)])
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"X": feed})[0]
+
+
+@pytest.mark.parametrize("bits,k", [(4, 160), (8, 160), (4, 176)])
+def test_onnxruntime_reads_the_layout(bits, k):
+    """MatMulNBits and GatherBlockQuantized over the same initializers compute x @ deq^T and deq[ids];
+    K=176: MatMulNBits' partial last block (padded in B, K says where the matrix ends)."""
+    w = outlier_matrix(n=96, k=k)
+    q = quantize_blocks(w, bits, 32, "uint")
+    deq = q.dequantize()
+    assert deq.shape == w.shape and np.abs(deq - w).max() < np.abs(w).max() / (1 << bits)
+    x = np.random.default_rng(3).standard_normal((5, k)).astype(np.float32)
+    assert np.allclose(_run_op("MatMulNBits", q, x), x @ deq.T, rtol=1e-4, atol=1e-4)
+    if k % 32:
+        return                                                    # the Gather reads whole rows only
+    ids = np.array([0, 7, 95, 7], np.int64)
+    assert np.array_equal(_run_op("GatherBlockQuantized", q, ids), deq[ids])
+
+
+# ---------------------------------------------------------------- exported folders
+
+@pytest.fixture(scope="module")
+def tied(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quant")
+    model_dir = make_model_folder(root / "model", seed=3, tie_word_embeddings=True)
+    out = root / "int4"
+    export_onnx(model_dir, out, OnnxExportOptions(quantize="int4"))
+    return model_dir, out
+
+
+def test_tied_head_is_stored_once(tied):
+    model_dir, folder = tied
+    proto = onnx.load(str(folder / "model.onnx"))                 # with its data
+    inits = {t.name: t for t in proto.graph.initializer}
+    assert not [n for n in inits if n.startswith(LM_HEAD.name)]
+    assert EMBEDDING.name not in inits                           # no fp32 copy either
+    blocks = [n for n in inits if n in (EMBEDDING.name + "_Q4", EMBEDDING.name + "_Q8")]
+    assert len(blocks) == 1
+    gather = [n for n in proto.graph.node if n.op_type == "GatherBlockQuantized"]
+    head = [n for n in proto.graph.node if n.op_type == "MatMulNBits" and n.input[1] == blocks[0]]
+    assert len(gather) == 1 and len(head) == 1
+    reshape = next(n for n in proto.graph.node if n.output[0] == gather[0].input[0])
+    assert reshape.op_type == "Reshape" and reshape.input[0] == blocks[0]
+    assert gather[0].input[2:] == head[0].input[2:4]              # the same scales and zero points
+    # the one copy dequantises to the checkpoint's table within the 4/8-bit grid
+    model = load_model(model_dir)[0]
+    table = model.model.embed_tokens.weight.detach().numpy()
+    bits = next(a.i for a in head[0].attribute if a.name == "bits")
+    q = numpy_helper.to_array(inits[blocks[0]])
+    scales = numpy_helper.to_array(inits[head[0].input[2]])
+    assert q.shape == (table.shape[0], table.shape[1] // 32, 32 * bits // 8) and scales.shape == q.shape[:2]
+    manifest = Manifest.read(folder)
+    assert manifest.quantization["tied_lm_head"] == "stored once"
+    assert manifest.quantization["embedding"] == "GatherBlockQuantized"
+    # the data file holds no more than one quantised table's bytes for the embedding and head
+    table_bytes = sum(len(inits[n].raw_data) for n in inits if n.startswith(EMBEDDING.name))
+    assert table_bytes <= table.size * 10 / 8 + 64
+
+
+def test_tied_int4_validates(tied):
+    model_dir, folder = tied
+    report = validate_folder(folder, load_model(model_dir)[0], "int4", decode_steps=4, lengths=(9, 3), seed=5)
+    assert report.passed, report.table()
+
+
+@pytest.fixture(scope="module")
+def int8_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("quant8")
+    model_dir = make_model_folder(root / "model", seed=3)
+    out = root / "int8"
+    export_onnx(model_dir, out, OnnxExportOptions(quantize="int8"))
+    return model_dir, out
+
+
+@pytest.mark.parametrize("variant", ["int4", "int8"])
+def test_perturbed_quantized_weight_fails_validation(tied, int8_folder, tmp_path, variant):
+    model_dir, source = tied if variant == "int4" else int8_folder
+    folder = tmp_path / "damaged"
+    shutil.copytree(source, folder)
+    inits = Manifest.read(folder).initializers
+    info = inits["model.layers.1.mlp.down_proj.weight_scales"]
+    with open(folder / "model.onnx.data", "r+b") as f:          # every block's scale 0.5 (as the fp32 test)
+        f.seek(info["offset"])
+        f.write(np.full(info["length"] // 4, 0.5, np.float32).tobytes())
+    report = validate_folder(folder, load_model(model_dir)[0], variant, decode_steps=2)
+    assert not report.passed
+    assert any(f.startswith("logits") for f in report.failures), report.failures
+
+
+@pytest.mark.parametrize("variant", ["int4", "int8"])
+def test_zeroed_state_fails_validation(tied, int8_folder, tmp_path, variant):
+    """A graph whose present_conv.1 output is multiplied by 0 (a state lost) fails on that state."""
+    model_dir, source = tied if variant == "int4" else int8_folder
+    folder = tmp_path / "zeroed"
+    shutil.copytree(source, folder)
+    proto = onnx.load(str(folder / "model.onnx"), load_external_data=False)
+    target = "present_conv.1"
+    producer = next(n for n in proto.graph.node if target in n.output)
+    producer.output[list(producer.output).index(target)] = target + "_before"
+    proto.graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), "zero_scalar"))
+    proto.graph.node.append(helper.make_node("Mul", [target + "_before", "zero_scalar"], [target]))
+    onnx.save_model(proto, str(folder / "model.onnx"))
+    report = validate_folder(folder, load_model(model_dir)[0], variant, decode_steps=2)
+    assert any(f.startswith(target) for f in report.failures), report.failures
