@@ -77,10 +77,14 @@ function row(ids) {
 async function load() {
     $('device').value = DEVICE;
     $('threads').value = params.get('threads') ?? '';
-    if (DEVICE === 'webgpu' && !navigator.gpu) {
-        throw new Error('WebGPU is not available in this browser (navigator.gpu is missing: it needs a ' +
-            'secure context, a GPU and a browser with WebGPU enabled; headless Chromium without a GPU has none); ' +
-            'choose wasm');
+    if (DEVICE === 'webgpu') {
+        // onnxruntime-web's own failure here names a Chrome flag; say what is missing instead
+        const adapter = navigator.gpu ? await navigator.gpu.requestAdapter() : null;
+        if (!adapter) {
+            throw new Error(`WebGPU is not available in this browser (${navigator.gpu ? 'no GPU adapter' : 'no navigator.gpu'}: ` +
+                'it needs a secure context such as http://127.0.0.1, a browser with WebGPU on and a GPU it may use; ' +
+                'headless Chromium without a GPU has none); choose wasm');
+        }
     }
     const started = performance.now();
     const { loadLiquidMetal } = await import(`${MODEL}/liquid_metal.mjs`);

@@ -44,16 +44,16 @@ class Handler(http.server.SimpleHTTPRequestHandler):
         super().__init__(*args, directory=str(PAGE_DIR), **kwargs)
 
     def translate_path(self, path: str) -> str:
-        """The file under the route the URL names; a URL outside every route maps to no file."""
+        """The file under the route the URL names; "" (a 404) for a URL outside every route."""
         url = unquote(urlsplit(path).path)
         parts = PurePosixPath(url).parts[1:]
         if any(part in ("..", ".") or "\\" in part or "\0" in part for part in parts):
-            return str(PAGE_DIR / "\0refused")          # never climbs out of a route
+            return ""                                     # never climbs out of a route
         for prefix, root in self.table:
             if url.startswith(prefix) or url + "/" == prefix:
                 rest = url[len(prefix):]
                 return str(root.joinpath(*PurePosixPath(rest).parts)) if rest else str(root)
-        return str(PAGE_DIR / "\0refused")
+        return ""
 
     def list_directory(self, path):
         self.send_error(404, "no directory listings")
