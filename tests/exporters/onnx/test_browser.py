@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from lmexport.errors import ExportError
+from lmexport.exporters.onnx.transformersjs import BROWSER_MISSING_OPS, check_browser_ops
 from lmexport.manifest import Manifest
 from lmexport.runtime import ChatSession, Generator
 from lmexport.runtime.tokenizer import TextTokenizer
@@ -74,10 +76,11 @@ def served(folder: Path, *extra: str):
             server.wait()
 
 
-def open_page(node, folder: Path, steps=(), query: str = "") -> dict:
-    """The page on ``folder`` after ``steps`` (browser.mjs's JSON)."""
+def open_page(node, folder: Path, steps: list | dict = (), query: str = "") -> dict:
+    """The page on ``folder`` after ``steps`` (a list of steps or a dict of graphs: browser.mjs's JSON)."""
     with served(folder) as url:
-        done = subprocess.run([node, str(DRIVER), url + query, json.dumps(list(steps))], capture_output=True,
+        request = json.dumps(steps if isinstance(steps, dict) else list(steps))
+        done = subprocess.run([node, str(DRIVER), url + query, request], capture_output=True,
                               text=True, cwd=NODE_DIR, timeout=2 * TIMEOUT_S * (len(steps) + 1) + 30,
                               env={**os.environ, "LMEXPORT_CHROMIUM": CHROMIUM,
                                    "LMEXPORT_BROWSER_TIMEOUT_S": str(TIMEOUT_S)})
@@ -194,3 +197,135 @@ def test_browser_server_refuses_a_folder_without_the_loader(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.strip().count("\n") == 0 and "--target transformers.js" in done.stderr
+
+
+def quantised_graphs() -> list[tuple[str, bytes, dict]]:
+    """One-node graphs of the contrib ops a quantised export uses or may use: MatMulNBits with 4-
+    and 8-bit weights (the int4 recipe, its 8-bit lm_head) and GatherBlockQuantized (a quantised
+    embedding), 4 and 8 bits, with and without zero points. accuracy_level 0: exact float
+    arithmetic, so that onnxruntime on the CPU gives the reference."""
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    graphs = []
+
+    def add(name, node, inputs, initializers, feeds):
+        graph = helper.make_graph([node], name, inputs, [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(v, k) for k, v in initializers.items()])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21), helper.make_opsetid("com.microsoft", 1)])
+        model.ir_version = 10
+        graphs.append((name, model.SerializeToString(), feeds))
+
+    k, n, block = 64, 48, 32
+    for bits in (4, 8):
+        for zero_points in (False, True):
+            init = {"W": rng.integers(0, 256, size=(n, k // block, block * bits // 8), dtype=np.uint8),
+                    "S": (rng.random(n * k // block, dtype=np.float32) * 0.1)}
+            if zero_points:
+                init["Z"] = rng.integers(0, 256, size=(n * ((k // block * bits + 7) // 8),), dtype=np.uint8)
+            add(f"MatMulNBits bits={bits}{' zero points' if zero_points else ''}",
+                helper.make_node("MatMulNBits", ["A", *init], ["Y"], domain="com.microsoft", K=k, N=n, bits=bits,
+                                 block_size=block, accuracy_level=0),
+                [helper.make_tensor_value_info("A", TensorProto.FLOAT, [2, 3, k])], init,
+                {"A": rng.standard_normal((2, 3, k)).astype(np.float32)})
+    vocab, dim = 100, 64
+    for bits in (4, 8):
+        for zero_points in (False, True):
+            init = {"E": rng.integers(0, 256, size=(vocab, dim * bits // 8), dtype=np.uint8),
+                    "S": rng.random((vocab, dim // block), dtype=np.float32) * 0.1}
+            inputs = ["E", "I", "S"]
+            if zero_points:
+                init["Z"] = rng.integers(0, 256, size=(vocab, max(dim // block * bits // 8, 1)), dtype=np.uint8)
+                inputs.append("Z")
+            add(f"GatherBlockQuantized bits={bits}{' zero points' if zero_points else ''}",
+                helper.make_node("GatherBlockQuantized", inputs, ["Y"], domain="com.microsoft", bits=bits,
+                                 block_size=block, gather_axis=0, quantize_axis=1),
+                [helper.make_tensor_value_info("I", TensorProto.INT64, [2, 3])], init,
+                {"I": np.array([[1, 5, 99], [0, 42, 7]], dtype=np.int64)})
+    # the standard-op form of an 8-bit blocked embedding: Gather the rows and their scales, then
+    # DequantizeLinear with block_size (opset 21)
+    table = rng.integers(0, 256, size=(vocab, dim), dtype=np.uint8)
+    scales = rng.random((vocab, dim // block), dtype=np.float32) * 0.1
+    zeros = rng.integers(0, 256, size=(vocab, dim // block), dtype=np.uint8)
+    nodes = [helper.make_node("Gather", ["E", "I"], ["q"]), helper.make_node("Gather", ["S", "I"], ["s"]),
+             helper.make_node("Gather", ["Z", "I"], ["z"]),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["Y"], axis=-1, block_size=block)]
+    graph = helper.make_graph(nodes, "gather-dq", [helper.make_tensor_value_info("I", TensorProto.INT64, [2, 3])],
+                              [helper.make_tensor_value_info("Y", TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(table, "E"), numpy_helper.from_array(scales, "S"),
+                               numpy_helper.from_array(zeros, "Z")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    graphs.append(("Gather + DequantizeLinear block_size uint8", model.SerializeToString(),
+                   {"I": np.array([[1, 5, 99], [0, 42, 7]], dtype=np.int64)}))
+    return graphs
+
+
+_graph_runs: dict[str, dict] = {}
+
+
+def graphs_in_the_page(node, tmp_path_factory) -> tuple[list, dict]:
+    """quantised_graphs() run in the page's onnxruntime-web (once per session)."""
+    import base64
+
+    graphs = quantised_graphs()
+    if not _graph_runs:
+        folder = exported("tjs-int4", tmp_path_factory)
+        request = {"graphs": [{"name": name, "model": base64.b64encode(model).decode(),
+                               "feeds": {k: {"dtype": str(v.dtype), "shape": list(v.shape), "data": v.ravel().tolist()}
+                                         for k, v in feeds.items()}} for name, model, feeds in graphs]}
+        _graph_runs.update(open_page(node, folder, request)["graphs"])
+    return graphs, _graph_runs
+
+
+def op_types(model: bytes) -> set[tuple[str, str]]:
+    import onnx
+
+    return {(n.domain or "", n.op_type) for n in onnx.load_from_string(model).graph.node}
+
+
+def test_browser_runs_the_quantised_ops(node, tmp_path_factory):
+    """onnxruntime-web's WebAssembly build in the page runs MatMulNBits (4 and 8 bits) and a
+    Gather + DequantizeLinear embedding and computes what onnxruntime computes on the CPU."""
+    import numpy as np
+    import onnxruntime
+
+    graphs, got = graphs_in_the_page(node, tmp_path_factory)
+    failures, ran = [], []
+    for name, model, feeds in graphs:
+        if op_types(model) & set(BROWSER_MISSING_OPS):
+            continue
+        want = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+        if "error" in got[name]:
+            failures.append(f"{name}: {got[name]['error']}")
+            continue
+        y = np.asarray(got[name]["data"], dtype=np.float32).reshape(got[name]["dims"])
+        if y.shape != want.shape or not np.allclose(y, want, rtol=1e-5, atol=1e-4 * np.abs(want).max()):
+            failures.append(f"{name}: differs by {np.abs(y - want).max()}")
+        ran.append(name)
+    assert not failures, failures
+    assert {"MatMulNBits bits=8", "MatMulNBits bits=4", "Gather + DequantizeLinear block_size uint8"} <= set(ran)
+
+
+def test_browser_lacks_the_ops_the_export_refuses(node, tmp_path_factory):
+    """Each op in BROWSER_MISSING_OPS still fails in the page (a newer onnxruntime-web that runs
+    one makes this fail: then the browser target may use it)."""
+    graphs, got = graphs_in_the_page(node, tmp_path_factory)
+    for domain, op in BROWSER_MISSING_OPS:
+        cases = [name for name, model, _ in graphs if (domain, op) in op_types(model)]
+        assert cases, op
+        for name in cases:
+            assert f"Could not find an implementation for {op}" in got[name].get("error", ""), (name, got[name])
+
+
+def test_browser_target_refuses_a_graph_with_an_op_the_browser_lacks(tmp_path_factory):
+    """check_browser_ops (run by the export for --target transformers.js) passes the exported
+    folders and names the missing op and the way out for a graph that uses one."""
+    import onnx
+
+    for name in ("tjs-fp32", "tjs-int4"):
+        check_browser_ops(onnx.load(str(exported(name, tmp_path_factory) / "model.onnx"), load_external_data=False).graph)
+    gbq = next(model for name, model, _ in quantised_graphs() if name.startswith("GatherBlockQuantized"))
+    with pytest.raises(ExportError, match="onnxruntime-web has no com.microsoft.GatherBlockQuantized .*DequantizeLinear"):
+        check_browser_ops(onnx.load_from_string(gbq).graph)

@@ -2,13 +2,18 @@
 // downloaded) and print one JSON line: the page's final state and status, window.lmexport
 // (load, turns), the URL paths it requested, its console, and whether the tab crashed.
 //   node browser.mjs URL STEPS_JSON
-// STEPS_JSON: [{"mode": "chat"|"complete", "prompt": "...", "max_new_tokens": N} | {"reset": true}, ...]
+// STEPS_JSON: [{"mode": "chat"|"complete", "prompt": "...", "max_new_tokens": N} | {"reset": true}, ...],
+// or {"graphs": [{"name", "model" (base64 ONNX), "feeds": {name: {dtype, shape, data}}}, ...]}: once the
+// page is ready, each graph runs on the page's onnxruntime-web (WebAssembly provider) and the
+// result has "graphs": {name: {dims, data} | {error}}.
 // Environment: LMEXPORT_CHROMIUM (default /usr/bin/chromium), LMEXPORT_BROWSER_TIMEOUT_S
 // (default 120: each wait; the whole run gets twice that times the steps plus one).
 import puppeteer from 'puppeteer-core';
 
 const [url, stepsJson = '[]'] = process.argv.slice(2);
-const steps = JSON.parse(stepsJson);
+const request = JSON.parse(stepsJson);
+const steps = Array.isArray(request) ? request : [];
+const graphs = Array.isArray(request) ? [] : request.graphs;
 const executablePath = process.env.LMEXPORT_CHROMIUM ?? '/usr/bin/chromium';
 const timeout = 1000 * Number(process.env.LMEXPORT_BROWSER_TIMEOUT_S ?? 120);
 const log = [], requests = [];
@@ -54,6 +59,27 @@ try {
         await page.click('#send');
         await page.waitForFunction(settled, {}, before);
     }
+    const graphResults = graphs.length === 0 ? undefined : await page.evaluate(async (list) => {
+        const ort = await import('onnxruntime-web/webgpu'); // the page's copy, through its import map
+        const arrays = { float32: Float32Array, int64: BigInt64Array, int32: Int32Array };
+        const results = {};
+        for (const graph of list) {
+            try {
+                const bytes = Uint8Array.from(atob(graph.model), (c) => c.charCodeAt(0));
+                const session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'] });
+                const feeds = {};
+                for (const [name, f] of Object.entries(graph.feeds)) {
+                    const data = f.dtype === 'int64' ? f.data.map(BigInt) : f.data;
+                    feeds[name] = new ort.Tensor(f.dtype, arrays[f.dtype].from(data), f.shape);
+                }
+                const y = (await session.run(feeds))[session.outputNames[0]];
+                results[graph.name] = { dims: y.dims, data: Array.from(y.data, Number) };
+            } catch (error) {
+                results[graph.name] = { error: String(error?.message ?? error) };
+            }
+        }
+        return results;
+    }, graphs);
     const result = await page.evaluate(() => ({
         state: document.body.dataset.state,
         status: document.getElementById('status').textContent,
@@ -61,7 +87,7 @@ try {
         turns: window.lmexport.turns,
         error: window.lmexport.error,
     }));
-    await finish(result, 0);
+    await finish({ ...result, graphs: graphResults }, 0);
 } catch (error) {
     await finish({ state: 'driver-error', status: String(error?.stack ?? error) }, 1);
 }
