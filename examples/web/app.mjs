@@ -28,7 +28,9 @@ env.localModelPath = '/';
 env.useBrowserCache = false;        // each load fetches the folder (load times are measured)
 env.useWasmCache = false;
 const wasm = env.backends.onnx.wasm;
-wasm.wasmPaths = { mjs: `${ORT_DIST}ort-wasm-simd-threaded.asyncify.mjs`, wasm: `${ORT_DIST}ort-wasm-simd-threaded.asyncify.wasm` };
+// the binary of the build index.html's import map chose: asyncify for WebGPU, plain otherwise
+const WASM_FILE = `${ORT_DIST}ort-wasm-simd-threaded${DEVICE === 'webgpu' ? '.asyncify' : ''}`;
+wasm.wasmPaths = { mjs: `${WASM_FILE}.mjs`, wasm: `${WASM_FILE}.wasm` };
 if (params.has('threads')) wasm.numThreads = Number(params.get('threads'));
 
 const page = { load: null, turns: [], error: null };

@@ -117,7 +117,7 @@ def test_browser_greedy_equals_lmexport_generate(node, name, tmp_path_factory):
     assert turn["decode_tokens_per_s"] > 0
     # everything came from the page's server: the folder, node_modules' web builds, the page
     assert "/model/model.onnx.data" in page["requests"]
-    assert "/node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.asyncify.wasm" in page["requests"]
+    assert "/node_modules/onnxruntime-web/dist/ort-wasm-simd-threaded.wasm" in page["requests"]   # the plain build
 
 
 @pytest.mark.parametrize("name", ["tjs-fp32", "tjs-int4"])
@@ -263,20 +263,25 @@ def quantised_graphs() -> list[tuple[str, bytes, dict]]:
 
 
 _graph_runs: dict[str, dict] = {}
+# the onnxruntime-web builds the page's import map chooses: device=wasm gets the plain WebAssembly
+# build; device=webgpu gets the WebGPU build, whose WebAssembly (asyncify) kernels are the ones
+# every device of a stock transformers.js web app runs on (it imports onnxruntime-web/webgpu)
+BUILDS = {"wasm": "", "webgpu": "?device=webgpu"}
 
 
-def graphs_in_the_page(node, tmp_path_factory) -> tuple[list, dict]:
-    """quantised_graphs() run in the page's onnxruntime-web (once per session)."""
+def graphs_in_the_page(node, tmp_path_factory, build: str) -> tuple[list, dict]:
+    """quantised_graphs() run on the WebAssembly provider of the page's onnxruntime-web ``build``
+    (once per session and build; on webgpu the page itself stops at its missing adapter)."""
     import base64
 
     graphs = quantised_graphs()
-    if not _graph_runs:
+    if build not in _graph_runs:
         folder = exported("tjs-int4", tmp_path_factory)
         request = {"graphs": [{"name": name, "model": base64.b64encode(model).decode(),
                                "feeds": {k: {"dtype": str(v.dtype), "shape": list(v.shape), "data": v.ravel().tolist()}
                                          for k, v in feeds.items()}} for name, model, feeds in graphs]}
-        _graph_runs.update(open_page(node, folder, request)["graphs"])
-    return graphs, _graph_runs
+        _graph_runs[build] = open_page(node, folder, request, query=BUILDS[build])["graphs"]
+    return graphs, _graph_runs[build]
 
 
 def op_types(model: bytes) -> set[tuple[str, str]]:
@@ -285,16 +290,18 @@ def op_types(model: bytes) -> set[tuple[str, str]]:
     return {(n.domain or "", n.op_type) for n in onnx.load_from_string(model).graph.node}
 
 
-def test_browser_runs_the_quantised_ops(node, tmp_path_factory):
-    """onnxruntime-web's WebAssembly build in the page runs MatMulNBits (4 and 8 bits) and a
-    Gather + DequantizeLinear embedding and computes what onnxruntime computes on the CPU."""
+@pytest.mark.parametrize("build", list(BUILDS))
+def test_browser_runs_the_quantised_ops(node, build, tmp_path_factory):
+    """onnxruntime-web's WebAssembly kernels in the page run MatMulNBits (4 and 8 bits) and a
+    Gather + DequantizeLinear embedding, and the plain build GatherBlockQuantized too, and
+    compute what onnxruntime computes on the CPU."""
     import numpy as np
     import onnxruntime
 
-    graphs, got = graphs_in_the_page(node, tmp_path_factory)
+    graphs, got = graphs_in_the_page(node, tmp_path_factory, build)
     failures, ran = [], []
     for name, model, feeds in graphs:
-        if op_types(model) & set(BROWSER_MISSING_OPS):
+        if build == "webgpu" and op_types(model) & set(BROWSER_MISSING_OPS):
             continue
         want = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, feeds)[0]
         if "error" in got[name]:
@@ -306,12 +313,13 @@ def test_browser_runs_the_quantised_ops(node, tmp_path_factory):
         ran.append(name)
     assert not failures, failures
     assert {"MatMulNBits bits=8", "MatMulNBits bits=4", "Gather + DequantizeLinear block_size uint8"} <= set(ran)
+    assert build == "webgpu" or len(ran) == len(graphs)
 
 
 def test_browser_lacks_the_ops_the_export_refuses(node, tmp_path_factory):
-    """Each op in BROWSER_MISSING_OPS still fails in the page (a newer onnxruntime-web that runs
-    one makes this fail: then the browser target may use it)."""
-    graphs, got = graphs_in_the_page(node, tmp_path_factory)
+    """Each op in BROWSER_MISSING_OPS still fails in the WebGPU build's WebAssembly kernels (a newer
+    onnxruntime-web that runs one makes this fail: then the transformers.js target may use it)."""
+    graphs, got = graphs_in_the_page(node, tmp_path_factory, "webgpu")
     for domain, op in BROWSER_MISSING_OPS:
         cases = [name for name, model, _ in graphs if (domain, op) in op_types(model)]
         assert cases, op
