@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Debian packages the tests need beyond Python: a C/C++ toolchain, cmake and patch
-# (llama.cpp is built from the llama-cpp-python sdist) and Node with npm
-# (transformers.js). Installs only what is missing; needs root (or sudo) for apt-get.
+# (llama.cpp is built from the llama-cpp-python sdist), Node with npm (transformers.js) and
+# Chromium (the browser tests drive it headless through puppeteer-core; never downloaded by
+# npm). Installs only what is missing; needs root (or sudo) for apt-get.
 set -euo pipefail
 declare -A PKG=([cc]=build-essential [c++]=build-essential [make]=build-essential [cmake]=cmake
-                [ninja]=ninja-build [patch]=patch [node]=nodejs [npm]=npm [git]=git)
+                [ninja]=ninja-build [patch]=patch [node]=nodejs [npm]=npm [git]=git
+                [chromium]=chromium)
 missing=()
 for tool in "${!PKG[@]}"; do
   command -v "$tool" >/dev/null 2>&1 || missing+=("${PKG[$tool]}")

@@ -4,12 +4,12 @@
 # transformers<4.58); skipped when pytest arguments are given or LMEXPORT_OPTIMUM=0.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/system_deps.sh          # compilers, cmake, node (only what is missing)
+bash scripts/system_deps.sh          # compilers, cmake, node, chromium (only what is missing)
 bash scripts/setup.sh
-bash scripts/setup_node.sh           # transformers.js packages for tests/exporters/onnx/test_transformersjs.py
+bash scripts/setup_node.sh           # transformers.js and puppeteer-core for test_transformersjs.py, test_browser.py
 . .venv/bin/activate
 bash scripts/plain_wheels.sh          # wheels for the plain-install test (a fresh venv built offline)
-export LMEXPORT_REQUIRE_NODE=1         # set up above: those tests must run, not skip
+export LMEXPORT_REQUIRE_NODE=1 LMEXPORT_REQUIRE_BROWSER=1   # set up above: those tests must run, not skip
 # llama.cpp with the liquidmetal architecture, before pytest so its progress shows: a stamp check
 # when installed, the cached wheel (~/.cache/lmexport/llamacpp/wheels, same patch, CMAKE_ARGS, CPU,
 # Python ABI) in a fresh venv, a compile (minutes) only when neither fits. LMEXPORT_NO_LLAMACPP_BUILD=1 skips it.

@@ -286,6 +286,8 @@ def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash
     log.info("checking %s with onnx.checker", MODEL_FILE)
     onnx.checker.check_model(str(model_path))
     graph = onnx.load(str(model_path), load_external_data=False).graph
+    if options.target == transformersjs.TARGET:
+        transformersjs.check_browser_ops(graph)
     inits = initializer_map(graph.initializer, config)
     _check_initializers(inits, config)
     values = {o for n in graph.node for o in n.output}

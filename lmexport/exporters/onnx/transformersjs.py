@@ -22,6 +22,17 @@ in src/models/modeling_utils.js):
 
 config.json stays the true Liquid-Metal config (``model_type: liquid_metal``): Python
 readers are never told it is another model.
+
+The target also runs in browsers (examples/web/). transformers.js's web build imports
+onnxruntime-web's WebGPU build, and its WebAssembly kernels (the asyncify build, what a
+stock transformers.js web app runs on every device) are not all of onnxruntime's:
+``BROWSER_MISSING_OPS`` lists what tests/exporters/onnx/test_browser.py found missing there
+(each entry is checked to fail in Chromium, so a newer onnxruntime-web that gains one is
+noticed), and ``check_browser_ops`` refuses a graph of this target that uses one. Found to
+run there: every op of the fp32 and int4 folders (opset-23 Attention, RotaryEmbedding,
+RMSNormalization, MatMulNBits with 4 and 8 bits) and the standard-op form of a blocked
+8-bit embedding (Gather, then DequantizeLinear with ``block_size``). (onnxruntime-web's
+plain WebAssembly build, which examples/web/ loads for device=wasm, has GatherBlockQuantized.)
 """
 from __future__ import annotations
 
@@ -29,10 +40,25 @@ import shutil
 from importlib.resources import as_file, files
 from pathlib import Path
 
+from lmexport.errors import ExportError
+
 TARGET = "transformers.js"
 SHIM_FILE = "liquid_metal.mjs"
 # (past input, present output) per state kind, over the default names; {layer} is the layer
 STATE_NAMES = {"context": ("past_recurrent.{layer}", "present_recurrent.{layer}")}
+# (domain, op type) -> what to use instead; onnxruntime-web 1.31.0-dev (the lockfile's) WebGPU build in Chromium
+BROWSER_MISSING_OPS = {
+    ("com.microsoft", "GatherBlockQuantized"):
+        "keep the embedding in float, or use Gather + DequantizeLinear(block_size) (8 bits), which run there",
+}
+
+
+def check_browser_ops(graph) -> None:
+    """Refuse a graph (``onnx.GraphProto``) with an op that onnxruntime-web cannot run."""
+    found = sorted({(n.domain or "", n.op_type) for n in graph.node} & set(BROWSER_MISSING_OPS))
+    if found:
+        raise ExportError(f"--target {TARGET} folders run in browsers, whose onnxruntime-web has no "
+                          + "; ".join(f"{d + '.' if d else ''}{op} ({BROWSER_MISSING_OPS[d, op]})" for d, op in found))
 
 
 def write_shim(folder: Path) -> Path:

@@ -28,25 +28,74 @@
 //      first), shorter prompts of a batch left-padded with the pad id.
 // The upstream change that would remove it is in docs/runtime.md ("Run it elsewhere").
 //
-// The transformers module is passed in, so this file imports nothing but Node's fs and
-// works from any folder.
-import { readFile } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+// The transformers module is passed in, so this file imports nothing and works from any
+// folder, in Node and in a browser (examples/web/). In Node it reads lmexport.json with
+// `fs` and hands transformers.js the folder's path (onnxruntime-node reads the weights
+// beside the graph); in a browser `path` is a URL path on the page's server, lmexport.json
+// is fetched, and the weights file is fetched by transformers.js and handed to
+// onnxruntime-web (`externalData`). A browser holds the weights in WebAssembly memory
+// (wasm32: 4 GiB in all), so a folder whose graph and weights files (sizes from
+// lmexport.json) exceed `maxWeightBytes` is refused before any weight is fetched.
 
 const MANIFEST_FILE = 'lmexport.json';
 const BATCH_AXIS = 'batch_size';
 const ARRAYS = { float32: Float32Array, float16: Uint16Array, int64: BigInt64Array }; // zeros of each dtype
+const IN_NODE = typeof process !== 'undefined' && Boolean(process.versions?.node);
+// Half of wasm32's 4 GiB, leaving the other half to onnxruntime's copies of what it
+// transforms (pre-packed MatMulNBits blocks), the state and the activations. A conservative
+// bound: the edge itself was not measured (docs/runtime.md, "In the browser").
+export const BROWSER_MAX_WEIGHT_BYTES = 2 * 1024 ** 3;
 
-async function readJSON(path) {
-    return JSON.parse(await readFile(path, 'utf8'));
+/** The folder as transformers.js wants it: an absolute path in Node, the URL path in a browser. */
+async function folderLocation(path) {
+    if (!IN_NODE) return String(path).replace(/\/+$/, '');
+    const { resolve } = await import('node:path'); // transformers.js takes a relative path for a Hub id
+    return resolve(path);
 }
 
-export async function loadLiquidMetal(transformers, path, { device = 'cpu', session_options = {} } = {}) {
-    const folder = resolve(path); // transformers.js takes a relative path for a Hub id
+async function readManifest(folder) {
+    if (IN_NODE) {
+        const [{ readFile }, { join }] = await Promise.all([import('node:fs/promises'), import('node:path')]);
+        return JSON.parse(await readFile(join(folder, MANIFEST_FILE), 'utf8'));
+    }
+    const response = await fetch(`${folder}/${MANIFEST_FILE}`);
+    if (!response.ok) {
+        throw new Error(`${folder}/${MANIFEST_FILE}: HTTP ${response.status}; serve a folder written by ` +
+            '`lmexport onnx --target transformers.js`');
+    }
+    return response.json();
+}
+
+/** Bytes of the graph and weights files, from lmexport.json's file list. */
+export function weightBytes(manifest) {
+    return [manifest.model_file, manifest.data_file].filter(Boolean)
+        .reduce((sum, name) => sum + (manifest.files?.[name]?.bytes ?? 0), 0);
+}
+
+function gib(bytes) {
+    return `${(bytes / 1024 ** 3).toFixed(bytes < 1024 ** 3 ? 3 : 1)} GiB`;
+}
+
+export async function loadLiquidMetal(transformers, path, {
+    device = IN_NODE ? 'cpu' : 'wasm', session_options = {}, maxWeightBytes = BROWSER_MAX_WEIGHT_BYTES,
+} = {}) {
+    const folder = await folderLocation(path);
     const { AutoTokenizer, DynamicCache, LlamaForCausalLM, Tensor } = transformers;
-    const manifest = await readJSON(join(folder, MANIFEST_FILE));
+    const manifest = await readManifest(folder);
     const states = manifest.inputs.filter((spec) => spec.init === 'zeros');
     const modelFile = manifest.model_file.replace(/\.onnx$/, '');
+    const options = { ...session_options };
+    if (!IN_NODE) {
+        const bytes = weightBytes(manifest);
+        if (bytes > maxWeightBytes) {
+            throw new Error(`this folder's graph and weights are ${gib(bytes)}, more than the ${gib(maxWeightBytes)} ` +
+                'a browser tab can hold in WebAssembly memory (wasm32: 4 GiB in all); export a smaller model or ' +
+                '`--quantize int4`, or run the folder with Node or `lmexport generate`');
+        }
+        if (manifest.data_file && options.externalData === undefined) {
+            options.externalData = [{ path: manifest.data_file, data: manifest.data_file }]; // fetched from the folder
+        }
+    }
 
     const tokenizer = await AutoTokenizer.from_pretrained(folder, { local_files_only: true });
     const model = await LlamaForCausalLM.from_pretrained(folder, {
@@ -55,7 +104,7 @@ export async function loadLiquidMetal(transformers, path, { device = 'cpu', sess
         model_file_name: modelFile,
         dtype: 'fp32', // selects the file name `${model_file_name}.onnx`; the graph keeps its own precision
         device,
-        session_options,
+        session_options: options,
     });
 
     const pastNames = new Set(states.map((spec) => spec.name));
@@ -106,5 +155,5 @@ export async function loadLiquidMetal(transformers, path, { device = 'cpu', sess
     model.generate = (options) =>
         generate({ ...options, past_key_values: options.past_key_values ?? initialState(options.input_ids.dims[0]) });
 
-    return { model, tokenizer, encode, initialState };
+    return { model, tokenizer, encode, initialState, manifest };
 }
