@@ -87,7 +87,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for folder, runtime, r in rows:
         print(f"| {folder.name} | {runtime} | {r['load_seconds']:.2f} | {r['new_tokens']} | "
-              f"{r['decode_tokens_per_s']:.0f} | {r['ratio']:.2f}x |")
+              f"{r['decode_tokens_per_s']:.1f} | {r['ratio']:.2f}x |")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@
 // lmexport.json) exceed `maxWeightBytes` is refused before any weight is fetched.
 
 const MANIFEST_FILE = 'lmexport.json';
+const TEMPLATE_FILE = 'chat_template.jinja';
 const BATCH_AXIS = 'batch_size';
 const ARRAYS = { float32: Float32Array, float16: Uint16Array, int64: BigInt64Array }; // zeros of each dtype
 const IN_NODE = typeof process !== 'undefined' && Boolean(process.versions?.node);
@@ -53,17 +54,17 @@ async function folderLocation(path) {
     return resolve(path);
 }
 
-async function readManifest(folder) {
+async function readText(folder, name) {
     if (IN_NODE) {
         const [{ readFile }, { join }] = await Promise.all([import('node:fs/promises'), import('node:path')]);
-        return JSON.parse(await readFile(join(folder, MANIFEST_FILE), 'utf8'));
+        return readFile(join(folder, name), 'utf8');
     }
-    const response = await fetch(`${folder}/${MANIFEST_FILE}`);
+    const response = await fetch(`${folder}/${name}`);
     if (!response.ok) {
-        throw new Error(`${folder}/${MANIFEST_FILE}: HTTP ${response.status}; serve a folder written by ` +
+        throw new Error(`${folder}/${name}: HTTP ${response.status}; serve a folder written by ` +
             '`lmexport onnx --target transformers.js`');
     }
-    return response.json();
+    return response.text();
 }
 
 /** Bytes of the graph and weights files, from lmexport.json's file list. */
@@ -81,7 +82,7 @@ export async function loadLiquidMetal(transformers, path, {
 } = {}) {
     const folder = await folderLocation(path);
     const { AutoTokenizer, DynamicCache, LlamaForCausalLM, Tensor } = transformers;
-    const manifest = await readManifest(folder);
+    const manifest = JSON.parse(await readText(folder, MANIFEST_FILE));
     const states = manifest.inputs.filter((spec) => spec.init === 'zeros');
     const modelFile = manifest.model_file.replace(/\.onnx$/, '');
     const options = { ...session_options };
@@ -98,6 +99,11 @@ export async function loadLiquidMetal(transformers, path, {
     }
 
     const tokenizer = await AutoTokenizer.from_pretrained(folder, { local_files_only: true });
+    if (manifest.files?.[TEMPLATE_FILE]) {
+        // the folder's chat template file wins over tokenizer_config.json's, as in lmexport and
+        // transformers; transformers.js's tokenizer reads only the latter
+        tokenizer.chat_template = await readText(folder, TEMPLATE_FILE);
+    }
     const model = await LlamaForCausalLM.from_pretrained(folder, {
         local_files_only: true,
         subfolder: '',
