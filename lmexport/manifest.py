@@ -52,6 +52,7 @@ from typing import Any
 
 from lmexport.errors import ArtifactError
 from lmexport.jsonio import read_json_object
+from lmexport.safe_paths import check_folder_links
 from lmexport.manifest_schema import DTYPES, MAX_DIM, MAX_LAYERS, ROLES, STATE_ROLES, manifest_problems  # noqa: F401
 
 MANIFEST_FILE = "lmexport.json"
@@ -160,6 +161,7 @@ class Manifest:
         if not path.is_file():
             raise ArtifactError(f"{folder} has no {MANIFEST_FILE}",
                                 hint="export the folder with lmexport onnx, or restore the file")
+        check_folder_links(folder, ArtifactError)
         return cls.from_json(read_json_object(path, ArtifactError), path)
 
     @classmethod
