@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 
 from lmexport.errors import InputError
+from lmexport.runtime.tokenizer_fit import check_ids_fit
 from lmexport.perplexity import WindowScorer
 
 
@@ -72,6 +73,15 @@ def torch_folder_scorer(folder: Path) -> WindowScorer:
 ENGINES = ("auto", "llama.cpp")
 
 
+def fitting(score: WindowScorer, vocab_size: int | None) -> WindowScorer:
+    """The scorer, refusing (one line) ids the model has no row for, where tokenizer and model meet."""
+    def checked(ids: Sequence[int], first_target: int) -> float:
+        check_ids_fit(ids, vocab_size)
+        return score(ids, first_target)
+
+    return checked if isinstance(vocab_size, int) else score
+
+
 def open_scorer(path: Path, device: str = "cpu", engine: str = "auto") -> tuple[WindowScorer, str, int]:
     """(scorer, kind, context length) for a model folder, an ONNX folder or a GGUF file.
 
@@ -86,18 +96,19 @@ def open_scorer(path: Path, device: str = "cpu", engine: str = "auto") -> tuple[
 
     if path.is_dir() and (path / MANIFEST_FILE).is_file():
         manifest = Manifest.read(path)
-        return onnx_scorer(path, device), "onnx", int(manifest.config.get("max_position_embeddings", 2048))
+        return (fitting(onnx_scorer(path, device), manifest.config.get("vocab_size")), "onnx",
+                int(manifest.config.get("max_position_embeddings", 2048)))
     if path.is_dir() and (path / "config.json").is_file():
         from lmexport.modeling.config import LiquidMetalConfig
         from lmexport.modeling.precheck import precheck, read_config_dict
 
         config = LiquidMetalConfig.from_dict(read_config_dict(precheck(path)))
-        return torch_folder_scorer(path), "pytorch", config.max_position_embeddings
+        return fitting(torch_folder_scorer(path), config.vocab_size), "pytorch", config.max_position_embeddings
     if path.is_file():
         from lmexport.exporters.gguf.reader import open_gguf
         g = open_gguf(path)
-        context = g.config().max_position_embeddings
+        context, vocab = g.config().max_position_embeddings, g.config().vocab_size
         if engine == "llama.cpp":
-            return llamacpp_scorer(path, context), "gguf (llama.cpp)", context
-        return gguf_scorer(path), "gguf", context
+            return fitting(llamacpp_scorer(path, context), vocab), "gguf (llama.cpp)", context
+        return fitting(gguf_scorer(path), vocab), "gguf", context
     raise InputError(f"{path} is not a model folder, an exported ONNX folder or a GGUF file")

@@ -11,6 +11,7 @@ from typing import Iterator
 
 from lmexport.errors import GenerationError
 from lmexport.runtime.llamacpp.engine import LlamaCppEngine
+from lmexport.runtime.chat_template import context_full_hint
 
 TEMPLATE_KEY = "tokenizer.chat_template"
 
@@ -52,7 +53,7 @@ class LlamaCppChat:
             if len(ids) + self.max_new_tokens > self.engine.options.n_ctx:
                 raise GenerationError(f"the conversation would reach {len(ids) + self.max_new_tokens} tokens "
                                       f"with this message and the reply; the context is {self.engine.options.n_ctx}",
-                                      hint="start a new chat (/reset)")
+                                      hint=context_full_hint(self.messages))
         except Exception:
             self.messages.pop()
             raise
