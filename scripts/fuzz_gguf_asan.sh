@@ -30,13 +30,12 @@ with tempfile.TemporaryDirectory(dir=cache) as tmp:
         fresh.replace(src)
 PY
 
-if [ ! -f "$CACHE/build/CMakeCache.txt" ]; then
-  cmake -S "$CACHE/src" -B "$CACHE/build" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DBUILD_SHARED_LIBS=ON \
-    -DLLAMA_SANITIZE_ADDRESS=ON -DGGML_NATIVE=ON -DGGML_OPENMP=OFF -DLLAMA_BUILD_TESTS=OFF \
+# configured every time (cheap when cached): a file the patch adds is picked up by llama.cpp's glob
+cmake -S "$CACHE/src" -B "$CACHE/build" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DBUILD_SHARED_LIBS=ON \
+  -DLLAMA_SANITIZE_ADDRESS=ON -DGGML_NATIVE=ON -DGGML_OPENMP=OFF -DLLAMA_BUILD_TESTS=OFF \
     -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_CURL=OFF \
     "-DCMAKE_C_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" \
     "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" >"$CACHE/configure.log"
-fi
 nice -n 19 cmake --build "$CACHE/build" --target llama -j "${JOBS:-2}" >"$CACHE/build.log"
 LIB=$(dirname "$(find "$CACHE/build" -name 'libllama.so' | head -1)")
 for f in "$CACHE"/build/bin/libggml*.so*; do [ -e "$f" ] && ln -sf "$f" "$LIB/" 2>/dev/null || true; done

@@ -169,10 +169,13 @@ def load(path: Path, timeout: float = 60, env: dict | None = None) -> Outcome:
 
 
 def _reason(err: str) -> str:
-    for marker in ("error loading model:", "failed to load model", "gguf_init_from_file"):
-        lines = [line for line in err.splitlines() if marker in line]
-        if lines:
-            return lines[0].split(marker, 1)[-1].strip() or lines[0].strip()
+    """llama.cpp's own reason for refusing a file (its log), most specific first."""
+    lines = [line.strip() for line in err.splitlines() if line.strip()]
+    for marker in ("error loading model:", "gguf_init_from_file_impl:", "check_tensor_dims:", "llama_model_loader:",
+                   "error"):
+        hits = [line for line in lines if marker in line and "failed to load model from" not in line]
+        if hits:
+            return hits[0].split(marker, 1)[-1].strip() or hits[0]
     return ""
 
 
@@ -220,8 +223,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", type=Path, help="a valid liquidmetal GGUF (default: a tiny random model's)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--count", type=int, default=200)
-    ap.add_argument("--seconds", type=float, default=900)
+    ap.add_argument("--count", type=int, default=120)
+    ap.add_argument("--seconds", type=float, default=600)
     ap.add_argument("--asan", action="store_true", help="report as the AddressSanitizer run")
     ap.add_argument("--json", type=Path, help="write the result here")
     args = ap.parse_args()
