@@ -76,6 +76,7 @@ def _content_chars(variables: Mapping[str, Any]) -> int:
 class _Budget:
     def __init__(self, limits: TemplateLimits, allowance: int = 0):
         self.limits = limits
+        self.allowance = allowance
         self.max_chars = limits.max_chars + 2 * allowance    # the messages, and a template that quotes them
         self.deadline = time.monotonic() + limits.seconds
 
@@ -107,7 +108,8 @@ class _Budget:
     def size(self, n: float, what: str) -> None:
         if n > self.max_chars:
             raise ChatTemplateError(f"the chat template would build {what} of about {n:.3g} characters, "
-                                    f"over the limit of {self.max_chars:,}",
+                                    f"over the limit of {self.limits.max_chars:,}"
+                                    + (f" (plus twice the messages' {self.allowance:,})" if self.allowance else ""),
                                     hint=FIX_HINT)
 
 
