@@ -78,8 +78,9 @@ def _interrupted(process_entry: bool) -> None:
     interrupts.hold(process_exit=process_entry)
     from lmexport.atomic import published
 
-    if published:
-        click.echo(f"interrupted after {', '.join(map(str, published))} was written completely", err=True)
+    shown = [str(p) for p in published if os.path.lexists(p)]      # not a staging folder's inner files
+    if shown:
+        click.echo(f"interrupted after {', '.join(shown)} was written completely", err=True)
     else:
         click.echo("interrupted: nothing was written to the output path", err=True)
     # Not sys.exit: a KeyboardInterrupt that passed through an exec'd frame (dataclasses, torch
