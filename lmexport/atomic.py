@@ -12,7 +12,7 @@ The promises (README, "Commands"):
   before any work starts (``lmexport onnx m -o m --overwrite`` would delete its input).
 * With ``overwrite`` the old target is moved aside, the new one renamed in, and only
   then is the old one removed; a failed write leaves the old target as it was.
-* Temporaries are named ``.NAME.lmexport-{tmp,old,stage}-PID``; those of dead
+* Temporaries are named ``.NAME.lmexport-{tmp,old,stage}-PID`` (and ``.lmexport-probe-PID``); those of dead
   processes (after SIGKILL, power loss) are swept by the next run that writes beside
   them: ``tmp``/``stage`` are removed, an ``old`` (the user's previous output, moved
   aside just before the rename) is put back when nothing took its place.
@@ -41,7 +41,8 @@ OLD_MARKER = ".lmexport-old"
 STAGE_MARKER = ".lmexport-stage"
 # .NAME.lmexport-KIND-PID: what `sweep_stale` may remove, and nothing else.
 # A target name too long to take the suffix (NAME_MAX, 255 bytes) is cut and ends in ~HASH.
-_OURS = re.compile(r"^\.(?P<name>.+?)(?P<hashed>~[0-9a-f]{12})?\.lmexport-(?P<kind>tmp|old|stage)-(?P<pid>\d+)$")
+# The output folder's probe (check_output_path) is .lmexport-probe-PID, named after no target.
+_OURS = re.compile(r"^\.(?:(?P<name>.+?)(?P<hashed>~[0-9a-f]{12})?\.)?lmexport-(?P<kind>tmp|old|stage|probe)-(?P<pid>\d+)$")
 NAME_MAX = 255
 # Tests (and users who know better) can make the space check see another free
 # size, in bytes; this is how "disk full" is simulated without filling a disk.
@@ -141,11 +142,11 @@ def _probe(target: Path) -> None:
     if len(os.fsencode(target.name)) > NAME_MAX:
         raise InputError(f"the output name {target.name[:40]}... is {len(os.fsencode(target.name))} bytes long; "
                          f"file names are limited to {NAME_MAX}", hint="choose a shorter output name")
-    probe = temp_name(target, "tmp")
+    probe = target.parent / f".lmexport-probe-{os.getpid()}"
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
-        return                                # ours, from an earlier check of this run: the folder holds files
+        return                                # ours, from a check running now: the folder holds files
     except OSError as exc:
         raise _cannot_write(exc, target) from None
     try:
@@ -242,7 +243,9 @@ def sweep_stale(folder: Path) -> list[Path]:
             continue
         if _alive(int(m["pid"]), since):
             continue
-        target = path.parent / m["name"]
+        if (m["kind"] == "probe") != (m["name"] is None):
+            continue
+        target = path.parent / (m["name"] or "")
         if m["kind"] == "old" and m["hashed"]:
             log.warning("%s is an output moved aside by an export that was killed (pid %s); its full name was "
                         "too long to keep in the temporary name, so it is left for you to rename", path, m["pid"])
