@@ -38,10 +38,11 @@ cmake -S "$CACHE/src" -B "$CACHE/build" -G Ninja -DCMAKE_BUILD_TYPE=Debug -DBUIL
     "-DCMAKE_CXX_FLAGS=-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" >"$CACHE/configure.log"
 nice -n 19 cmake --build "$CACHE/build" --target llama -j "${JOBS:-2}" >"$CACHE/build.log"
 LIB=$(dirname "$(find "$CACHE/build" -name 'libllama.so' | head -1)")
-for f in "$CACHE"/build/bin/libggml*.so*; do [ -e "$f" ] && ln -sf "$f" "$LIB/" 2>/dev/null || true; done
 echo "ASan libllama: $LIB"
 
 export LLAMA_CPP_LIB_PATH="$LIB"
-export LD_PRELOAD="$(${CC:-gcc} -print-file-name=libasan.so)"
+export LD_LIBRARY_PATH="$LIB${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"     # its libggml*.so beside it
+# libstdc++ too: Python is no C++ program, and ASan's __cxa_throw interceptor needs the real one loaded
+export LD_PRELOAD="$(${CC:-gcc} -print-file-name=libasan.so) $(${CXX:-g++} -print-file-name=libstdc++.so)"
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=0:exitcode=86:allocator_may_return_null=1"
 exec "$PY" tests/gguf_fuzz.py --asan "$@"

@@ -169,13 +169,13 @@ def load(path: Path, timeout: float = 60, env: dict | None = None) -> Outcome:
 
 
 def _reason(err: str) -> str:
-    """llama.cpp's own reason for refusing a file (its log), most specific first."""
-    lines = [line.strip() for line in err.splitlines() if line.strip()]
-    for marker in ("error loading model:", "gguf_init_from_file_impl:", "check_tensor_dims:", "llama_model_loader:",
-                   "error"):
-        hits = [line for line in lines if marker in line and "failed to load model from" not in line]
-        if hits:
-            return hits[0].split(marker, 1)[-1].strip() or hits[0]
+    """llama.cpp's own reason for refusing a file: the first specific line of its log."""
+    markers = ("gguf_init_from_reader:", "gguf_init_from_file_impl:", "error loading model:", "check_tensor_dims:",
+               "llama_model_loader:")
+    for line in err.splitlines():
+        marker = next((m for m in markers if m in line), None)
+        if marker and "failed to load model" not in line:
+            return line.split(marker, 1)[-1].strip()
     return ""
 
 
