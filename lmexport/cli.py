@@ -117,6 +117,16 @@ def cli(ctx, debug: bool, quiet: bool):
 
 
 def main(argv: list[str] | None = None) -> None:
+    if argv is None:
+        return _main(None)
+    saved = interrupts.saved()          # called in-process (tests): give the caller its handlers back
+    try:
+        _main(argv)
+    finally:
+        interrupts.restore(saved)
+
+
+def _main(argv: list[str] | None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     # Ctrl-C and SIGTERM interrupt the work and clean up, even when the shell that

@@ -49,6 +49,20 @@ def install(*, record_only: bool = False) -> None:
     sys.unraisablehook = _unraisable
 
 
+def saved() -> tuple:
+    """The handlers and hooks ``install`` replaces, for ``restore``."""
+    return signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), sys.unraisablehook
+
+
+def restore(state: tuple) -> None:
+    """Put back what ``saved`` returned, and forget recorded interrupts (an in-process caller's next run)."""
+    global _pending, _defer_depth
+    signal.signal(signal.SIGINT, state[0])
+    signal.signal(signal.SIGTERM, state[1])
+    sys.unraisablehook = state[2]
+    _pending, _defer_depth = None, 0
+
+
 def _unraisable(info) -> None:
     """An interrupt a ``__del__`` swallowed is recorded already: no "Exception ignored" traceback for it."""
     if info.exc_type is not None and issubclass(info.exc_type, KeyboardInterrupt) and _pending is not None:
