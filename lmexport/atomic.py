@@ -427,8 +427,10 @@ def atomic_outputs(targets: Sequence[str | Path], *, overwrite: bool = False, di
             full = disk_full_error(exc, targets[0].parent)
             if full is not None:
                 raise full from exc
-            if exc.filename is not None and Path(os.path.abspath(exc.filename)) in tmps:
-                raise _cannot_write(exc, targets[tmps.index(Path(os.path.abspath(exc.filename)))]) from exc
+            where = Path(os.path.abspath(exc.filename)) if isinstance(exc.filename, str) else None
+            for tmp, target in zip(tmps, targets):     # name what the user gave, never our temporary
+                if where is not None and (where == tmp or tmp in where.parents):
+                    raise _cannot_write(exc, target / where.relative_to(tmp)) from exc
             raise
         interrupts.hit("commit")
         # The commit point: an interrupt received so far (even one a __del__ swallowed) stops it
