@@ -169,13 +169,13 @@ def load(path: Path, timeout: float = 60, env: dict | None = None) -> Outcome:
 
 
 def _reason(err: str) -> str:
-    """llama.cpp's own reason for refusing a file: the first specific line of its log."""
-    markers = ("gguf_init_from_reader:", "gguf_init_from_file_impl:", "error loading model:", "check_tensor_dims:",
-               "llama_model_loader:")
-    for line in err.splitlines():
-        marker = next((m for m in markers if m in line), None)
-        if marker and "failed to load model" not in line:
-            return line.split(marker, 1)[-1].strip()
+    """llama.cpp's own reason for refusing a file: the most specific line of its log."""
+    lines = err.splitlines()
+    for marker in ("error loading model:", "gguf_init_from_reader:", "gguf_init_from_file_impl:",
+                   "check_tensor_dims:"):
+        for line in lines:
+            if marker in line and "failed to load model from" not in line:
+                return line.split(marker, 1)[-1].strip()
     return ""
 
 
