@@ -142,12 +142,12 @@ def test_real_ctrl_c_at_a_sweep_of_moments(models, outputs, tmp_path):
     (tmp_path / "timing.gguf").unlink()
     target = tmp_path / "out.gguf"
     outcomes = []
-    for i in range(8):
+    for i in range(6):
         target.write_bytes(old.read_bytes())
         proc = subprocess.Popen([sys.executable, "-m", "lmexport.cli", "gguf", str(models[1]), "-o", str(target),
                                  "--outtype", "f32", "--overwrite"], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                 text=True)
-        time.sleep(duration * (0.3 + 0.7 * i / 8))
+        time.sleep(duration * (0.3 + 0.7 * i / 6))
         sent = proc.poll() is None
         if sent:
             proc.send_signal(signal.SIGINT)
