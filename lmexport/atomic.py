@@ -12,7 +12,7 @@ The promises (README, "Commands"):
   before any work starts (``lmexport onnx m -o m --overwrite`` would delete its input).
 * With ``overwrite`` the old target is moved aside, the new one renamed in, and only
   then is the old one removed; a failed write leaves the old target as it was.
-* Temporaries are named ``.NAME.lmexport-{tmp,old,stage}-PID``; those of dead
+* Temporaries are named ``.NAME.lmexport-{tmp,old,stage}-PID`` (and ``.lmexport-probe-PID``); those of dead
   processes (after SIGKILL, power loss) are swept by the next run that writes beside
   them: ``tmp``/``stage`` are removed, an ``old`` (the user's previous output, moved
   aside just before the rename) is put back when nothing took its place.
@@ -23,6 +23,7 @@ import contextlib
 import ctypes
 import ctypes.util
 import errno
+import hashlib
 import logging
 import os
 import re
@@ -31,6 +32,7 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
+from lmexport import interrupts
 from lmexport.errors import DiskSpaceError, InputError, OutputExistsError
 
 log = logging.getLogger(__name__)
@@ -38,15 +40,28 @@ TMP_MARKER = ".lmexport-tmp"
 OLD_MARKER = ".lmexport-old"
 STAGE_MARKER = ".lmexport-stage"
 # .NAME.lmexport-KIND-PID: what `sweep_stale` may remove, and nothing else.
-_OURS = re.compile(r"^\.(?P<name>.+)\.lmexport-(?P<kind>tmp|old|stage)-(?P<pid>\d+)$")
+# A target name too long to take the suffix (NAME_MAX, 255 bytes) is cut and ends in ~HASH.
+# The output folder's probe (check_output_path) is .lmexport-probe-PID, named after no target.
+_OURS = re.compile(r"^\.(?:(?P<name>.+?)(?P<hashed>~[0-9a-f]{12})?\.)?lmexport-(?P<kind>tmp|old|stage|probe)-(?P<pid>\d+)$")
+NAME_MAX = 255
 # Tests (and users who know better) can make the space check see another free
 # size, in bytes; this is how "disk full" is simulated without filling a disk.
 FREE_SPACE_OVERRIDE_ENV = "LMEXPORT_FREE_SPACE_OVERRIDE"
 
 
 def temp_name(target: Path, kind: str = "tmp") -> Path:
-    """The temporary path of ``kind`` (tmp, old, stage) beside ``target`` for this process."""
-    return target.parent / f".{target.name}.lmexport-{kind}-{os.getpid()}"
+    """The temporary path of ``kind`` (tmp, old, stage) beside ``target`` for this process.
+
+    Never longer than NAME_MAX: a legal 255-byte target name is cut to fit and given a hash
+    of the whole name, so that the temporary never fails where the target would not.
+    """
+    suffix = f".lmexport-{kind}-{os.getpid()}"
+    name = target.name
+    raw = os.fsencode(name)
+    if len(raw) + len(suffix) + 1 > NAME_MAX:
+        digest = hashlib.sha256(raw).hexdigest()[:12]
+        name = os.fsdecode(raw[:NAME_MAX - len(suffix) - 1 - 13]) + "~" + digest
+    return target.parent / f".{name}{suffix}"
 
 
 # ---------------------------------------------------------------- checks before work
@@ -108,6 +123,7 @@ def check_output_path(target: Path, overwrite: bool, *, directory: bool | None =
         raise InputError(f"output folder {parent} is not writable", hint="choose another output path")
     check_not_an_input(target, inputs)
     sweep_stale(parent)
+    _probe(target)
     if not os.path.lexists(target):
         return
     if directory is not None:
@@ -115,6 +131,40 @@ def check_output_path(target: Path, overwrite: bool, *, directory: bool | None =
     if not overwrite:
         dangling = " as a link to nothing" if target.is_symlink() and not target.exists() else ""
         raise OutputExistsError(f"{target} already exists{dangling}", hint="pass --overwrite to replace it")
+
+
+PROBE_BYTES = 4096
+
+
+def _probe(target: Path) -> None:
+    """Write a small temporary beside ``target`` and remove it: a folder that cannot hold the
+    output (read-only, full, a name too long) is refused now, before the work and its report."""
+    if len(os.fsencode(target.name)) > NAME_MAX:
+        raise InputError(f"the output name {target.name[:40]}... is {len(os.fsencode(target.name))} bytes long; "
+                         f"file names are limited to {NAME_MAX}", hint="choose a shorter output name")
+    probe = target.parent / f".lmexport-probe-{os.getpid()}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return                                # ours, from a check running now: the folder holds files
+    except OSError as exc:
+        raise _cannot_write(exc, target) from None
+    try:
+        os.write(fd, b"\0" * PROBE_BYTES)
+        os.fsync(fd)
+    except OSError as exc:
+        raise _cannot_write(exc, target) from None
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(probe)
+
+
+def _cannot_write(exc: OSError, target: Path) -> InputError:
+    full = disk_full_error(exc, target.parent)
+    if full is not None:
+        return full
+    return InputError(f"cannot write {target}: {exc.strerror or exc}", hint="choose another output path")
 
 
 def _check_kind(target: Path, directory: bool) -> None:
@@ -193,7 +243,13 @@ def sweep_stale(folder: Path) -> list[Path]:
             continue
         if _alive(int(m["pid"]), since):
             continue
-        target = path.parent / m["name"]
+        if (m["kind"] == "probe") != (m["name"] is None):
+            continue
+        target = path.parent / (m["name"] or "")
+        if m["kind"] == "old" and m["hashed"]:
+            log.warning("%s is an output moved aside by an export that was killed (pid %s); its full name was "
+                        "too long to keep in the temporary name, so it is left for you to rename", path, m["pid"])
+            continue
         if m["kind"] == "old" and not os.path.lexists(target):
             with contextlib.suppress(OSError):
                 os.rename(path, target)
@@ -273,6 +329,28 @@ def rename_noreplace(src: Path, dst: Path) -> None:
 
 # ---------------------------------------------------------------- the writers' context managers
 
+# Every output this process published (renamed into place), for the CLI's last word after an interrupt.
+published: list[Path] = []
+
+
+def disk_full_error(exc: OSError, folder: Path) -> DiskSpaceError | None:
+    """A DiskSpaceError for an OSError that means the disk filled up while writing, else None.
+
+    ENOSPC/EDQUOT say so; numpy's ``tofile`` (the gguf writer) says only "N requested and M
+    written", without an errno, which on a regular file means the same.
+    """
+    full = exc.errno in (errno.ENOSPC, errno.EDQUOT) or (
+        exc.errno is None and "requested and" in str(exc) and "written" in str(exc))
+    if not full:
+        return None
+    try:
+        free = f"{shutil.disk_usage(folder).free / 1e6:,.1f} MB"
+    except OSError:
+        free = "unknown"
+    return DiskSpaceError(f"no space left on device at {folder}: free {free}; nothing was written",
+                          hint="free some space or write elsewhere")
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
@@ -299,6 +377,7 @@ def _commit(pairs: Sequence[tuple[Path, Path]], overwrite: bool, directory: bool
                 old = temp_name(target, "old")
                 _remove(old)
                 os.replace(target, old)
+                interrupts.hit("aside")
             try:
                 rename_noreplace(tmp, target)
             except FileExistsError:
@@ -341,11 +420,30 @@ def atomic_outputs(targets: Sequence[str | Path], *, overwrite: bool = False, di
             _remove(tmp)
             if directory:
                 tmp.mkdir()
-        yield tmps
-        _commit(list(zip(tmps, targets)), overwrite, directory)
+        interrupts.hit("writing")
+        try:
+            yield tmps
+        except OSError as exc:
+            full = disk_full_error(exc, targets[0].parent)
+            if full is not None:
+                raise full from exc
+            where = Path(os.path.abspath(exc.filename)) if isinstance(exc.filename, str) else None
+            for tmp, target in zip(tmps, targets):     # name what the user gave, never our temporary
+                if where is not None and (where == tmp or tmp in where.parents):
+                    raise _cannot_write(exc, target / where.relative_to(tmp)) from exc
+            raise
+        interrupts.hit("commit")
+        # The commit point: an interrupt received so far (even one a __del__ swallowed) stops it
+        # here, before any rename; one received during the renames waits until they are done.
+        with interrupts.deferred():
+            interrupts.check()
+            _commit(list(zip(tmps, targets)), overwrite, directory)
+            published.extend(targets)
+        interrupts.hit("published")
     finally:
-        for tmp in tmps:
-            _remove(tmp)
+        with interrupts.deferred():
+            for tmp in tmps:
+                _remove(tmp)
     for target in targets:
         log.debug("wrote %s", target)
 
@@ -368,4 +466,5 @@ def staging_folder(target: str | Path) -> Iterator[Path]:
     try:
         yield path
     finally:
-        _remove(path)
+        with interrupts.deferred():
+            _remove(path)

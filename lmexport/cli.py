@@ -11,12 +11,17 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
-import signal
+import os
 import sys
+from pathlib import Path
 
-import click
+from lmexport import interrupts
 
-from lmexport.errors import EXIT_INTERRUPTED, EXIT_USAGE, LmexportError
+if __name__ == "__main__":        # as early as can be: Ctrl-C while click and torch import is not lost either
+    interrupts.install(record_only=True)
+
+import click  # noqa: E402
+from lmexport.errors import EXIT_INTERRUPTED, EXIT_USAGE, LmexportError  # noqa: E402
 
 # name -> (module, function, one-line help); the help is here so `lmexport --help`
 # does not import every command.
@@ -86,8 +91,24 @@ def huge_pages_for(artifact) -> None:
     reexec(Path(artifact))
 
 
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
+def _interrupted(process_entry: bool) -> None:
+    """The last line after Ctrl-C/SIGTERM: what was published, if anything, then exit 130."""
+    interrupts.hold(process_exit=process_entry)
+    from lmexport.atomic import published
+
+    shown = [str(p) for p in published if os.path.lexists(p)]      # not a staging folder's inner files
+    if shown:
+        click.echo(f"interrupted after {', '.join(shown)} was written completely", err=True)
+    else:
+        click.echo("interrupted: nothing was written to the output path", err=True)
+    # Not sys.exit: a KeyboardInterrupt that passed through an exec'd frame (dataclasses, torch
+    # imports) marks the interpreter as killed by SIGINT, and it would exit -2 instead of 130.
+    # Every temporary is already removed (atomic's finally blocks ran).
+    if not process_entry:
+        sys.exit(EXIT_INTERRUPTED)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_INTERRUPTED)
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -114,15 +135,29 @@ def cli(ctx, debug: bool, quiet: bool):
 
 
 def main(argv: list[str] | None = None) -> None:
+    if argv is None:
+        return _main(None)
+    saved = interrupts.saved()          # called in-process (tests): give the caller its handlers back
+    try:
+        _main(argv)
+    finally:
+        interrupts.restore(saved)
+
+
+def _main(argv: list[str] | None) -> None:
     args = sys.argv[1:] if argv is None else argv
     debug = "--debug" in args
     # Ctrl-C and SIGTERM interrupt the work and clean up, even when the shell that
     # started us ignored SIGINT (background jobs inherit an ignored SIGINT).
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    # Only a process entry (no argv given) may re-execute itself (huge_pages_for).
+    # An interrupt is also recorded, so one that a __del__ swallowed still stops the commit
+    # of an output (lmexport/atomic.py) and still ends the program with 130 (below).
+    interrupts.install()
+    # Only a process entry (no argv given) may re-execute itself (lmexport/runtime/hugepages.py).
     try:
+        interrupts.check()         # one that came while the program was importing
         cli.main(args=args, prog_name="lmexport", standalone_mode=False, obj={"process_entry": argv is None})
+        interrupts.hold(process_exit=argv is None)   # the work is done: a late signal cannot kill the exit
+        interrupts.check()
     except LmexportError as exc:
         if debug:
             raise
@@ -135,13 +170,11 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: {message}", err=True)
         sys.exit(EXIT_USAGE)
     except click.exceptions.Abort:
-        click.echo("interrupted", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _interrupted(argv is None)
     except KeyboardInterrupt:
         if debug:
             raise
-        click.echo("interrupted: nothing was written to the output path", err=True)
-        sys.exit(EXIT_INTERRUPTED)
+        _interrupted(argv is None)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
@@ -150,6 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     except OSError as exc:  # disk full, permission denied: an input/environment problem, not a bug
         if debug:
             raise
+        from lmexport.atomic import disk_full_error
+
+        full = disk_full_error(exc, Path(exc.filename).parent if exc.filename else Path.cwd())
+        if full is not None:
+            click.echo(f"error: {full.one_line()}", err=True)
+            sys.exit(EXIT_USAGE)
         click.echo(f"error: {exc.strerror or exc} ({exc.filename or 'file system'})", err=True)
         sys.exit(EXIT_USAGE)
 

@@ -46,14 +46,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from lmexport.errors import ArtifactError
 from lmexport.jsonio import read_json_object
+from lmexport.safe_paths import check_folder_links
 from lmexport.manifest_schema import DTYPES, MAX_DIM, MAX_LAYERS, ROLES, STATE_ROLES, manifest_problems  # noqa: F401
 
+log = logging.getLogger(__name__)
 MANIFEST_FILE = "lmexport.json"
 FORMAT = "lmexport-onnx"
 FORMAT_VERSION = 1
@@ -160,7 +163,27 @@ class Manifest:
         if not path.is_file():
             raise ArtifactError(f"{folder} has no {MANIFEST_FILE}",
                                 hint="export the folder with lmexport onnx, or restore the file")
-        return cls.from_json(read_json_object(path, ArtifactError), path)
+        check_folder_links(folder, ArtifactError)
+        manifest = cls.from_json(read_json_object(path, ArtifactError), path)
+        manifest._bound_context(folder)
+        return manifest
+
+    def _bound_context(self, folder: Path) -> None:
+        """The context length everything reads (``config["max_position_embeddings"]``): where
+        lmexport.json and the folder's own config.json disagree, the smaller one, with a warning,
+        so an edited manifest cannot make generation run past what the model was built for."""
+        config_path = folder / "config.json"
+        if not config_path.is_file() or not self.config:
+            return
+        ours = self.config.get("max_position_embeddings")
+        theirs = read_json_object(config_path, ArtifactError).get("max_position_embeddings")
+        if not isinstance(theirs, int) or isinstance(theirs, bool) or theirs <= 0 or theirs == ours:
+            return
+        if isinstance(ours, int) and ours < theirs:
+            return
+        log.warning("%s says a context of %s tokens, but %s says %d: using %d", MANIFEST_FILE, ours, config_path,
+                    theirs, theirs)
+        self.source = {**self.source, "config": {**self.config, "max_position_embeddings": theirs}}
 
     @classmethod
     def from_json(cls, data: Any, where: Path | str = MANIFEST_FILE) -> "Manifest":
@@ -269,6 +292,16 @@ def check_files(folder: Path, manifest: Manifest, *, hashes: bool = False) -> li
 ORT_TYPES = {"int64": "tensor(int64)", "float32": "tensor(float)", "float16": "tensor(float16)"}
 
 
+def _shape_differs(graph: list, declared: tuple) -> bool:
+    """A dimension the graph fixes (an int) that the manifest declares otherwise (another int, or a
+    named axis the runtime would fill with another size). Named graph dimensions accept anything."""
+    return any(isinstance(g, int) and g >= 0 and d != g for g, d in zip(graph, declared))
+
+
+def _show(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
 def io_contract_problems(manifest: Manifest, graph_inputs: list, graph_outputs: list) -> list[str]:
     """What the graph (ONNX Runtime NodeArg lists: name, type, shape) lacks of the manifest's IO."""
     problems = []
@@ -283,6 +316,9 @@ def io_contract_problems(manifest: Manifest, graph_inputs: list, graph_outputs: 
             elif arg.shape is not None and len(arg.shape) != len(spec.shape):
                 problems.append(f"{kind} {spec.name} has {len(arg.shape)} dimensions, {MANIFEST_FILE} says "
                                 f"{len(spec.shape)}")
+            elif arg.shape is not None and _shape_differs(arg.shape, spec.shape):
+                problems.append(f"{kind} {spec.name} has shape {_show(arg.shape)}, {MANIFEST_FILE} says "
+                                f"{_show(spec.shape)}")
     known = {s.name for s in manifest.inputs}
     problems += [f"input {a.name} is not in {MANIFEST_FILE} (nothing would feed it)"
                  for a in graph_inputs if a.name not in known]

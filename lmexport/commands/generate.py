@@ -142,8 +142,10 @@ def chat(folder, max_new_tokens, temperature, top_k, top_p, repetition_penalty, 
 
     session = ChatSession(open_generator(folder, device, threads, optimization), max_new_tokens=max_new_tokens,
                           system=system, sampling=_sampling(temperature, top_k, top_p, repetition_penalty, seed))
+    from lmexport.errors import ChatTemplateError, GenerationError
+
     interactive = sys.stdin.isatty()
-    number = 0
+    number = refused = 0
     while True:
         if interactive:
             click.echo(PROMPT, nl=False)
@@ -158,7 +160,14 @@ def chat(folder, max_new_tokens, temperature, top_k, top_p, repetition_penalty, 
         if line.strip() == "/reset":
             session.reset()
             continue
-        for piece in session.send(line.rstrip("\n")):
-            click.echo(piece, nl=False)
-            sys.stdout.flush()
+        try:
+            for piece in session.send(line.rstrip("\n")):
+                click.echo(piece, nl=False)
+                sys.stdout.flush()
+        except (GenerationError, ChatTemplateError) as exc:    # this turn only: /reset, or another message
+            click.echo(f"error: {exc.one_line()}", err=True)
+            refused += 1
+            continue
         click.echo("\n")                     # end the reply's line, then a blank line ends the turn
+    if refused:                              # the chat went on; the exit code still says a turn failed
+        sys.exit(2)

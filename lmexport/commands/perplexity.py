@@ -67,6 +67,13 @@ def _tokenizer_folder(target: Path, given: Path | None) -> Path:
     from lmexport.errors import InputError
     from lmexport.modeling.tokenizer import has_tokenizer
 
+    if given is not None and not given.is_dir():
+        if not given.exists():
+            raise InputError(f"--tokenizer {given} does not exist")
+        if given.name != "tokenizer.json":
+            raise InputError(f"--tokenizer {given} is a file not named tokenizer.json; --tokenizer takes a folder of "
+                             "tokenizer files (tokenizer.json or tokenizer.model, tokenizer_config.json) or its "
+                             "tokenizer.json", hint="pass the folder that holds the model's tokenizer files")
     folder = (given if given.is_dir() else given.parent) if given else (target if target.is_dir() else target.parent)
     if not has_tokenizer(folder):
         raise InputError(f"no tokenizer (tokenizer.json or tokenizer.model) found in {folder}",

@@ -35,6 +35,16 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "tokenizer.model", "added_tokens.json", "generation_config.json", "chat_template.jinja")
 
 
+# The weight types a checkpoint may store; an integer or bool weight is refused, never converted.
+WEIGHT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+SAFETENSORS_DTYPES = {torch.int8: "I8", torch.int16: "I16", torch.int32: "I32", torch.int64: "I64",
+                      torch.uint8: "U8", torch.bool: "BOOL", torch.float64: "F64"}
+for _name in ("uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e5m2"):
+    if hasattr(torch, _name):
+        SAFETENSORS_DTYPES[getattr(torch, _name)] = {"uint16": "U16", "uint32": "U32", "uint64": "U64",
+                                                     "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}[_name]
+
+
 @dataclass
 class Checkpoint:
     path: Path
@@ -117,6 +127,9 @@ def read_raw_tensors(folder: Path, allow_pickle: bool = False) -> dict[str, torc
             if name in tensors:
                 problems.append(f"{name} is stored twice ({seen_in[name]} and {path.name})")
                 continue
+            if t.dtype not in WEIGHT_DTYPES:       # an I32 weight read "as float" is values near 1e9
+                problems.append(f"{name} is stored as {SAFETENSORS_DTYPES.get(t.dtype, str(t.dtype))}, "
+                                f"not a floating-point type (F32, F16, BF16)")
             tensors[name] = t
             seen_in[name] = path.name
     if problems:

@@ -12,7 +12,7 @@ from pathlib import Path
 from lmexport.errors import CheckpointError, ConfigError, InputError
 from lmexport.jsonio import read_json_object
 from lmexport.config import LiquidMetalConfig
-from lmexport.safe_paths import name_problem
+from lmexport.safe_paths import check_folder_links, name_problem
 
 INDEX_FILE = "model.safetensors.index.json"
 
@@ -23,6 +23,7 @@ def check_model_folder(path: str | Path) -> Path:
         raise InputError(f"model folder {folder} does not exist")
     if not folder.is_dir():
         raise InputError(f"{folder} is not a folder", hint="pass the folder that holds config.json")
+    check_folder_links(folder)        # every file the folder gives stays inside it (or its cache's blobs)
     return folder
 
 

@@ -5,12 +5,24 @@ Every kind is scored by the one ``engine_scorer`` over the same windows (lmexpor
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 from lmexport.engine import artifact_kind, open_artifact
 from lmexport.errors import InputError
 from lmexport.perplexity import WindowScorer, engine_scorer
+from lmexport.runtime.tokenizer_fit import check_ids_fit
+
 
 ENGINES = ("auto", "llama.cpp")
+
+
+def fitting(score: WindowScorer, vocab_size: int | None) -> WindowScorer:
+    """The scorer, refusing (one line) ids the model has no row for, where tokenizer and model meet."""
+    def checked(ids: Sequence[int], first_target: int) -> float:
+        check_ids_fit(ids, vocab_size)
+        return score(ids, first_target)
+
+    return checked if isinstance(vocab_size, int) else score
 
 
 def open_scorer(path: Path, device: str = "cpu", engine: str = "auto") -> tuple[WindowScorer, str, int]:
@@ -27,6 +39,6 @@ def open_scorer(path: Path, device: str = "cpu", engine: str = "auto") -> tuple[
         from lmexport.exporters.gguf.reader import open_gguf
         context = open_gguf(path).config().max_position_embeddings
         eng = open_artifact(path, engine="llama.cpp", n_ctx=context, n_batch=context, n_ubatch=min(512, context))
-        return engine_scorer(eng), "gguf (llama.cpp)", context
+        return fitting(engine_scorer(eng), eng.info.vocab_size), "gguf (llama.cpp)", context
     eng = open_artifact(path, engine="pytorch" if kind == "gguf" else None, device=device)
-    return engine_scorer(eng), kind, eng.info.context_length
+    return fitting(engine_scorer(eng), eng.info.vocab_size), kind, eng.info.context_length

@@ -24,6 +24,7 @@ import numpy as np
 
 from lmexport.errors import GenerationError
 from lmexport.engine import Stats
+from lmexport.runtime.chat_template import context_full_hint
 from lmexport.runtime.generator import Generation, Generator, RowProgress
 from lmexport.runtime.sampling import SamplingParams
 from lmexport.runtime.batch import positions_from_mask
@@ -79,7 +80,7 @@ class ChatSession:
             if past + len(new) + self.max_new_tokens > self.gen.context_length:
                 raise GenerationError(f"the conversation would reach {past + len(new) + self.max_new_tokens} "
                                       f"tokens with this message and the reply; the model's context is "
-                                      f"{self.gen.context_length}", hint="start a new chat (/reset)")
+                                      f"{self.gen.context_length}", hint=context_full_hint(self.messages))
         except Exception:
             self.messages.pop()
             raise

@@ -59,21 +59,37 @@ def _pow_digits(base: Any, exponent: Any) -> float:
     return exponent * math.log10(abs(base))
 
 
+# Generic on purpose: `generate --chat` and `chat` both render templates, and only one has --chat.
+FIX_HINT = "fix the model folder's chat template (chat_template.jinja or tokenizer_config.json)"
+
+
+def _content_chars(variables: Mapping[str, Any]) -> int:
+    """The characters the caller brings (message texts): the budget is on top of them, so a long
+    message is measured against the model's context, not blamed on the template."""
+    total = 0
+    for message in variables.get("messages") or ():
+        if isinstance(message, Mapping):
+            total += sum(len(v) for v in message.values() if isinstance(v, str))
+    return total
+
+
 class _Budget:
-    def __init__(self, limits: TemplateLimits):
+    def __init__(self, limits: TemplateLimits, allowance: int = 0):
         self.limits = limits
+        self.allowance = allowance
+        self.max_chars = limits.max_chars + 2 * allowance    # the messages, and a template that quotes them
         self.deadline = time.monotonic() + limits.seconds
 
     def tick(self) -> None:
         if time.monotonic() > self.deadline:
             raise ChatTemplateError(f"the chat template ran longer than {self.limits.seconds:g} s",
-                                    hint="the template loops too long; fix it, or drop --chat")
+                                    hint="the template loops too long; " + FIX_HINT)
 
     def check_call(self, args, kwargs, format_string: str | None) -> None:
         """Before a call: no int argument (a width, a count) and no format width above the limit."""
         self.tick()
         for value in (*args, *kwargs.values()):
-            if isinstance(value, int) and not isinstance(value, bool) and value > self.limits.max_chars:
+            if isinstance(value, int) and not isinstance(value, bool) and value > self.max_chars:
                 self.size(value, "an argument")      # center(4000000000), indent(...), ...
         if format_string is not None:
             self.size(_format_width(format_string, ()), "a formatted string")
@@ -90,10 +106,11 @@ class _Budget:
         return result
 
     def size(self, n: float, what: str) -> None:
-        if n > self.limits.max_chars:
+        if n > self.max_chars:
             raise ChatTemplateError(f"the chat template would build {what} of about {n:.3g} characters, "
-                                    f"over the limit of {self.limits.max_chars:,}",
-                                    hint="fix the template, or drop --chat")
+                                    f"over the limit of {self.limits.max_chars:,}"
+                                    + (f" (plus twice the messages' {self.allowance:,})" if self.allowance else ""),
+                                    hint=FIX_HINT)
 
 
 def _environment(budget: _Budget, templates: Mapping[str, str]):
@@ -202,7 +219,7 @@ def render_chat_template(template: str, variables: Mapping[str, Any], *,
                          named: Mapping[str, str] | None = None,
                          limits: TemplateLimits = TemplateLimits()) -> str:
     """``template`` rendered with ``variables`` (messages, add_generation_prompt, special tokens)."""
-    budget = _Budget(limits)
+    budget = _Budget(limits, _content_chars(variables))
     parts: list[str] = []
     total = 0
     with _Alarm(budget):
@@ -218,12 +235,19 @@ def render_chat_template(template: str, variables: Mapping[str, Any], *,
             raise
         except TemplateError as exc:   # syntax errors, SecurityError (the sandbox said no), missing includes
             raise ChatTemplateError(f"the chat template fails: {' '.join(str(exc).split())[:200]}",
-                                    hint="fix the template, or drop --chat") from exc
+                                    hint=FIX_HINT) from exc
         except (MemoryError, RecursionError, OverflowError) as exc:
             raise ChatTemplateError(f"the chat template exhausts a resource ({type(exc).__name__})",
-                                    hint="fix the template, or drop --chat") from None
+                                    hint=FIX_HINT) from None
         except (TypeError, ValueError, KeyError, IndexError, AttributeError, ZeroDivisionError) as exc:
             raise ChatTemplateError(f"the chat template fails: {type(exc).__name__}: "
                                     f"{' '.join(str(exc).split())[:200]}",
-                                    hint="fix the template, or drop --chat") from exc
+                                    hint=FIX_HINT) from exc
     return "".join(parts)
+
+
+def context_full_hint(messages: list[dict]) -> str:
+    """What to do when a turn does not fit: /reset helps only if earlier turns take the room."""
+    if any(m["role"] == "assistant" for m in messages):
+        return "type /reset to start a new chat, or send a shorter message"
+    return "send a shorter message, or lower --max-new-tokens"

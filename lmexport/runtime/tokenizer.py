@@ -32,6 +32,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from lmexport.jsonio import read_json_object
+from lmexport.safe_paths import link_problem
 from lmexport.errors import ArtifactError, GenerationError
 from lmexport.runtime.chat_template import TemplateLimits, render_chat_template
 
@@ -60,11 +61,10 @@ def inside(folder: Path, name: str) -> Path | None:
     path = folder / name
     if not path.is_file():
         return None
-    real, root = path.resolve(), folder.resolve()
-    roots = [root] + ([root.parent.parent / "blobs"] if root.parent.name == "snapshots" else [])   # a hub snapshot
-    if not any(real.is_relative_to(r) for r in roots):
-        raise ArtifactError(f"{path} points outside {folder} (to {real})",
-                            hint="a model folder's tokenizer files must lie inside it")
+    problem = link_problem(folder, path)
+    if problem:
+        raise ArtifactError(f"{folder}: {problem}", hint="a folder's files must lie inside it; copy the file "
+                                                         "into the folder instead of linking it")
     return path
 
 

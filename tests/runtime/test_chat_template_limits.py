@@ -126,12 +126,12 @@ def test_a_template_file_that_points_outside_the_folder_is_refused(tmp_path):
     secret.write_text("{{ 'outside' }}")
     folder = tokenizer_folder(tmp_path / "model")
     os.symlink(secret, folder / "chat_template.jinja")
-    with pytest.raises(ArtifactError, match="points outside"):
+    with pytest.raises(ArtifactError, match="is a link to .*, outside the folder"):
         TextTokenizer.from_folder(folder)
     (folder / "chat_template.jinja").unlink()
     (folder / "additional_chat_templates").mkdir()
     os.symlink(secret, folder / "additional_chat_templates" / "tool_use.jinja")
-    with pytest.raises(ArtifactError, match="points outside"):
+    with pytest.raises(ArtifactError, match="is a link to .*, outside the folder"):
         TextTokenizer.from_folder(folder)
 
 

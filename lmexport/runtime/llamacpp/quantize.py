@@ -25,19 +25,21 @@ def quantize(src_gguf: str | Path, dst_gguf: str | Path, ftype: str, *, nthread:
     src, dst = Path(src_gguf), Path(dst_gguf)
     if not src.exists():
         raise ArtifactError(f"{src} not found")
-    if dst.exists() and not overwrite:
-        raise InputError(f"{dst} exists", hint="pass --overwrite (overwrite=True) to replace it")
+    from lmexport.atomic import atomic_output, check_output_path
+
+    check_output_path(dst.absolute(), overwrite, directory=False, inputs=[src])
     lc = require_patched()
     params = lc.llama_model_quantize_default_params()
     params.ftype = FTYPES[ftype]
     params.nthread = nthread
-    tmp = dst.with_name(f".{dst.name}.partial")
-    with native_log(lc, verbose) as log:
-        rc = lc.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
-    if rc != 0 or not tmp.exists():
-        tmp.unlink(missing_ok=True)
-        detail = next((ln for ln in reversed(log) if ln), "")
-        raise LmexportError(f"llama_model_quantize({src.name} -> {ftype}) failed with code {rc}"
-                            + (f": {detail}" if detail else ""), hint="run with verbose=True for llama.cpp's log")
-    tmp.replace(dst)
+    # written under a temporary name and renamed by lmexport.atomic, as every output: an interrupt
+    # (recorded while llama.cpp runs) or a failure leaves the previous file as it was
+    with atomic_output(dst, overwrite=overwrite, inputs=[src]) as tmp:
+        with native_log(lc, verbose) as log:
+            rc = lc.llama_model_quantize(str(src).encode(), str(tmp).encode(), params)
+        if rc != 0 or not tmp.exists():
+            detail = next((ln for ln in reversed(log) if ln), "")
+            raise LmexportError(f"llama_model_quantize({src.name} -> {ftype}) failed with code {rc}"
+                                + (f": {detail}" if detail else ""),
+                                hint="run with verbose=True for llama.cpp's log")
     return dst
