@@ -12,7 +12,7 @@ PACKAGE = ROOT / "lmexport"
 
 # lowest first; a module belongs to the first entry whose prefix names it (docs/DESIGN.md states the same table)
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("base", ("lmexport", "lmexport.errors", "lmexport.jsonio", "lmexport.atomic", "lmexport.safe_paths",
+    ("base", ("lmexport", "lmexport.errors", "lmexport.jsonio", "lmexport.atomic", "lmexport.interrupts", "lmexport.safe_paths",
               "lmexport.config", "lmexport.formats", "lmexport.tensor_names", "lmexport.manifest_schema",
               "lmexport.manifest")),
     ("core", ("lmexport.engine", "lmexport.compare", "lmexport.runtime")),
