@@ -79,6 +79,7 @@ def test_already_built_when_the_installed_stamp_matches(monkeypatch, tmp_path):
     libs = b._library_fingerprint(pkg)
     (pkg / b.STAMP_NAME).write_text(json.dumps({"stamp": stamp, "libraries": libs}))
     monkeypatch.setattr(b, "installed_package_dir", lambda: pkg)
+    monkeypatch.setattr(b.tools, "installed_key", lambda prefix=None: b.wheel_key(b.cmake_args()))
     calls = []
     monkeypatch.setattr(b, "_run_pip_wheel", lambda *a, **k: calls.append(a))
     monkeypatch.setattr(b, "_install_wheel", lambda *a, **k: calls.append(a))
