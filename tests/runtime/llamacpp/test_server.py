@@ -33,6 +33,8 @@ BUNDLED = REPO / "examples" / "liquid-metal-tiny"
 ALIAS = "liquid-metal-tiny"
 MAX_TOKENS = 24
 MESSAGES = ["hello", "def add(a, b):", "Write a function that reads a file.", "import os"]
+# plain completions for the concurrency test: the code model's chat replies are alike, its code is not
+PROMPTS = ["def add(a, b):", "import os\n", "class Stack:\n    def", "for i in range("]
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +72,7 @@ class Served:
     """`lmexport serve GGUF --port 0 ...` as a user runs it; the URL is read from its first line."""
 
     def __init__(self, gguf: Path, *args: str, timeout: float = 120):
+        self.gguf = gguf
         self.proc = subprocess.Popen([sys.executable, "-m", "lmexport.cli", "serve", str(gguf), "--port", "0",
                                       "--threads", "2", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      text=True, env={**os.environ})
@@ -108,10 +111,23 @@ def served(gguf):
     assert not any(_alive(pid) for pid in server.server_pids)
 
 
-def chat(client, message: str, **kw) -> str:
+def chat(client, message: str, max_tokens: int = MAX_TOKENS, **kw) -> str:
     done = client.chat.completions.create(model=ALIAS, messages=[{"role": "user", "content": message}],
-                                          temperature=0, max_tokens=MAX_TOKENS, **kw)
+                                          temperature=0, max_tokens=max_tokens, **kw)
     return done.choices[0].message.content
+
+
+def complete(client, prompt: str, max_tokens: int = 48) -> str:
+    done = client.completions.create(model=ALIAS, prompt=prompt, temperature=0, max_tokens=max_tokens)
+    return done.choices[0].text
+
+
+def lmexport_generate(gguf: Path, prompt: str, n: int) -> str:
+    """The text `lmexport generate GGUF` (greedy) adds to the prompt."""
+    done = run_cli("generate", gguf, "--prompt", prompt, "--max-new-tokens", n, "--threads", "2", timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(prompt) and done.stdout.endswith("\n")
+    return done.stdout[len(prompt):-1]
 
 
 def lmexport_chat_reply(gguf: Path, message: str) -> str:
@@ -155,6 +171,7 @@ def test_streaming_gives_the_same_text(served):
 
 def test_concurrent_requests_each_equal_the_request_alone(served):
     """Four different prompts at once, decoded together in four slots, then each alone."""
+    assert complete(served.client, PROMPTS[0], 24) == lmexport_generate(served.gguf, PROMPTS[0], 24)
     busy, stop = [], threading.Event()
     base = served.url.rsplit("/v1", 1)[0]
 
@@ -169,17 +186,17 @@ def test_concurrent_requests_each_equal_the_request_alone(served):
 
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
-    with concurrent.futures.ThreadPoolExecutor(len(MESSAGES)) as pool:
-        together = list(pool.map(lambda m: chat(served.client, m, max_tokens=48), MESSAGES))
+    with concurrent.futures.ThreadPoolExecutor(len(PROMPTS)) as pool:
+        together = list(pool.map(lambda p: complete(served.client, p), PROMPTS))
     stop.set()
     watcher.join(timeout=10)
-    alone = [chat(served.client, m, max_tokens=48) for m in MESSAGES]
+    alone = [complete(served.client, p) for p in PROMPTS]
     print("slots busy at once (max):", max(busy, default=0))
     assert max(busy, default=0) >= 2, "the requests were not decoded together"
-    assert len(set(together)) == len(MESSAGES)            # different prompts, different answers
+    assert len(set(together)) == len(PROMPTS)             # different prompts, different texts
     assert together == alone
-    # and again, each on a slot that last held another conversation
-    assert [chat(served.client, m, max_tokens=48) for m in reversed(MESSAGES)] == alone[::-1]
+    # and again, each on a slot that last held another prompt
+    assert [complete(served.client, p) for p in reversed(PROMPTS)] == alone[::-1]
 
 
 def test_models_endpoint_lists_the_model(served):
@@ -190,12 +207,19 @@ def test_models_endpoint_lists_the_model(served):
 def test_malformed_requests_get_http_4xx_and_the_server_keeps_serving(served):
     want = chat(served.client, MESSAGES[0])
     url = served.url + "/chat/completions"
-    for body in (b"{not json", json.dumps({"messages": "not a list"}).encode(),
-                 json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}).encode()):
+    bad = [{"messages": "not a list"}, {"prompt": "no messages"},
+           {"messages": [{"role": "user", "content": "hi"}], "max_tokens": "many"}]
+    for body in [json.dumps(b).encode() for b in bad]:
         req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
         with pytest.raises(urllib.error.HTTPError) as exc:
             urllib.request.urlopen(req, timeout=30)
-        assert 400 <= exc.value.code < 500, (body, exc.value.code)
+        assert exc.value.code == 400, (body, exc.value.code)
+        assert json.loads(exc.value.read())["error"]["type"] == "invalid_request_error"
+    # a body that is not JSON at all: this llama-server answers 500 (its JSON parser's exception), and lives on
+    req = urllib.request.Request(url, data=b"{not json", headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        urllib.request.urlopen(req, timeout=30)
+    assert exc.value.code >= 400 and "parse error" in exc.value.read().decode()
     with pytest.raises(openai.BadRequestError):
         served.client.chat.completions.create(model=ALIAS, messages=[{"role": "wizard", "content": 3}], max_tokens=4)
     assert chat(served.client, MESSAGES[0]) == want
@@ -204,7 +228,7 @@ def test_malformed_requests_get_http_4xx_and_the_server_keeps_serving(served):
 # ---------------------------------------------------------------- one-line errors, exit 2
 def test_serve_errors_are_one_line_exit_2(gguf, tmp_path):
     not_gguf = tmp_path / "notes.gguf"
-    not_gguf.write_text("not a model\n")
+    not_gguf.write_text("this is a text file, not a model\n" * 8)
     cases = [([tmp_path / "missing.gguf"], "not found"), ([not_gguf], "not a GGUF")]
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
