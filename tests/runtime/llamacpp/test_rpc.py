@@ -59,12 +59,14 @@ def test_rpc_worker_computes_the_layers_with_the_local_greedy_tokens(tmp_path, r
     export_gguf(BUNDLED, gguf, GGUFOptions(outtype="f32"))
     with LlamaServer(gguf, ServeOptions(port=0, parallel=1, threads=1)) as local:
         want = [completion(local, p) for p in PROMPTS]
-    with LlamaServer(gguf, ServeOptions(port=0, parallel=1, threads=1, rpc=endpoint, n_gpu_layers=99)) as remote:
+    with LlamaServer(gguf, ServeOptions(port=0, parallel=1, threads=1, rpc=endpoint, n_gpu_layers=99,
+                                                  extra=["--log-verbosity", "4"])) as remote:
         got = [completion(remote, p) for p in PROMPTS]
         log = "\n".join(remote.log)
     assert got == want
-    # the model's layers live in the RPC device's buffer, not in the CPU's
-    rpc_lines = [ln for ln in log.splitlines() if "RPC" in ln and "model buffer size" in ln]
-    assert rpc_lines, log[-3000:]
-    offload = [ln for ln in log.splitlines() if "offloaded" in ln and "layers" in ln]
-    assert offload and "offloaded 5/5 layers" in offload[-1], offload
+    # the model's layers, its KV cache and its recurrent state (conv windows, running sums) live on the RPC device
+    device = f"RPC0[{endpoint}]"
+    for what in ("model buffer size", "KV buffer size", "RS buffer size"):
+        assert any(device in ln and what in ln for ln in log.splitlines()), (what, log[-3000:])
+    assert "offloaded 5/5 layers" in log          # 4 blocks and the output layer
+    assert worker.poll() is None                   # the worker serves on
