@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmexport.errors import ArtifactError, InputError, LmexportError
-from lmexport.runtime.llamacpp.tools import require_tool
+from lmexport.runtime.llamacpp.tools import require_tool, scripts_dir
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080          # llama-server's own default
@@ -82,6 +82,13 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
+def _on_path(name: str) -> Path:
+    """The program as the user would call it: the venv's bin/ symlink when it points at the installed one."""
+    exe = require_tool(name)
+    link = scripts_dir() / name
+    return link if link.is_symlink() and link.resolve() == exe.resolve() else exe
+
+
 class LlamaServer:
     """One llama-server process for one GGUF."""
 
@@ -90,7 +97,7 @@ class LlamaServer:
         self.model = Path(model)
         self.options = options or ServeOptions()
         self.echo = echo                      # callable(line) for the server's log, or None
-        self.executable = Path(executable) if executable else require_tool("llama-server")
+        self.executable = Path(executable) if executable else _on_path("llama-server")
         self.proc: subprocess.Popen | None = None
         self.log: collections.deque[str] = collections.deque(maxlen=400)
         self._reader: threading.Thread | None = None

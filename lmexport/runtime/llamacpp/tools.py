@@ -162,7 +162,8 @@ def installed_key(prefix: Path | None = None) -> str | None:
         return None
     if not isinstance(record, dict) or not all((home / t).is_file() for t in TOOLS):
         return None
-    if not all(_links_here(scripts_dir(), t, home) for t in TOOLS):
+    bin_dir = scripts_dir() if prefix is None else Path(prefix) / "bin"
+    if not all(_links_here(bin_dir, t, home) for t in TOOLS):
         return None
     return record.get("key")
 
