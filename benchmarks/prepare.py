@@ -47,6 +47,9 @@ SHAPES = {
                num_key_value_heads=4, vocab_size=32000),
     "small": dict(hidden_size=256, intermediate_size=688, num_hidden_layers=4, num_attention_heads=8,
                   num_key_value_heads=2, vocab_size=4096),
+    # the 1.1B's layer at half width, fewer layers, small vocabulary: profiles the llama.cpp graph quickly
+    "medium": dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=8, num_attention_heads=16,
+                   num_key_value_heads=2, vocab_size=8192),
 }
 ONNX_VARIANTS = {  # name -> lmexport onnx options
     "fp32": [],

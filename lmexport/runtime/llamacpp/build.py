@@ -39,14 +39,19 @@ from pathlib import Path
 from typing import Callable
 
 from lmexport.errors import LmexportError
+from lmexport.runtime.llamacpp import tools
 
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 PATCH_PATH = Path(__file__).with_name("liquidmetal.patch")
 STAMP_NAME = "lmexport_build.json"
 BUILD_REQUIREMENTS = ("scikit-build-core>=0.9.2",)
 RUNTIME_REQUIREMENTS = ("typing-extensions>=4.5.0", "numpy>=1.20.0", "diskcache>=5.6.1", "jinja2>=2.11.3")
+# the wheel's build keeps tools and server off; tools.py configures them on in the same tree.
+# GGML_RPC: the RPC backend (libggml-rpc, ggml-rpc-server); OPENSSL off: nothing here needs HTTPS;
+# RPATH $ORIGIN: the programs find the libraries beside them once copied out of the build folder
 BASE_CMAKE_ARGS = ("-DGGML_NATIVE=ON", "-DLLAVA_BUILD=OFF", "-DLLAMA_BUILD_TESTS=OFF",
-                   "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=OFF")
+                   "-DLLAMA_BUILD_EXAMPLES=OFF", "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_TOOLS=OFF",
+                   "-DGGML_RPC=ON", "-DLLAMA_OPENSSL=OFF", "-DCMAKE_BUILD_RPATH_USE_ORIGIN=ON")
 NO_AMX_FLAGS = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
 
@@ -152,9 +157,12 @@ def wheel_key(args: list[str]) -> str:
     return h.hexdigest()[:24]
 
 
-def cached_wheel(cache: Path, args: list[str]) -> Path | None:
+def cached_wheel(cache: Path, args: list[str], with_tools: bool = False) -> Path | None:
+    """The cached wheel of this build; with ``with_tools`` only if the entry holds the programs too."""
     folder = cache / "wheels" / wheel_key(args)
     wheels = sorted(folder.glob("llama_cpp_python-*.whl")) if folder.is_dir() else []
+    if with_tools and not all((folder / "tools" / t).is_file() for t in tools.TOOLS):
+        return None
     return wheels[0] if wheels else None
 
 
@@ -344,27 +352,34 @@ def _run_pip_wheel(src: Path, build_dir: Path, args: list[str], log_path: Path, 
 
 
 def build(*, force: bool = False, cache: Path | None = None,
-          progress: Callable[[str], None] | None = print) -> BuildResult:
-    """Build and install the patched llama-cpp-python, or return at once if it is installed already."""
+          progress: Callable[[str], None] | None = print, with_tools: bool = True) -> BuildResult:
+    """Build and install the patched llama-cpp-python and (``with_tools``) llama.cpp's programs
+    (llama-server, llama-cli, ...: ``tools.TOOLS``), or return at once if both are installed already."""
     t0 = time.monotonic()
     args = cmake_args()
     stamp = build_stamp(args)
+    key = wheel_key(args)
     installed = installed_stamp()
     pkg = installed_package_dir()
-    if not force and installed is not None and installed.get("stamp") == stamp and pkg is not None:
+    pkg_ok = not force and installed is not None and installed.get("stamp") == stamp and pkg is not None
+    tools_ok = not with_tools or (not force and tools.installed_key() == key)
+    if pkg_ok and tools_ok:
         return BuildResult("already built", stamp, pkg, time.monotonic() - t0)
 
     cache = Path(cache) if cache is not None else cache_root()
     cache.mkdir(parents=True, exist_ok=True)
-    wheel = None if force else cached_wheel(cache, args)
+    wheel = None if force else cached_wheel(cache, args, with_tools=with_tools)
     if wheel is not None:
         _say(progress, f"installing the cached build {wheel.parent.name} (same patch, CMAKE_ARGS, CPU, ABI)")
-        deps_file = wheel.parent / "requirements.json"
-        try:
-            deps = json.loads(deps_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            deps = list(RUNTIME_REQUIREMENTS)
-        _install_wheel(wheel, deps, progress)
+        if not pkg_ok:
+            deps_file = wheel.parent / "requirements.json"
+            try:
+                deps = json.loads(deps_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                deps = list(RUNTIME_REQUIREMENTS)
+            _install_wheel(wheel, deps, progress)
+        if not tools_ok:
+            tools.install(wheel.parent / "tools", key, progress)
         return _finish(stamp, args, "installed from cache", t0, None, progress)
 
     find_compilers()
@@ -395,6 +410,9 @@ def build(*, force: bool = False, cache: Path | None = None,
     wheels.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=wheels, prefix=".partial-") as tmp:
         built = _run_pip_wheel(src_dir, build_dir, args, log_path, Path(tmp), progress)
+        if with_tools:
+            tools.build_tools(src_dir, build_dir, args, Path(tmp) / "tools", log_path, progress)
+            tools.check_runs(Path(tmp) / "tools")
         (Path(tmp) / "requirements.json").write_text(json.dumps(deps) + "\n", encoding="utf-8")
         final = wheels / wheel_key(args)
         if final.exists():          # a stale entry (e.g. --force): replace it
@@ -403,6 +421,8 @@ def build(*, force: bool = False, cache: Path | None = None,
         Path(tmp).rename(final)     # the cache entry appears whole or not at all
         os.mkdir(tmp)               # for TemporaryDirectory's cleanup
     _install_wheel(final / built.name, deps, progress)
+    if with_tools:
+        tools.install(final / "tools", key, progress)
     return _finish(stamp, args, "built", t0, log_path, progress)
 
 

@@ -79,6 +79,7 @@ def test_already_built_when_the_installed_stamp_matches(monkeypatch, tmp_path):
     libs = b._library_fingerprint(pkg)
     (pkg / b.STAMP_NAME).write_text(json.dumps({"stamp": stamp, "libraries": libs}))
     monkeypatch.setattr(b, "installed_package_dir", lambda: pkg)
+    monkeypatch.setattr(b.tools, "installed_key", lambda prefix=None: b.wheel_key(b.cmake_args()))
     calls = []
     monkeypatch.setattr(b, "_run_pip_wheel", lambda *a, **k: calls.append(a))
     monkeypatch.setattr(b, "_install_wheel", lambda *a, **k: calls.append(a))
@@ -118,3 +119,46 @@ def test_cached_wheel_is_found_only_under_its_key(tmp_path):
     mine.mkdir()
     (mine / "llama_cpp_python-0.3.36-cp311-cp311-linux_x86_64.whl").write_bytes(b"")
     assert b.cached_wheel(tmp_path, args).parent == mine
+
+
+def test_tools_install_into_libexec_with_relative_links_and_a_stamp(tmp_path):
+    from lmexport.runtime.llamacpp import tools
+
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    for name in tools.TOOLS:
+        (entry / name).write_text("#!/bin/sh\necho " + name + "\n")
+        (entry / name).chmod(0o755)
+    (entry / "libllama.so.0.5.0").write_bytes(b"lib")
+    (entry / "libllama.so.0").symlink_to("libllama.so.0.5.0")
+    prefix = tmp_path / "venv"
+    assert tools.installed_key(prefix) is None
+    home = tools.install(entry, "k1", progress=None, prefix=prefix)
+    assert home == prefix / "libexec" / "lmexport-llamacpp" and tools.installed_key(prefix) == "k1"
+    assert (home / "libllama.so.0").is_symlink()                        # library links kept as links
+    for name in tools.TOOLS:
+        link = prefix / "bin" / name
+        assert link.is_symlink() and not link.readlink().is_absolute()  # relocatable
+        assert link.resolve() == (home / name).resolve()
+    (prefix / "bin" / "llama-server").unlink()
+    assert tools.installed_key(prefix) is None                          # incomplete: reinstall
+    tools.install(entry, "k2", progress=None, prefix=prefix)            # replaces the old install
+    assert tools.installed_key(prefix) == "k2"
+    (prefix / "bin" / "llama-cli").unlink()
+    (prefix / "bin" / "llama-cli").write_text("a user's own program")
+    with pytest.raises(tools.ToolsError, match="is not lmexport's"):
+        tools.install(entry, "k3", progress=None, prefix=prefix)
+
+
+def test_cached_wheel_with_tools_needs_every_program(tmp_path):
+    from lmexport.runtime.llamacpp import tools
+
+    args = b.cmake_args("")
+    mine = tmp_path / "wheels" / b.wheel_key(args)
+    (mine / "tools").mkdir(parents=True)
+    (mine / "llama_cpp_python-0.3.36-py3-none-linux_x86_64.whl").write_bytes(b"")
+    assert b.cached_wheel(tmp_path, args) is not None
+    assert b.cached_wheel(tmp_path, args, with_tools=True) is None
+    for name in tools.TOOLS:
+        (mine / "tools" / name).write_bytes(b"")
+    assert b.cached_wheel(tmp_path, args, with_tools=True) is not None
