@@ -9,8 +9,8 @@
   (the graph before the fused ops: the "before" rows of RESULTS.md); ``onnx-int4-b128/``:
   int4 with blocks of 128 weights per scale instead of 32; ``onnx-int4-nopack/``: int4 with
   one MatMul per weight (``--no-pack-matmuls``, the graph before q|k|v and gate|up were packed);
-  ``onnx-int4-b128-asym-head8/``: blocks of 128 with zero points and lm_head at 8 bits (the
-  combination that measured the default's KL with fewer bytes, docs/onnx.md);
+  ``onnx-int4-rtn/``: every weight at 4 bits, round-to-nearest (what the default's searched
+  scales and mixed bits are measured against, docs/onnx.md);
 * ``optimum-fp32/``: ``optimum-cli export onnx --task text-generation-with-past`` of
   ``llama/``, run in the optimum virtual environment;
 * ``gguf/llama-{f16,q8_0,q4_0}.gguf``: ``lmexport gguf --arch llama`` of ``llama/``;
@@ -60,7 +60,7 @@ ONNX_VARIANTS = {  # name -> lmexport onnx options
     "int4-plain": ["--quantize", "int4", "--no-fused-ops", "--opset", "18"],
     "int4-b128": ["--quantize", "int4", "--block-size", "128"],
     "int4-nopack": ["--quantize", "int4", "--no-pack-matmuls"],
-    "int4-b128-asym-head8": ["--quantize", "int4", "--block-size", "128", "--int4-asymmetric", "--lm-head-int8"],
+    "int4-rtn": ["--quantize", "int4", "--round-to-nearest", "--bits-per-weight", "4"],
 }
 # GGUF rows: name -> (source folder, how it is made). "lmexport" = ``lmexport gguf --outtype``;
 # "llama.cpp" = llama.cpp's converter to f16, then llama.cpp's quantizer.

@@ -36,7 +36,7 @@ BEFORE_AFTER = [
     ("int4: huge pages (the CLI's default) / 4 KiB pages (`LMEXPORT_HUGE_PAGES=0`)", "onnx-int4",
      "onnx-int4-4k-pages"),
     ("int4: block 128 / block 32 (default)", "onnx-int4-b128", "onnx-int4"),
-    ("int4: block 128 + zero points + lm_head 8 bits / default", "onnx-int4-b128-asym-head8", "onnx-int4"),
+    ("int4: round-to-nearest, all 4 bits / default", "onnx-int4-rtn", "onnx-int4"),
     ("fp32: fused ops / plain ops (`--no-fused-ops --opset 18`)", "onnx-fp32", "onnx-fp32-plain"),
     ("int4: fused ops / plain ops (`--no-fused-ops --opset 18`)", "onnx-int4", "onnx-int4-plain"),
 ]

@@ -50,7 +50,7 @@ ALL_ROWS = ("pytorch-fp32", "pytorch-bf16", *(f"onnx-{v}" for v in prepare.ONNX_
 PROFILED = ("int4", "int4-nopack", "int4-b128")     # ONNX variants --profile looks inside
 ONNX_LABELS = {"fp32-plain": "fp32, plain ops (before fusion)", "int4-plain": "int4, plain ops (before fusion)",
                "int4-b128": "int4, block 128", "int4-nopack": "int4, one MatMul per weight (before packing)",
-               "int4-b128-asym-head8": "int4, block 128, zero points, lm_head 8 bits"}
+               "int4-rtn": "int4, round-to-nearest, all 4 bits"}
 # Off by default (each is a question answered once, see RESULTS.md history): fp16, the plain-op graphs,
 # bf16 PyTorch, the plain Llama in f16.
 DEFAULT_ROWS = tuple(r for r in ALL_ROWS if r not in ("onnx-fp16", "onnx-fp32-plain", "onnx-int4-plain",

@@ -5,10 +5,11 @@ shows for a user's own checkpoint:
 
     python scripts/fetch_smollm2.py                      # the Hugging Face folder (cached)
     lmexport convert SMOLLM2 -o OUT/smollm2-lm
-    lmexport onnx OUT/smollm2-lm -o OUT/onnx-fp32        # and --quantize int8, int4 (--no-validate)
-    lmexport gguf OUT/smollm2-lm -o OUT/f16.gguf --outtype f16     # and q8_0, q4_0
+    lmexport onnx OUT/smollm2-lm -o OUT/onnx-fp32        # and --quantize int8, int4 (validated)
+    lmexport gguf OUT/smollm2-lm -o OUT/f16.gguf --outtype f16     # and q8_0, q4_0, q4_1, q4_k_m
     lmexport parity OUT/smollm2-lm ARTIFACT
     lmexport perplexity ARTIFACT --text examples/smollm2/heldout.txt --window 256 --stride 128
+                                                          # GGUFs: --engine llama.cpp
     lmexport generate OUT/onnx-fp32 --chat --prompt "What is the capital of France?"
     lmexport bench ARTIFACT --threads 2
 
@@ -33,16 +34,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HELDOUT = ROOT / "examples" / "smollm2" / "heldout.txt"
 QUESTION = "What is the capital of France?"
-# The quantised ONNX variants of this model fail their presets (int8: dynamic per-tensor
-# activation quantization meets the residual stream's outliers; int4: the weights are a
-# Q4_1 grid already; README), so they are exported unvalidated (run them without
-# --no-validate to see the refusal) and their parity rows say how far they are.
-ONNX = {"onnx-fp32": [], "onnx-int8": ["--quantize", "int8", "--no-validate"],
-        "onnx-int4": ["--quantize", "int4", "--no-validate"]}
-GGUF = {"f16.gguf": "f16", "q8_0.gguf": "q8_0", "q4_0.gguf": "q4_0"}
-LABELS = {"pytorch": "PyTorch fp32", "onnx-fp32": "ONNX fp32", "onnx-int8": "ONNX int8 (dynamic, MatMul)",
-          "onnx-int4": "ONNX int4 (MatMulNBits, block 32)", "f16.gguf": "GGUF f16", "q8_0.gguf": "GGUF q8_0",
-          "q4_0.gguf": "GGUF q4_0"}
+# int8 is exported with default settings (validated); int4 still fails its preset on this
+# Q4_1-grid checkpoint (issue 23, open) and is exported with --no-validate; the int4
+# round-to-nearest row (`--round-to-nearest --bits-per-weight 4`) is what the searched scales
+# and the mixed bits are measured against (issue 23). GGUFs are scored in the patched llama.cpp
+# (`--engine llama.cpp`), q4_k_m with llama.cpp's own quantizer.
+ONNX = {"onnx-fp32": [], "onnx-int8": ["--quantize", "int8"], "onnx-int4": ["--quantize", "int4", "--no-validate"],
+        "onnx-int4-rtn": ["--quantize", "int4", "--round-to-nearest", "--bits-per-weight", "4", "--no-validate"]}
+GGUF = {"f16.gguf": "f16", "q8_0.gguf": "q8_0", "q4_0.gguf": "q4_0", "q4_1.gguf": "q4_1", "q4_k_m.gguf": "q4_k_m"}
+LABELS = {"pytorch": "PyTorch fp32", "onnx-fp32": "ONNX fp32",
+          "onnx-int8": "ONNX int8 (MatMulNBits 8 bits, block 32, searched)",
+          "onnx-int4": "ONNX int4 (default: searched 4 bits, 8 bits by sensitivity at Q4_K_M's size)",
+          "onnx-int4-rtn": "ONNX int4, round-to-nearest, all 4 bits", "f16.gguf": "GGUF f16",
+          "q8_0.gguf": "GGUF q8_0", "q4_0.gguf": "GGUF q4_0", "q4_1.gguf": "GGUF q4_1",
+          "q4_k_m.gguf": "GGUF Q4_K_M"}
+
+
+def size_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.iterdir() if p.name.startswith("model.onnx")]
+    return sum(p.stat().st_size for p in files) / 1e6
 
 
 def run(*args) -> subprocess.CompletedProcess:
@@ -88,8 +98,11 @@ def main() -> None:
 
     def quality(name: str) -> None:            # perplexity, parity, chat: two at a time
         target = lm if name == "pytorch" else out / name
+        engine = ["--engine", "llama.cpp"] if name.endswith(".gguf") else []
         results[name]["perplexity"] = json.loads(lmexport("perplexity", target, "--text", HELDOUT, "--tokenizer", lm,
-                                                          "--window", 256, "--stride", 128, "--json"))
+                                                          "--window", 256, "--stride", 128, "--json", *engine))
+        if name != "pytorch":
+            results[name]["size_mb"] = size_mb(target)
         if name != "pytorch":
             report = out / f"parity-{name}.json"
             lmexport("parity", lm, target, "--json", report, "--overwrite", ok=(0, 1))   # 1: a bound failed
@@ -115,11 +128,13 @@ def render(results: dict) -> str:
     ref = results["pytorch"]["perplexity"]
     n = ref["n_targets"]
     lines = [f"Held-out perplexity (`examples/smollm2/heldout.txt`, {ref['n_tokens']:,} tokens, windows of 256 "
-             f"with stride 128):", "", "| artifact | perplexity | vs PyTorch |", "|---|---|---|"]
+             f"with stride 128; GGUFs in llama.cpp; size: model.onnx + model.onnx.data, or the GGUF file):", "",
+             "| artifact | perplexity | vs PyTorch | size MB |", "|---|---|---|---|"]
     for name in ["pytorch", *ONNX, *GGUF]:
         p = results[name]["perplexity"]["perplexity"]
         delta = "" if name == "pytorch" else f"{(p / ref['perplexity'] - 1) * 100:+.2f}%"
-        lines.append(f"| {LABELS[name]} | {p:.4f} | {delta} |")
+        size = f"{results[name]['size_mb']:.1f}" if "size_mb" in results[name] else ""
+        lines.append(f"| {LABELS[name]} | {p:.4f} | {delta} | {size} |")
     assert all(results[k]["perplexity"]["n_targets"] == n for k in ["pytorch", *ONNX, *GGUF])
     lines += ["", "`lmexport parity` with default settings (6 prompts, prefill + 16 decode steps):", "",
               "| artifact | preset | max abs logit diff | relative | top-1 | mean KL | greedy match (min of 16) "
