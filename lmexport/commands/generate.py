@@ -100,6 +100,63 @@ def _generate_gguf(path, prompts, max_new_tokens, sampling, device, threads, sto
                 click.echo(f"[{n} pieces in {dt:.2f} s ({n / dt if dt else 0:.1f}/s) on llama.cpp]", err=True)
 
 
+def _generate_pte(path, prompts, max_new_tokens, sampling, device, threads, stop, chat, truncate, stats):
+    """A .pte in executorch.runtime: one prompt after the other, each a new sequence (input_pos 0).
+
+    A small loop until the engine layer (lmexport.engine) runs every artifact through one generator."""
+    import time
+
+    import numpy as np
+
+    from lmexport.errors import InputError
+    from lmexport.exporters.executorch.engine import ExecutorchEngine
+    from lmexport.runtime.sampling import choose
+
+    if truncate:
+        raise InputError("--truncate is not supported for a .pte", hint="use a shorter prompt")
+    with ExecutorchEngine(path, device=device, threads=threads) as eng:
+        click.echo("[running on executorch (XNNPACK, cpu)]", err=True)
+        tok = eng.tokenizer
+        eos = set(eng.info.eos_token_ids)
+        for i, prompt in enumerate(prompts):
+            if len(prompts) > 1:
+                click.echo(f"--- [{i}]")
+            if chat:
+                text = tok.apply_chat_template([{"role": "user", "content": prompt}])
+                ids = tok.encode(text, add_special_tokens=False)
+            else:
+                click.echo(prompt, nl=False)
+                ids = tok.encode(prompt)
+            if len(ids) + max_new_tokens > eng.max_context:
+                raise InputError(f"the prompt ({len(ids)} tokens) and --max-new-tokens {max_new_tokens} exceed the "
+                                 f"program's context of {eng.max_context} tokens",
+                                 hint="export with a larger --max-context, or ask for fewer tokens")
+            rngs = [np.random.default_rng(sampling.seed)]
+            t0 = time.perf_counter()
+            logits = eng.logits_for(ids, 0)[-1:]
+            prefill_s, t1 = time.perf_counter() - t0, time.perf_counter()
+            new, shown = [], ""
+            while len(new) < max_new_tokens:
+                nxt = int(choose(logits, sampling, rngs, [set(ids + new)])[0])
+                if nxt in eos:
+                    break
+                new.append(nxt)
+                text = tok.decode(new)
+                if not text.endswith("\ufffd"):
+                    click.echo(text[len(shown):], nl=False)
+                    sys.stdout.flush()
+                    shown = text
+                if any(s in text for s in stop) or len(new) == max_new_tokens:
+                    break
+                logits = eng.logits_for([nxt], len(ids) + len(new) - 1)[-1:]
+            click.echo(tok.decode(new)[len(shown):])
+            if stats:
+                dt = time.perf_counter() - t1
+                n = max(len(new) - 1, 0)
+                click.echo(f"[{len(ids)} prompt tokens, {len(new)} new tokens; prefill {prefill_s * 1e3:.1f} ms; "
+                           f"decode {n / dt if dt > 0 else 0:.1f} tokens/s on executorch (XNNPACK, cpu)]", err=True)
+
+
 def _open(folder, device, threads, optimization):
     from lmexport.runtime import Generator
     from lmexport.runtime.hugepages import reexec_for
@@ -138,6 +195,10 @@ def generate(folder, prompts, max_new_tokens, temperature, top_k, top_p, repetit
       lmexport generate out/onnx --prompt "def read_file(path):" --max-new-tokens 48
       lmexport generate out/model.gguf --prompt "def read_file(path):" --temperature 0.8 --seed 1
     """
+    if folder.suffix == ".pte" and folder.is_file():
+        return _generate_pte(folder, prompts, max_new_tokens,
+                             _sampling(temperature, top_k, top_p, repetition_penalty, seed),
+                             device, threads, stop, chat, truncate, stats)
     if _is_gguf(folder):
         return _generate_gguf(folder, prompts, max_new_tokens,
                               _llamacpp_sampling(temperature, top_k, top_p, repetition_penalty, seed),

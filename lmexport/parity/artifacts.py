@@ -53,12 +53,25 @@ def _onnx(folder: Path, ckpt: Checkpoint, device: str, engine: str = "pytorch", 
     return OnnxBackend(folder, manifest, device), manifest.preset
 
 
-OPENERS = {"gguf": _gguf, "onnx": _onnx}
+def _pte(path: Path, ckpt: Checkpoint, device: str, engine: str = "pytorch", batch_size: int = 3):
+    """An ExecuTorch program in executorch.runtime (one loaded method per row of a batch)."""
+    from lmexport.exporters.executorch import sidecar
+    from lmexport.exporters.executorch.engine import ExecutorchEngine
+
+    if engine != "pytorch":
+        raise InputError(f"--engine {engine} runs GGUF files; {path} is an ExecuTorch program",
+                         hint="drop --engine for a .pte (it runs in executorch.runtime)")
+    meta = sidecar.read(path)
+    check_same_model(ckpt, path, meta["source"].get("weights_hash"), meta["source"].get("config"))
+    return ExecutorchEngine(path, device=device, meta=meta), meta.get("tolerance_preset") or "fp32"
+
+
+OPENERS = {"gguf": _gguf, "onnx": _onnx, "pte": _pte}
 
 
 def open_artifact(kind: str, path: Path, ckpt: Checkpoint, device: str = "cpu", engine: str = "pytorch",
                   batch_size: int = 3):
-    """(backend, default tolerance preset) for an ONNX folder or a GGUF file.
+    """(backend, default tolerance preset) for an ONNX folder, a GGUF file or a .pte.
 
     ``engine`` (GGUF only): "pytorch" rebuilds the model from the file's tensors; "llama.cpp" runs the
     file in the patched llama.cpp (its logits; per-layer outputs from the PyTorch rebuild)."""

@@ -126,7 +126,9 @@ def detect_kind(artifact: Path) -> str:
             magic = f.read(4)
         if magic == b"GGUF":
             return "gguf"
-        raise ArtifactError(f"{artifact} is neither an exported ONNX folder nor a GGUF file "
+        if artifact.suffix == ".pte":
+            return "pte"
+        raise ArtifactError(f"{artifact} is neither an exported ONNX folder, a GGUF file nor a .pte "
                             f"(its first bytes are {magic!r})")
     raise ArtifactError(f"artifact {artifact} does not exist")
 
@@ -161,6 +163,8 @@ def run_parity(model_dir: str | Path, artifact: str | Path, *, prompts: list[str
     report = ParityReport(str(model_dir), str(artifact), kind, preset, tol)
     if kind == "onnx":
         report.engine = report.localised_by = "onnxruntime"
+    elif kind == "pte":
+        report.engine = report.localised_by = "executorch"
     elif engine == "llama.cpp":
         report.engine, report.localised_by = "llama.cpp", "pytorch rebuild of the GGUF"
     else:

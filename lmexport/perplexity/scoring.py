@@ -69,11 +69,25 @@ def torch_folder_scorer(folder: Path) -> WindowScorer:
     return torch_scorer(model)
 
 
+def pte_scorer(path: Path) -> tuple[WindowScorer, int]:
+    """Each window is one prefill at input_pos 0 (a new sequence) in executorch.runtime."""
+    from lmexport.exporters.executorch.engine import ExecutorchEngine
+
+    engine = ExecutorchEngine(path)
+
+    def score(ids: Sequence[int], first_target: int) -> float:
+        logits = engine.logits_for(list(ids), 0)
+        return _nll_sum(logits[first_target - 1:-1], ids[first_target:])
+
+    # the program takes at most max_context - 1 tokens in one call
+    return score, engine.max_context - 1
+
+
 ENGINES = ("auto", "llama.cpp")
 
 
 def open_scorer(path: Path, device: str = "cpu", engine: str = "auto") -> tuple[WindowScorer, str, int]:
-    """(scorer, kind, context length) for a model folder, an ONNX folder or a GGUF file.
+    """(scorer, kind, context length) for a model folder, an ONNX folder, a GGUF file or a .pte.
 
     ``engine``: "auto" runs a GGUF through its PyTorch rebuild; "llama.cpp" runs it in the patched
     llama.cpp (GGUF files only)."""
@@ -93,6 +107,12 @@ def open_scorer(path: Path, device: str = "cpu", engine: str = "auto") -> tuple[
 
         config = LiquidMetalConfig.from_dict(read_config_dict(precheck(path)))
         return torch_folder_scorer(path), "pytorch", config.max_position_embeddings
+    if path.is_file() and path.suffix == ".pte":
+        if engine == "llama.cpp":
+            raise InputError(f"--engine llama.cpp scores GGUF files; {path} is an ExecuTorch program",
+                             hint="drop --engine for a .pte (it runs in executorch.runtime)")
+        scorer, context = pte_scorer(path)
+        return scorer, "executorch", context
     if path.is_file():
         from lmexport.exporters.gguf.reader import open_gguf
         g = open_gguf(path)

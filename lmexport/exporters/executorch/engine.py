@@ -7,8 +7,9 @@ probe outputs), ``close``. Plus ``prefill``/``decode``-style helpers for one seq
 ``logits_for(ids, start)``.
 
 The program is batch 1 (ExecuTorch's LLM runner contract). A batch of B rows uses B loaded
-instances of the ``forward`` method: each instance owns its memory-planned buffers, hence its
-own KV cache, conv window and context sums. A row's first call runs at ``input_pos = 0``,
+copies of the program: each owns its memory-planned buffers, hence its own KV cache, conv window
+and context sums (two ``load_method`` calls on one loaded program share them: checked, the rows
+then overwrite each other's state). A row's first call runs at ``input_pos = 0``,
 which starts a new sequence in the program (program.py); ``reset`` only rewinds the rows'
 positions. Left padding is dropped: a row feeds only its valid tokens, at the positions the
 caller gives (the number of valid tokens before each).
@@ -65,11 +66,8 @@ class ExecutorchEngine:
             raise InputError(runtime_missing_message()) from None
         if threads is not None:
             _set_threads(threads)
-        try:
-            self.program = Runtime.get().load_program(self.path)
-        except (RuntimeError, ValueError) as exc:
-            raise ArtifactError(f"executorch.runtime cannot load {self.path}: {str(exc).splitlines()[0]}",
-                                hint="re-export it with `lmexport executorch`") from None
+        self._runtime = Runtime.get()
+        self.program = self._load()
         self.method_name = self.meta.get("method", "forward")
         tok = self.meta["tokenizer"]
         config = self.meta["source"]["config"]
@@ -83,6 +81,13 @@ class ExecutorchEngine:
         self._next: list[int] = []       # per row: the position of its next token
         self._tokenizer = None
 
+    def _load(self):
+        try:
+            return self._runtime.load_program(self.path)
+        except (RuntimeError, ValueError) as exc:
+            raise ArtifactError(f"executorch.runtime cannot load {self.path}: {str(exc).splitlines()[0]}",
+                                hint="re-export it with `lmexport executorch`") from None
+
     # ------------------------------------------------------------ the program's constants
     def constant(self, name: str):
         """A constant method of the program (get_max_seq_len, get_bos_id, ...), as the LLM runner reads it."""
@@ -94,7 +99,8 @@ class ExecutorchEngine:
     # ------------------------------------------------------------ the engine protocol
     def reset(self, batch: int) -> None:
         while len(self._methods) < batch:
-            self._methods.append(self.program.load_method(self.method_name))
+            program = self.program if not self._methods else self._load()
+            self._methods.append(program.load_method(self.method_name))
         self._next = [0] * batch
 
     def _run(self, row: int, tokens: np.ndarray, start: int) -> np.ndarray:
