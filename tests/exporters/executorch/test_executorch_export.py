@@ -61,7 +61,8 @@ class Programs:
     def tiny(self, quantize="none"):
         key = ("tiny", quantize)
         if key not in self.made:
-            out = self.root / f"tiny-{quantize}.pte"
+            out = self.root / "tiny" / f"tiny-{quantize}.pte"   # its own tokenizer.json beside it
+            out.parent.mkdir(exist_ok=True)
             options = ExecutorchExportOptions(quantize=quantize, max_context=64, decode_steps=3)
             result = export_executorch(self.tiny_dir(), out, options)
             assert result.report is not None and not np.isnan(result.report.max_abs)
