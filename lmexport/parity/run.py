@@ -128,7 +128,7 @@ def detect_kind(artifact: Path) -> str:
             return "gguf"
         if artifact.suffix == ".pte":
             return "pte"
-        raise ArtifactError(f"{artifact} is neither an exported ONNX folder, a GGUF file nor a .pte "
+        raise ArtifactError(f"{artifact} is neither an exported ONNX folder nor a GGUF file (nor a .pte) "
                             f"(its first bytes are {magic!r})")
     raise ArtifactError(f"artifact {artifact} does not exist")
 
