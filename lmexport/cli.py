@@ -29,6 +29,7 @@ COMMANDS = {
     "convert": ("lmexport.commands.convert", "convert", "Turn a plain Llama checkpoint into a Liquid-Metal one."),
     "onnx": ("lmexport.commands.onnx", "onnx", "Export to a stateful ONNX folder, validated against PyTorch."),
     "gguf": ("lmexport.commands.gguf", "gguf", "Export to a GGUF file for llama.cpp-based stacks, validated."),
+    "executorch": ("lmexport.commands.executorch", "executorch", "Export to an ExecuTorch .pte (XNNPACK), validated."),
     "generate": ("lmexport.commands.generate", "generate", "Generate text from an ONNX folder or a GGUF (llama.cpp)."),
     "chat": ("lmexport.commands.generate", "chat", "Chat with an ONNX folder or a GGUF (llama.cpp)."),
     "parity": ("lmexport.commands.parity", "parity", "Compare an ONNX folder or GGUF file with PyTorch."),

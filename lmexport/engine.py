@@ -16,7 +16,7 @@ kind (``artifact_kind``)  engine      class
 ``gguf``                llama.cpp   ``lmexport.runtime.llamacpp.engine.LlamaCppEngine``
 ``gguf``                pytorch     ``lmexport.exporters.gguf.reader.torch_engine`` (rebuild)
 ``pytorch``             pytorch     ``lmexport.modeling.engine.TorchEngine``
-``pte``                 (room)      an ExecuTorch engine registers itself here
+``pte``                 executorch  ``exporters/executorch/engine.py`` (executorch.runtime)
 ======================  ==========  ======================================================
 
 Adding an engine: one module with a class (or factory) implementing ``Engine`` (subclass
@@ -215,6 +215,7 @@ register("onnx", "onnxruntime", "lmexport.runtime.ort:OnnxEngine")
 register("gguf", "llama.cpp", "lmexport.runtime.llamacpp.engine:LlamaCppEngine")
 register("gguf", "pytorch", "lmexport.exporters.gguf.reader:torch_engine")
 register("pytorch", "pytorch", "lmexport.modeling.engine:TorchEngine")
+register("pte", "executorch", "lmexport.exporters.executorch.engine:ExecutorchEngine")
 
 
 def engine_names(kind: str) -> list[str]:

@@ -10,6 +10,10 @@ bash scripts/setup_node.sh           # transformers.js and puppeteer-core for te
 . .venv/bin/activate
 bash scripts/plain_wheels.sh          # wheels for the plain-install test (a fresh venv built offline)
 export LMEXPORT_REQUIRE_NODE=1 LMEXPORT_REQUIRE_BROWSER=1   # set up above: those tests must run, not skip
+# ExecuTorch for tests/exporters/executorch (pip, only when missing; torch stays pinned)
+python -c "import executorch.runtime" >/dev/null 2>&1 || \
+  python -m pip install --quiet "torch==2.13.0" -e ".[executorch]"
+export LMEXPORT_REQUIRE_EXECUTORCH=1   # installed above: those tests must run, not skip
 # llama.cpp with the liquidmetal architecture, before pytest so its progress shows: a stamp check
 # when installed, the cached wheel (~/.cache/lmexport/llamacpp/wheels, same patch, CMAKE_ARGS, CPU,
 # Python ABI) in a fresh venv, a compile (minutes) only when neither fits. LMEXPORT_NO_LLAMACPP_BUILD=1 skips it.

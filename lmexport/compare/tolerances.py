@@ -80,6 +80,10 @@ TOLERANCES: dict[str, Tolerance] = {
                       hidden_rel=1e-1),
     "int4": Tolerance(atol=1e-5, rtol=None, state_rtol=0.5, min_top1=0.6, max_kl=2e-1, min_cosine=0.95,
                       hidden_rel=2e-1),
+    # ExecuTorch 8da4w (lmexport executorch --quantize 8da4w): int4 weights per group of 32 with int8
+    # dynamic activations, int8 embedding rows; int4's quality bounds (logits only: no state outputs)
+    "8da4w": Tolerance(atol=1e-5, rtol=None, state_rtol=None, min_top1=0.6, max_kl=2e-1, min_cosine=0.95,
+                       hidden_rel=2e-1),
     # GGUF outtypes (lmexport gguf --outtype), compared through the rebuilt model
     "gguf-f32": Tolerance(atol=1e-6, rtol=1e-6, state_rtol=None, min_top1=None, max_kl=1e-7, min_cosine=0.999999,
                           hidden_rel=1e-5),

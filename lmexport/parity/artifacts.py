@@ -49,7 +49,21 @@ def _onnx(folder: Path, ckpt: Checkpoint, device: str, engine: str, batch_size: 
     return art, art
 
 
-OPENERS = {"gguf": _gguf, "onnx": _onnx}
+def _pte(path: Path, ckpt: Checkpoint, device: str, engine: str, batch_size: int):
+    """An ExecuTorch program in executorch.runtime (one loaded method per row of a batch); it has no
+    per-layer outputs, so a failure is reported without localisation."""
+    from lmexport.exporters.executorch import sidecar
+
+    if engine != "pytorch":
+        raise InputError(f"--engine {engine} runs GGUF files; {path} is an ExecuTorch program",
+                         hint="drop --engine for a .pte (it runs in executorch.runtime)")
+    meta = sidecar.read(path)
+    check_same_model(ckpt, path, meta["source"].get("weights_hash"), meta["source"].get("config"))
+    art = engine_class("pte")(path, device=device, meta=meta)
+    return art, art
+
+
+OPENERS = {"gguf": _gguf, "onnx": _onnx, "pte": _pte}
 
 
 def open_artifact(path: Path, ckpt: Checkpoint, device: str = "cpu", engine: str = "pytorch", batch_size: int = 3):

@@ -26,7 +26,7 @@ def fitting(score: WindowScorer, vocab_size: int | None) -> WindowScorer:
 
 
 def open_scorer(path: Path, device: str = "cpu", engine: str = "auto") -> tuple[WindowScorer, str, int]:
-    """(scorer, kind, context length) for a model folder, an ONNX folder or a GGUF file.
+    """(scorer, kind, context length) for a model folder, an ONNX folder, a GGUF file or a .pte.
 
     ``engine``: "auto" runs a GGUF through its PyTorch rebuild; "llama.cpp" runs it in the patched
     llama.cpp (GGUF files only; llama.cpp's default F16 KV cache, as its own perplexity tool runs)."""
