@@ -235,6 +235,7 @@ def export_onnx(model_dir: str | Path, out_dir: str | Path, options: OnnxExportO
 
     out_dir = Path(out_dir)
     check_output_path(out_dir.absolute(), overwrite, directory=True, inputs=[model_dir])  # before reading gigabytes
+    options = transformersjs.browser_safe(options)
     from lmexport.modeling.tokenizer import has_tokenizer, resolve_tokenizer
 
     model, ckpt = load_model(model_dir)

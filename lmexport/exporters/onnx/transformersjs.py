@@ -53,6 +53,21 @@ BROWSER_MISSING_OPS = {
 }
 
 
+def browser_safe(options):
+    """The export options for this target with what the browser lacks turned off: a quantised folder
+    keeps its token embedding in float (no GatherBlockQuantized; the tied head is then stored in
+    4/8-bit MatMulNBits beside it), said in the log. Other targets' options are returned as they are."""
+    import dataclasses
+    import logging
+
+    if options.target != TARGET or options.quantize not in ("int4", "int8") or not options.quantize_embeddings:
+        return options
+    logging.getLogger(__name__).warning(
+        "--target %s: the token embedding stays in float (onnxruntime-web's WebGPU build, which "
+        "transformers.js loads, has no GatherBlockQuantized)", TARGET)
+    return dataclasses.replace(options, quantize_embeddings=False)
+
+
 def check_browser_ops(graph) -> None:
     """Refuse a graph (``onnx.GraphProto``) with an op that onnxruntime-web cannot run."""
     found = sorted({(n.domain or "", n.op_type) for n in graph.node} & set(BROWSER_MISSING_OPS))
