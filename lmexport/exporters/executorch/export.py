@@ -12,7 +12,7 @@ nothing (``atomic_outputs``)::
                             share them), refused without --overwrite when different
 
 The export is validated in ``executorch.runtime`` against PyTorch (a prefill and decode steps,
-``lmexport.parity``) before anything is renamed into place. See docs/executorch.md.
+``lmexport.compare``) before anything is renamed into place. See docs/executorch.md.
 """
 from __future__ import annotations
 
@@ -67,7 +67,7 @@ class ExecutorchExportOptions:
 
     @property
     def preset(self) -> str:
-        """The tolerance preset the variant is held to (lmexport.parity.tolerances)."""
+        """The tolerance preset the variant is held to (lmexport.compare.tolerances)."""
         return sidecar.PRESETS[self.variant]
 
     def quantization(self) -> dict:
@@ -97,7 +97,7 @@ class ExecutorchExportResult:
     path: Path
     sidecar: Path
     meta: dict
-    report: object | None = None      # lmexport.parity.metrics.StepMetrics of the validation
+    report: object | None = None      # lmexport.compare.metrics.StepMetrics of the validation
 
 
 def sidecar_path(pte: Path) -> Path:
@@ -147,23 +147,21 @@ def export_executorch(model_dir: str | Path, output: str | Path,
 
 
 def _validate(model, ckpt, pte: Path, meta: dict, options: ExecutorchExportOptions):
-    """Parity's compare loop on the built-in prompts, one row at a time (the program's batch is 1)."""
+    """The comparison core's loop (lmexport.compare) on the ONNX validator's left-padded random batch:
+    a prefill and ``decode_steps`` greedy steps, the program in executorch.runtime against PyTorch."""
+    from lmexport.compare.loop import compare_calls
+    from lmexport.compare.metrics import overall
+    from lmexport.compare.tolerances import check, get_tolerance
     from lmexport.exporters.executorch.engine import ExecutorchEngine
-    from lmexport.parity.backends import TorchBackend
-    from lmexport.parity.inputs import BUILTIN_PROMPTS, make_batches, tokenize
-    from lmexport.parity.metrics import overall
-    from lmexport.parity.run import compare_batch
-    from lmexport.parity.tolerances import check, get_tolerance
+    from lmexport.exporters.onnx.validate import validation_batch
+    from lmexport.modeling.engine import TorchEngine
 
     c = model.config
     tol = get_tolerance(options.preset)
-    ids = tokenize(list(BUILTIN_PROMPTS), Path(ckpt.path), c.vocab_size, c.bos_token_id,
-                   int(meta["max_context"]) - options.decode_steps)
-    per_batch: list = []
+    ids, mask = validation_batch(c.vocab_size, c.pad_token_id if c.pad_token_id is not None else 0)
     with ExecutorchEngine(pte, meta=meta) as engine:
-        for batch in make_batches(ids, 1, c.pad_token_id or 0):
-            compare_batch(TorchBackend(model), engine, batch, options.decode_steps, per_batch)
-    metrics = overall([m for b in per_batch for m in b])
+        per_call, _ = compare_calls(TorchEngine(ckpt.path, model=model), engine, ids, mask, options.decode_steps)
+    metrics = overall(per_call)
     failures = check(metrics, tol)
     log.info("validated in executorch.runtime: max |logit diff| %.3g, top-1 %.3f, KL %.3g (%s preset)",
              metrics.max_abs, metrics.top1, metrics.kl_mean, options.preset)

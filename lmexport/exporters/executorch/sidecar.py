@@ -33,7 +33,7 @@ from lmexport.jsonio import read_json_object
 FORMAT = "lmexport-executorch"
 FORMAT_VERSION = 1
 SUFFIX = ".lmexport.json"
-# variant -> tolerance preset (lmexport.parity.tolerances)
+# variant -> tolerance preset (lmexport.compare.tolerances)
 PRESETS = {"fp32": "fp32", "8da4w": "8da4w"}
 
 
