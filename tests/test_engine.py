@@ -46,8 +46,8 @@ def test_artifact_kind_is_one_rule(onnx_dir, gguf_file, tmp_path):
                           (empty, "neither lmexport.json nor config.json")):
         with pytest.raises(InputError, match=message):
             artifact_kind(path)
-    with pytest.raises(InputError, match="no engine in this lmexport runs pte"):
-        open_artifact(pte)
+    with pytest.raises(InputError, match="model.lmexport.json is missing beside"):
+        open_artifact(pte)                 # the .pte engine names the sidecar its export writes
     with pytest.raises(InputError, match="the llama.cpp engine does not run onnx"):
         open_artifact(onnx_dir, engine="llama.cpp")
 

@@ -13,11 +13,15 @@ multiple of its block size; otherwise the tensor falls back to F16.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import gguf
+import numpy as np
 from gguf import GGMLQuantizationType as QT
 from gguf import GGUFValueType as VT
 from gguf import Keys, LlamaFileType
+
+from lmexport.errors import ArtifactError
 
 # The regex of Llama 3's tokenizer.json Split pre-tokenizer (data, as written in those files).
 LLAMA3_REGEX = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -224,3 +228,38 @@ def choose_type(shape: tuple[int, ...], role: str, outtype: OutType) -> QT | Non
         if type_fits(shape, qtype):
             return qtype
     return None
+
+
+GGUF_MAGIC = 0x46554747          # b"GGUF" little-endian
+_HEADER = np.dtype([("magic", "<u4"), ("version", "<u4"), ("n_tensors", "<u8"), ("n_kv", "<u8")])
+
+
+def check_header(path: Path) -> None:
+    """Refuse a file whose header is not GGUF or whose counts are out of range, before anything parses it."""
+    if path.stat().st_size < _HEADER.itemsize:
+        raise ArtifactError(f"{path} is too short to be a GGUF file")
+    header = np.fromfile(path, dtype=_HEADER, count=1)[0]
+    if int(header["magic"]) != GGUF_MAGIC:
+        raise ArtifactError(f"{path} is not a GGUF file (bad magic)")
+    if int(header["version"]) not in (2, 3):
+        raise ArtifactError(f"{path} has GGUF version {int(header['version'])}; lmexport reads versions 2 and 3")
+    if int(header["n_tensors"]) > MAX_TENSORS or int(header["n_kv"]) > MAX_KV:
+        raise ArtifactError(f"{path} claims {int(header['n_tensors'])} tensors and {int(header['n_kv'])} "
+                            f"metadata keys, beyond lmexport's limits; the file is damaged")
+
+
+def architecture_and_context(path: Path) -> tuple[str, int | None]:
+    """(general.architecture, {arch}.context_length) of a GGUF file, read from its metadata alone."""
+    check_header(path)
+    try:
+        reader = gguf.GGUFReader(path)
+    except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError, OverflowError) as exc:
+        raise ArtifactError(f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc})") from None
+
+    def value(key: str):
+        f = reader.fields.get(key)
+        return None if f is None else f.contents()
+
+    arch = str(value(Keys.General.ARCHITECTURE) or "")
+    n_ctx = value(f"{arch}.context_length")
+    return arch, int(n_ctx) if isinstance(n_ctx, (int, np.integer)) else None

@@ -41,9 +41,7 @@ from lmexport.errors import ArtifactError, ConfigError
 from lmexport.config import MODEL_TYPE, LiquidMetalConfig
 from lmexport.tensor_names import (EMBEDDING, LM_HEAD, TensorRef, expected_tensors, from_gguf_layout, gguf_layout_shape)
 
-GGUF_MAGIC = 0x46554747          # b"GGUF" little-endian
 _SHARD = re.compile(r"^(?P<stem>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
-_HEADER = np.dtype([("magic", "<u4"), ("version", "<u4"), ("n_tensors", "<u8"), ("n_kv", "<u8")])
 
 
 def gguf_shards(path: str | Path) -> list[Path]:
@@ -66,20 +64,6 @@ def gguf_shards(path: str | Path) -> list[Path]:
     if missing:
         raise ArtifactError(f"split GGUF {stem} is incomplete: missing {', '.join(missing)}")
     return shards
-
-
-def _check_header(path: Path) -> None:
-    """Refuse a file whose header is not GGUF or whose counts are out of range, before parsing."""
-    if path.stat().st_size < _HEADER.itemsize:
-        raise ArtifactError(f"{path} is too short to be a GGUF file")
-    header = np.fromfile(path, dtype=_HEADER, count=1)[0]
-    if int(header["magic"]) != GGUF_MAGIC:
-        raise ArtifactError(f"{path} is not a GGUF file (bad magic)")
-    if int(header["version"]) not in (2, 3):
-        raise ArtifactError(f"{path} has GGUF version {int(header['version'])}; lmexport reads versions 2 and 3")
-    if int(header["n_tensors"]) > fmt.MAX_TENSORS or int(header["n_kv"]) > fmt.MAX_KV:
-        raise ArtifactError(f"{path} claims {int(header['n_tensors'])} tensors and {int(header['n_kv'])} "
-                            f"metadata keys, beyond lmexport's limits; the file is damaged")
 
 
 def _field_value(f: ReaderField) -> Any:
@@ -231,7 +215,7 @@ def open_gguf(path: str | Path) -> GGUFFile:
     fields: dict[str, ReaderField] = {}
     tensors: dict[str, ReaderTensor] = {}
     for i, shard in enumerate(paths):
-        _check_header(shard)
+        fmt.check_header(shard)
         try:
             reader = GGUFReader(shard)
         except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError) as exc:

@@ -33,7 +33,7 @@ from lmexport.engine import EngineBase, EngineInfo
 from lmexport.errors import ArtifactError, InputError, LmexportError
 from lmexport.formats import gguf as fmt
 from lmexport.runtime.llamacpp.install import (BUILD_HINT, LlamaCppUnavailable, is_patched,  # noqa: F401
-                                               library_path, require_patched)
+                                               gpu_devices, library_path, require_patched)
 from lmexport.runtime.llamacpp.native_log import load_error, native_log
 
 GGML_TYPE_F32 = 0
@@ -83,7 +83,7 @@ class LlamaCppEngine(EngineBase):
         if self.options.n_ctx == 0:
             from dataclasses import replace
             self.options = replace(self.options, n_ctx=self.context_length)
-        offloads = self.options.n_gpu_layers != 0 and bool(self.llama_cpp.llama_supports_gpu_offload())
+        offloads = self.options.n_gpu_layers != 0 and bool(gpu_devices(self.llama_cpp))
         self.info = self._info("gpu (llama.cpp offload)" if offloads else "cpu")
 
     # ------------------------------------------------------------------ opening

@@ -47,3 +47,26 @@ def require_patched():
         raise LlamaCppUnavailable(f"the installed llama-cpp-python ({library_path(llama_cpp)}) has no liquidmetal "
                                   f"architecture", hint=BUILD_HINT)
     return llama_cpp
+
+
+def gpu_devices(llama_cpp=None) -> list[str]:
+    """Names of the GPU devices ggml registered (empty on a CPU build).
+
+    ``llama_supports_gpu_offload()`` is also true for a CPU build with the RPC backend compiled in, so it
+    cannot tell whether layers really leave the CPU; ggml's device registry can."""
+    import ctypes
+
+    lib = library_path(llama_cpp)
+    if lib is None:
+        return []
+    try:
+        ggml = ctypes.CDLL(str(lib.parent / "libggml.so"))
+    except OSError:
+        return []
+    ggml.ggml_backend_dev_count.restype = ctypes.c_size_t
+    ggml.ggml_backend_dev_get.argtypes, ggml.ggml_backend_dev_get.restype = [ctypes.c_size_t], ctypes.c_void_p
+    ggml.ggml_backend_dev_type.argtypes, ggml.ggml_backend_dev_type.restype = [ctypes.c_void_p], ctypes.c_int
+    ggml.ggml_backend_dev_name.argtypes, ggml.ggml_backend_dev_name.restype = [ctypes.c_void_p], ctypes.c_char_p
+    gpu_types = (1, 2)          # enum ggml_backend_dev_type: CPU 0, GPU 1, IGPU 2, ACCEL 3
+    devices = (ggml.ggml_backend_dev_get(i) for i in range(ggml.ggml_backend_dev_count()))
+    return [ggml.ggml_backend_dev_name(d).decode() for d in devices if ggml.ggml_backend_dev_type(d) in gpu_types]

@@ -52,12 +52,9 @@ class ServeOptions:
 
 def gguf_context_length(path: Path) -> tuple[str, int | None]:
     """(architecture, context length) from the GGUF's metadata; ArtifactError for a bad file."""
-    from lmexport.exporters.gguf.reader import open_gguf
+    from lmexport.formats.gguf import architecture_and_context
 
-    gguf = open_gguf(path)
-    arch = gguf.arch
-    n_ctx = gguf.value(f"{arch}.context_length")
-    return arch, int(n_ctx) if n_ctx is not None else None
+    return architecture_and_context(path)
 
 
 def check_port(host: str, port: int) -> int:

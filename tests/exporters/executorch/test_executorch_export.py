@@ -199,7 +199,7 @@ def test_generate_and_perplexity_commands_on_a_pte(programs):
                    "--json")
     assert got.returncode == 0 and want.returncode == 0, got.stderr[-1500:] + want.stderr[-1500:]
     g, w = json.loads(got.stdout), json.loads(want.stdout)
-    assert g["kind"] == "executorch" and g["n_targets"] == w["n_targets"] == 299
+    assert g["kind"] == "pte" and g["n_targets"] == w["n_targets"] == 299
     assert abs(g["perplexity"] / w["perplexity"] - 1) < 1e-4
 
 

@@ -66,14 +66,14 @@ def test_llama_cli_one_chat_turn_equals_lmexport_chat(ggufs, llamacpp_tools):
 def llama_perplexity_scheme(engine, ids: list[int], n_ctx: int) -> float:
     """llama-perplexity's estimate computed with lmexport's scorer: disjoint chunks of n_ctx tokens,
     each a fresh sequence, scoring the tokens after its first half (no BOS: the GGUF's add_bos is off)."""
-    from lmexport.perplexity.scoring import _nll_sum
+    from lmexport.compare.metrics import nll_sum
 
     first = n_ctx // 2
     nll, count = 0.0, 0
     for c in range(len(ids) // n_ctx):
         chunk = ids[c * n_ctx:(c + 1) * n_ctx]
         logits = engine.logits(chunk)
-        nll += _nll_sum(logits[first:-1], chunk[first + 1:])
+        nll += nll_sum(logits[first:-1], chunk[first + 1:])
         count += n_ctx - first - 1
     return math.exp(nll / count)
 
