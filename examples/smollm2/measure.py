@@ -34,17 +34,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 HELDOUT = ROOT / "examples" / "smollm2" / "heldout.txt"
 QUESTION = "What is the capital of France?"
-# int8 is exported with default settings (validated); int4 still fails its preset on this
-# Q4_1-grid checkpoint (issue 23, open) and is exported with --no-validate; the int4
-# round-to-nearest row (`--round-to-nearest --bits-per-weight 4`) is what the searched scales
-# and the mixed bits are measured against (issue 23). GGUFs are scored in the patched llama.cpp
-# (`--engine llama.cpp`), q4_k_m with llama.cpp's own quantizer.
-ONNX = {"onnx-fp32": [], "onnx-int8": ["--quantize", "int8"], "onnx-int4": ["--quantize", "int4", "--no-validate"],
-        "onnx-int4-rtn": ["--quantize", "int4", "--round-to-nearest", "--bits-per-weight", "4", "--no-validate"]}
+# int8 and int4 are exported with default settings (validated against PyTorch with their presets);
+# the int4 rows with --integer-zero-points and with round-to-nearest (`--round-to-nearest
+# --bits-per-weight 4`) are what the float offsets, the searched scales and the mixed bits are measured
+# against (issue 23). GGUFs are scored in the patched llama.cpp (`--engine llama.cpp`), q4_k_m with
+# llama.cpp's own quantizer.
+ONNX = {"onnx-fp32": [], "onnx-int8": ["--quantize", "int8"], "onnx-int4": ["--quantize", "int4"],
+        "onnx-int4-uint8": ["--quantize", "int4", "--integer-zero-points", "--no-validate"],
+        "onnx-int4-rtn": ["--quantize", "int4", "--round-to-nearest", "--bits-per-weight", "4", "--integer-zero-points",
+                          "--no-validate"]}
 GGUF = {"f16.gguf": "f16", "q8_0.gguf": "q8_0", "q4_0.gguf": "q4_0", "q4_1.gguf": "q4_1", "q4_k_m.gguf": "q4_k_m"}
 LABELS = {"pytorch": "PyTorch fp32", "onnx-fp32": "ONNX fp32",
           "onnx-int8": "ONNX int8 (MatMulNBits 8 bits, block 32, searched)",
-          "onnx-int4": "ONNX int4 (default: searched 4 bits, 8 bits by sensitivity at Q4_K_M's size)",
+          "onnx-int4": "ONNX int4 (default: searched 4 bits with float offsets, 8 bits by sensitivity at Q4_K_M's size)",
+          "onnx-int4-uint8": "ONNX int4, uint8 zero points (`--integer-zero-points`)",
           "onnx-int4-rtn": "ONNX int4, round-to-nearest, all 4 bits", "f16.gguf": "GGUF f16",
           "q8_0.gguf": "GGUF q8_0", "q4_0.gguf": "GGUF q4_0", "q4_1.gguf": "GGUF q4_1",
           "q4_k_m.gguf": "GGUF Q4_K_M"}

@@ -36,13 +36,17 @@ from lmexport.exporters.onnx.transformersjs import TARGET as TRANSFORMERSJS   # 
 @click.option("--round-to-nearest", is_flag=True,
               help="int4/int8: scales and zero points from each block's range instead of the error-minimising "
                    "search (for comparison).")
+@click.option("--integer-zero-points", is_flag=True,
+              help="int4: packed uint8 zero points instead of a float offset per block (the earlier recipe; "
+                   "for comparison).")
 @click.option("--target", type=click.Choice(["lmexport", TRANSFORMERSJS]), default="lmexport", show_default=True,
               help="Whose state-name conventions the graph IO follows: transformers.js names the context sums "
                    "its 'recurrent' state and adds the liquid_metal.mjs loader (docs/runtime.md).")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with PyTorch (not recommended).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
 def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, no_pack_matmuls, block_size, accuracy_level,
-         bits_per_weight, no_quantize_embeddings, round_to_nearest, target, no_validate, overwrite):
+         bits_per_weight, no_quantize_embeddings, round_to_nearest, integer_zero_points, target, no_validate,
+         overwrite):
     """Export a Liquid-Metal checkpoint to a stateful ONNX folder, validated against PyTorch.
 
     One graph serves prefill and decode; the folder's lmexport.json names every input
@@ -66,7 +70,7 @@ def onnx(model_dir, out_dir, dtype, quantize, opset, no_fused_ops, no_pack_matmu
                                 pack_matmuls=not no_pack_matmuls,
                                 block_size=block_size, accuracy_level=accuracy_level,
                                 bits_per_weight=bits_per_weight, quantize_embeddings=not no_quantize_embeddings,
-                                search=not round_to_nearest,
+                                search=not round_to_nearest, int4_offsets=not integer_zero_points,
                                 target=target,
                                 validate=not no_validate)
     result = export_onnx(model_dir, out_dir, options, overwrite=overwrite)

@@ -70,21 +70,19 @@ def test_fp32_onnx_export_validates_with_default_settings(smollm2):
     assert "PASSED" in done.stdout and "120 state outputs compared" in done.stdout
 
 
-def test_int4_export_is_lossy_but_sound(smollm2, converted_model):
-    """The fixture's weights are a dequantised Q4_1 GGUF; int4 with integer zero points cannot
-    hold that grid and still fails the int4 preset (issue 23, open): the failures are
-    distribution bounds, finite, and the folder still answers (see the chat test)."""
-    from lmexport.exporters.onnx.validate import validate_folder
-
-    report = validate_folder(smollm2.artifact("onnx-int4"), converted_model, "int4", decode_steps=2)
-    assert report.logits.nonfinite == 0 and not any("NaN" in f for f in report.failures)
-    assert report.logits.top1 > 0.2 and report.logits.kl_mean < 2.0
+def test_int4_holds_the_q4_1_grid_of_the_layers(smollm2):
+    """The fixture's weights are a dequantised Q4_1 GGUF: int4's float offsets hold every layer's
+    4-bit blocks (no layer needs 8 bits, whose rounding would only add error); the tied
+    embedding and head, which are not on a 4-bit grid, are the int4 folder's loss."""
+    q = Manifest.read(smollm2.artifact("onnx-int4")).quantization
+    assert q["zero_points"]["float offsets"] == len(q["bits"]) - 1 and q["zero_points"]["uint8"] == 1
+    assert set(q["bits"].values()) == {4} and q["bits_per_weight"] <= q["budget_bits_per_weight"]
 
 
-@pytest.mark.parametrize("name", ["onnx-int8"])
+@pytest.mark.parametrize("name", ["onnx-int8", "onnx-int4"])
 def test_quantized_onnx_exports_validate_with_default_settings(smollm2, name):
-    """8-bit weight blocks and the quantised embedding (issue 23): the default int8 export
-    passes its preset; the tied head is stored once."""
+    """8-bit weight blocks, 4-bit blocks with float offsets, the quantised embedding (issue 23):
+    the default int8 and int4 exports pass their presets; the tied head is stored once."""
     done = smollm2.outputs[name]
     assert done.returncode == 0, done.stdout + done.stderr
     assert "PASSED" in done.stdout and "120 state outputs compared" in done.stdout
@@ -93,7 +91,7 @@ def test_quantized_onnx_exports_validate_with_default_settings(smollm2, name):
     assert manifest.quantization["tied_lm_head"] == "stored once"
 
 
-@pytest.mark.parametrize("name", ["onnx-int8"])
+@pytest.mark.parametrize("name", ["onnx-int8", "onnx-int4"])
 def test_damaged_quantized_folder_fails_validation(smollm2, converted_model, tmp_path, name):
     """A quantised folder is still checked: one mid-stack matrix's scales quadrupled is caught."""
     from lmexport.exporters.onnx.validate import validate_folder
@@ -204,4 +202,4 @@ def test_perplexity_fp32_equals_pytorch_and_int4_stays_close(smollm2, heldout_id
     int4 = perplexity(engine_scorer(open_artifact(smollm2.artifact("onnx-int4"))), ids, 256, 128).perplexity
     assert 2 < torch_ppl < 40                        # an English model on English text
     assert abs(fp32 / torch_ppl - 1) < 1e-3
-    assert 0 < int4 / torch_ppl - 1 < 0.25
+    assert 0 < int4 / torch_ppl - 1 < 0.05           # measured +3.5% on the whole text (Q4_K_M: +7.1%)

@@ -70,6 +70,7 @@ class OnnxExportOptions:
     bits_per_weight: float | None = None  # int4: the budget for 8-bit upgrades (None: Q4_K_M's, quant.q4_k_m_bits)
     quantize_embeddings: bool = True    # the token embedding in GatherBlockQuantized (a tied head shares it)
     search: bool = True                 # searched scales/zero points (False: round-to-nearest, for comparison)
+    int4_offsets: bool = True           # int4: a float offset per block (quant.offsets_of) instead of uint8 zero points
     validate: bool = True
     decode_steps: int = 8               # validation: decode steps after the prefill
     tolerance: str | None = None        # validation: a preset other than the variant's own
@@ -121,7 +122,9 @@ class OnnxExportOptions:
     def quantization(self) -> dict:
         if self.quantize in ("int4", "int8"):
             return {"method": self.quantize, "op": "MatMulNBits", "block_size": self.block_size,
-                    "zero_points": "uint8, packed", "scales": "searched" if self.search else "round-to-nearest",
+                    "zero_points": "float offsets at 4 bits, uint8 otherwise" if self.quantize == "int4"
+                    and self.int4_offsets else "uint8, packed",
+                    "scales": "searched" if self.search else "round-to-nearest",
                     "accuracy_level": self.accuracy_level}
         return {"method": "none"}
 

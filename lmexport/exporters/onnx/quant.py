@@ -8,6 +8,11 @@ encoding. Each block's scale and zero point come from the search in blockquant.p
 (written by hand, see there why: onnxruntime's round-to-nearest and k_quant lose 3-4x
 more than llama.cpp on SmolLM2-135M).
 
+* 4-bit weights read by MatMuls alone carry a float offset per block instead of an integer
+  zero point where that at least halves their error (``four_bit``, ``offsets_of``,
+  ``BlockSums``; docs/onnx.md): MatMulNBits with its default zero point plus
+  ``blocksums(x) @ offsets``, since onnxruntime's 4-bit kernel with float zero points is
+  ~100x slower. ``int4_offsets=False`` keeps uint8 zero points everywhere.
 * int8: every weight at 8 bits (q8_0's bits per weight plus a zero point).
 * int4: every weight at 4 bits, then the most sensitive ones at 8 bits until the file
   reaches the bits-per-weight budget (``plan_bits``). Sensitivity is measured, not
@@ -37,7 +42,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from lmexport.exporters.onnx.blockquant import Quantized, quantize_blocks
+from lmexport.exporters.onnx.blockquant import Quantized, quantize_blocks, weighted_error
 from lmexport.tensor_names import EMBEDDING, LM_HEAD, lookup, lookup_pack
 
 log = logging.getLogger(__name__)
@@ -49,9 +54,13 @@ QUANT_SUFFIXES = {
     "_Q8": "MatMulNBits 8-bit blocks [out, in/block, block]",
     "_scales": "MatMulNBits scales [out, in/block]",
     "_zero_points": "MatMulNBits zero points, packed uint8 [out, ceil(in/block * bits/8)]",
+    "_offsets": "4-bit offsets [in/block, out] fp16, cast to fp32: y = MatMulNBits(x) + blocksums(x) @ offsets",
 }
+DEFAULT_ZERO = 8                  # MatMulNBits' zero point at 4 bits when it has no zero_points input
 SENSITIVITY_TOKENS = (2, 64)      # int4 planning: the random token ids whose activations rank the weights
 SENSITIVITY_SEED = 1234           # not the validation's seed (0)
+OFFSETS_GAIN = 0.5                # a weight takes float offsets when they at least halve its 4-bit error
+EXACT = 1e-10                     # a relative output error this small is float rounding: the 4-bit form is exact
 
 
 def _stores_tensors(name: str) -> bool:
@@ -121,11 +130,29 @@ def find_sites(graph: onnx.GraphProto, block: int) -> list[Site]:
 
 # ---------------------------------------------------------------- bit widths under a budget
 
-def site_bytes(site: Site, bits: int, block: int) -> int:
-    """Bytes of one site at ``bits``: blocks, fp32 scales, packed uint8 zero points."""
+def site_bytes(site: Site, bits: int, block: int, offsets: bool = False) -> int:
+    """Bytes of one site at ``bits``: blocks, fp32 scales, and packed uint8 zero points or
+    (``offsets``, 4 bits) one fp16 offset per block."""
     n, k = site.matrix.shape
     nb = -(-k // block)
-    return n * nb * block * bits // 8 + n * nb * 4 + n * -(-nb * bits // 8)
+    zeros = n * nb * 2 if offsets else n * -(-nb * bits // 8)
+    return n * nb * block * bits // 8 + n * nb * 4 + zeros
+
+
+def four_bit(site: Site, block: int, options) -> Quantized:
+    """A site's 4-bit form: float offsets where they pay, else packed uint8 zero points.
+
+    Offsets cost a block-sum MatMul, an offset MatMul and an Add beside the MatMulNBits (~10% of
+    SmolLM2-135M's decode time) and twice the zero points' bytes, so a weight takes them only when
+    its importance-weighted error with them is below OFFSETS_GAIN of its error with integer zero
+    points: on a q4_1-grid checkpoint every layer (exact against 7% relative error), on a trained
+    fp32 one few or none. The embedding keeps integer zero points (GatherBlockQuantized reads no
+    other kind)."""
+    uint = quantize_blocks(site.matrix, 4, block, "uint", search=options.search)
+    if not options.int4_offsets or site.gathers:
+        return uint
+    offset = round_offsets(quantize_blocks(site.matrix, 4, block, "float", search=options.search), site.matrix)
+    return offset if weighted_error(site.matrix, offset) < OFFSETS_GAIN * weighted_error(site.matrix, uint) else uint
 
 
 def q4_k_m_bits(sites: list[Site], config) -> float:
@@ -162,14 +189,19 @@ def _members(site: Site, config):
     return [(lookup(site.name), n, k)]
 
 
-def plan_bits(sites: list[Site], block: int, budget_bpw: float, sensitivity: dict[str, float]) -> dict[str, int]:
+def plan_bits(sites: list[Site], block: int, budget_bpw: float, sensitivity: dict[str, float],
+              offsets: frozenset[str] = frozenset()) -> dict[str, int]:
     """4 bits everywhere, then 8 bits for the sites with the most sensitivity per extra byte while the
-    total stays within ``budget_bpw`` bits per quantised weight."""
+    total stays within ``budget_bpw`` bits per quantised weight (``offsets``: the sites whose 4-bit
+    form carries float offsets, ``site_bytes``)."""
     bits = {s.name: 4 for s in sites}
     limit = budget_bpw * sum(s.numel for s in sites) / 8
-    used = sum(site_bytes(s, 4, block) for s in sites)
-    extra = {s.name: site_bytes(s, 8, block) - site_bytes(s, 4, block) for s in sites}
-    for s in sorted(sites, key=lambda s: -sensitivity.get(s.name, 0.0) / extra[s.name]):
+    four = {s.name: site_bytes(s, 4, block, s.name in offsets) for s in sites}
+    used = sum(four.values())
+    extra = {s.name: site_bytes(s, 8, block) - four[s.name] for s in sites}
+    for s in sorted(sites, key=lambda s: -sensitivity.get(s.name, 0.0) / max(extra[s.name], 1)):
+        if sensitivity and sensitivity.get(s.name, 0.0) <= EXACT:
+            continue                        # its 4-bit form is already exact: 8 bits would only round it
         if used + extra[s.name] <= limit:
             bits[s.name] = 8
             used += extra[s.name]
@@ -207,7 +239,7 @@ def measure_sensitivity(model, sites: list[Site], config, block: int,
             h.remove()
     out = {}
     for site in sites:
-        w = torch.from_numpy(site.matrix)                                   # [N, K]
+        w = torch.tensor(site.matrix)                                       # [N, K]
         dw = torch.from_numpy(quantized[site.name].dequantize()) - w
         err = 0.0
         for module in _site_modules(site):
@@ -252,12 +284,15 @@ def quantize(src: Path, dst: Path, options, data_file: str, config, model=None) 
         bits = {s.name: 8 for s in sites}
         budget = None
     else:
-        log.info("quantizing %d weights to 4 bits (block %d, searched scales and zero points)", len(sites), block)
-        quantized4 = {s.name: quantize_blocks(s.matrix, 4, block, "uint", search=options.search) for s in sites}
+        log.info("quantizing %d weights to 4 bits (block %d, searched scales)", len(sites), block)
+        quantized4 = {s.name: four_bit(s, block, options) for s in sites}
+        offsets = frozenset(n for n, q in quantized4.items() if q.zeros.dtype != np.uint8)
+        log.info("%d of them with float offsets (they hold the blocks at least %gx better than uint8 zero points)",
+                 len(offsets), 1 / OFFSETS_GAIN)
         budget = options.bits_per_weight
         if budget is None:
             budget = q4_k_m_bits(sites, config)
-        floor = sum(site_bytes(s, 4, block) for s in sites) * 8 / sum(s.numel for s in sites)
+        floor = sum(site_bytes(s, 4, block, s.name in offsets) for s in sites) * 8 / sum(s.numel for s in sites)
         if budget <= floor:
             log.info("budget %.3f bits per weight <= %.3f (4 bits with scales and zero points): every weight at 4 bits",
                      budget, floor)
@@ -266,18 +301,20 @@ def quantize(src: Path, dst: Path, options, data_file: str, config, model=None) 
             sensitivity = measure_sensitivity(model, sites, config, block, quantized4)
         else:
             sensitivity = {}
-        bits = plan_bits(sites, block, budget, sensitivity)
+        bits = plan_bits(sites, block, budget, sensitivity, offsets)
     drop = set()
     new_inits = []
+    sums = BlockSums(block, new_inits)
     for site in sites:
         b = bits[site.name]
         q = quantized4[site.name] if b == 4 else quantize_blocks(site.matrix, b, block, "uint", search=options.search)
         names = _site_initializers(site, q, new_inits)
         for node in site.matmuls:
-            _to_matmulnbits(node, names, q, options.accuracy_level)
+            _to_matmulnbits(node, names, q, options.accuracy_level, sums)
         for node in site.gathers:
             _to_gather_quantized(graph, node, names, q, new_inits)
         drop.update(site.drop)
+    sums.insert_into(graph)
     kept = [t for t in graph.initializer if t.name not in drop]
     del graph.initializer[:]
     graph.initializer.extend(kept + new_inits)
@@ -292,28 +329,121 @@ def quantize(src: Path, dst: Path, options, data_file: str, config, model=None) 
             set_external_data(tensor, data_file)
     onnx.save_model(proto, str(dst))
     (dst.parent / data_file).chmod(0o644)            # onnx creates it owner-only
-    quantized_bytes = sum(site_bytes(s, bits[s.name], block) for s in sites)
+    with_offsets = {s.name for s in sites if bits[s.name] == 4 and quantized4[s.name].zeros.dtype != np.uint8}
+    quantized_bytes = sum(site_bytes(s, bits[s.name], block, s.name in with_offsets) for s in sites)
     return {"bits": {s.name: bits[s.name] for s in sites},
             "bits_per_weight": round(quantized_bytes * 8 / max(1, sum(s.numel for s in sites)), 4),
             "budget_bits_per_weight": None if budget is None else round(budget, 4),
+            "zero_points": {"float offsets": len(with_offsets), "uint8": len(sites) - len(with_offsets)},
             "embedding": "GatherBlockQuantized" if any(s.gathers for s in sites) else "fp32",
             "tied_lm_head": "stored once" if any(LM_HEAD.name in s.drop and s.gathers for s in sites) else None}
 
 
 def _site_initializers(site: Site, q: Quantized, out: list) -> dict[str, str]:
-    names = {"B": f"{site.name}_Q{q.bits}", "scales": f"{site.name}_scales", "zeros": f"{site.name}_zero_points"}
+    names = {"B": f"{site.name}_Q{q.bits}", "scales": f"{site.name}_scales"}
     out.append(numpy_helper.from_array(q.packed_q(), names["B"]))
     out.append(numpy_helper.from_array(q.scales, names["scales"]))
-    out.append(numpy_helper.from_array(q.packed_zeros(), names["zeros"]))
+    if q.zeros.dtype == np.uint8:
+        names["zeros"] = f"{site.name}_zero_points"
+        out.append(numpy_helper.from_array(q.packed_zeros(), names["zeros"]))
+    else:
+        names["offsets"] = f"{site.name}_offsets"
+        out.append(numpy_helper.from_array(offsets_of(q), names["offsets"]))
     return names
 
 
-def _to_matmulnbits(node: onnx.NodeProto, names: dict, q: Quantized, accuracy_level: int) -> None:
+def offsets_of(q: Quantized) -> np.ndarray:
+    """[n_blocks, N] fp16: with w = (q - z) * s per block, w = (q - 8) * s + s * (8 - z), so the part the
+    default zero point misses is one constant per block, applied to the block's input sum. Stored in
+    fp16 (as llama.cpp's q4_1 stores its minimum) and cast to fp32 in the graph, which onnxruntime
+    folds when the session loads; the quantiser refits the scales for the rounded offsets."""
+    return np.ascontiguousarray((q.scales * (DEFAULT_ZERO - q.zeros.astype(np.float32))).T.astype(np.float16))
+
+
+def round_offsets(q: Quantized, w: np.ndarray) -> Quantized:
+    """``q`` (float zero points) with its offsets rounded to fp16 as ``offsets_of`` stores them, and
+    each block's scale refitted by least squares for the rounded offset (codes kept): what the
+    graph computes is then what ``dequantize`` says."""
+    n, nb, block = q.q.shape
+    l = q.q.astype(np.float32) - DEFAULT_ZERO                                     # [N, nb, block]
+    o = (q.scales * (DEFAULT_ZERO - q.zeros)).astype(np.float16).astype(np.float32)  # [N, nb]
+    pad = nb * block - w.shape[1]
+    x = np.pad(w, ((0, 0), (0, pad)), mode="edge").reshape(n, nb, block) if pad else w.reshape(n, nb, block)
+    if pad:
+        l = l.copy()
+        l[:, -1, block - pad:] = 0.0                   # the padding does not exist in the product
+    den = (l * l).sum(-1)
+    s = np.where(den > 0, ((x - o[..., None]) * l).sum(-1) / np.where(den > 0, den, 1), q.scales)
+    s = np.where(s > 0, s, q.scales).astype(np.float32)
+    zeros = (DEFAULT_ZERO - o / s).astype(np.float32)
+    return Quantized(q.q, s, zeros, q.bits, q.block, q.k)
+
+
+class BlockSums:
+    """The per-block input sums of the offsets encoding: ``x @ J`` with J [K, n_blocks] of ones on each
+    block's rows (works at any rank of x, partial last block included), computed once per input and
+    shared by every MatMulNBits reading it (q|k|v and gate|up read one input each)."""
+
+    def __init__(self, block: int, initializers: list):
+        self.block, self.initializers = block, initializers
+        self.sums: dict[tuple[str, int], onnx.NodeProto] = {}   # (input, K) -> the node computing its sums
+        self.after: dict[str, list] = {}                        # MatMulNBits output -> offset MatMul, Add
+        self.made: dict[int, str] = {}                          # K -> J's initializer
+        self.cast: dict[str, onnx.NodeProto] = {}               # offsets initializer -> its Cast to fp32
+
+    def ones(self, k: int) -> str:
+        if k not in self.made:
+            nb = -(-k // self.block)
+            j = np.zeros((k, nb), np.float32)
+            j[np.arange(k), np.arange(k) // self.block] = 1.0
+            self.made[k] = f"block_sums_{k}x{nb}"
+            self.initializers.append(numpy_helper.from_array(j, self.made[k]))
+        return self.made[k]
+
+    def add(self, nbits: onnx.NodeProto, x: str, k: int, offsets: str, out: str) -> None:
+        """``out`` = nbits' result (its output) + blocksums(x) @ offsets."""
+        if (x, k) not in self.sums:
+            self.sums[(x, k)] = helper.make_node("MatMul", [x, self.ones(k)], [f"{x}_block_sums{k}"],
+                                                 name=f"{x}_block_sums{k}")
+        s = self.sums[(x, k)].output[0]
+        base = nbits.name or out
+        if offsets not in self.cast:
+            self.cast[offsets] = helper.make_node("Cast", [offsets], [f"{offsets}_fp32"], name=f"{offsets}_fp32",
+                                                  to=onnx.TensorProto.FLOAT)
+            self.sums[(offsets, -1)] = self.cast[offsets]          # placed first: its input is an initializer
+        self.after[nbits.output[0]] = [
+            helper.make_node("MatMul", [s, f"{offsets}_fp32"], [f"{out}_offset"], name=f"{base}_offset"),
+            helper.make_node("Add", [nbits.output[0], f"{out}_offset"], [out], name=f"{base}_add_offset")]
+
+    def insert_into(self, graph: onnx.GraphProto) -> None:
+        """Each sum right after the node that makes its input (first, for a graph input); each offset
+        MatMul and Add right after its MatMulNBits: the node list stays topologically sorted."""
+        by_input: dict[str, list] = {}
+        for (x, _), node in self.sums.items():
+            by_input.setdefault(x, []).append(node)
+        produced = {o for n in graph.node for o in n.output}
+        ordered = [n for x, nodes in by_input.items() if x not in produced for n in nodes]
+        for node in graph.node:
+            ordered.append(node)
+            for o in node.output:
+                ordered.extend(by_input.get(o, []))
+                ordered.extend(self.after.get(o, []))
+        del graph.node[:]
+        graph.node.extend(ordered)
+
+
+def _to_matmulnbits(node: onnx.NodeProto, names: dict, q: Quantized, accuracy_level: int, sums: BlockSums) -> None:
     n, nb, _ = q.q.shape
-    new = helper.make_node("MatMulNBits", [node.input[0], names["B"], names["scales"], names["zeros"]],
-                           list(node.output), name=node.name.removesuffix("MatMul") + "MatMulNBits"
+    k = q.k or nb * q.block
+    out = node.output[0]
+    offsets = "offsets" in names
+    inputs = [node.input[0], names["B"], names["scales"]] + ([] if offsets else [names["zeros"]])
+    new = helper.make_node("MatMulNBits", inputs, [f"{out}_nbits" if offsets else out],
+                           name=node.name.removesuffix("MatMul") + "MatMulNBits"
                            if node.name.endswith("MatMul") else node.name, domain=MS_DOMAIN,
-                           K=q.k or nb * q.block, N=n, bits=q.bits, block_size=q.block, accuracy_level=accuracy_level)
+                           K=k, N=n, bits=q.bits, block_size=q.block, accuracy_level=accuracy_level)
+    if offsets:
+        sums.add(new, node.input[0], k, names["offsets"], out)
     node.CopyFrom(new)
 
 

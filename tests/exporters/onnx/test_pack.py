@@ -123,7 +123,13 @@ def test_int4_packed_matches_unpacked_blocks_and_passes_validation(folders):
     got = {t.name: numpy_helper.to_array(t) for t in _graph(packed, data=True).initializer}
     old = {t.name: numpy_helper.to_array(t) for t in _graph(unpacked, data=True).initializer}
     for ref in _packs(c):
-        for suffix in ("_Q4", "_scales", "_zero_points"):
+        suffixes = [x for x in ("_Q4", "_scales", "_zero_points", "_offsets") if ref.name + x in got]
+        assert {"_Q4", "_scales"} <= set(suffixes) and len(suffixes) == 3, suffixes
+        for suffix in suffixes:
+            if suffix == "_offsets":          # [blocks, out]: the members side by side along the output axis
+                members = [old[m.name + suffix] for m in ref.members]
+                assert np.array_equal(got[ref.name + suffix], np.concatenate(members, axis=1))
+                continue
             members = [old[m.name + suffix].reshape(m.shape(c)[0], -1) for m in ref.members]
             assert np.array_equal(got[ref.name + suffix].reshape(ref.shape(c)[1], -1), np.concatenate(members))
     report = validate_folder(packed, model, "int4", decode_steps=4, lengths=(9, 3), seed=2)

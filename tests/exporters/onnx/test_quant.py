@@ -3,6 +3,9 @@
 * the per-block search beats round-to-nearest on matrices with planted outlier columns,
   and what MatMulNBits / GatherBlockQuantized compute in onnxruntime is what the
   dequantisation says;
+* 4-bit weights with a float offset per block hold a q4_1-style grid (w = d*q + m, any m)
+  exactly through MatMulNBits + blocksums(x) @ offsets in onnxruntime, where integer zero
+  points cannot;
 * a tied model's lm_head is stored once (read back with onnx);
 * a damaged quantised folder (a perturbed weight, a zeroed state) fails validation.
 """
@@ -18,7 +21,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from lmexport.exporters.onnx.blockquant import importance, quantize_blocks, weighted_error
 from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
-from lmexport.exporters.onnx.quant import MS_DOMAIN
+from lmexport.exporters.onnx.quant import MS_DOMAIN, quantize
 from lmexport.exporters.onnx.validate import validate_folder
 from lmexport.manifest import Manifest
 from lmexport.modeling.checkpoint import load_model
@@ -104,6 +107,63 @@ def test_onnxruntime_reads_the_layout(bits, k):
         return                                                    # the Gather reads whole rows only
     ids = np.array([0, 7, 95, 7], np.int64)
     assert np.array_equal(_run_op("GatherBlockQuantized", q, ids), deq[ids])
+
+
+def q4_1_grid(n: int, k: int, seed: int) -> np.ndarray:
+    """[N, K] weights on a q4_1 grid: per block of 32, w = d*q + m with q in 0..15 and a real m
+    (SmolLM2-135M's checkpoint, dequantised from a Q4_1 GGUF, is such a matrix)."""
+    rng = np.random.default_rng(seed)
+    q = rng.integers(0, 16, (n, k // 32, 32))
+    q[..., 0], q[..., 1] = 0, 15
+    d = rng.uniform(0.005, 0.05, (n, k // 32, 1))
+    m = -d * rng.uniform(3.3, 11.7, (n, k // 32, 1))               # m/d is not an integer
+    return (d * q + m).reshape(n, k).astype(np.float32)
+
+
+def test_float_offsets_hold_a_q4_1_grid_and_integer_zero_points_do_not():
+    w = q4_1_grid(64, 128, seed=4)
+    exact = quantize_blocks(w, 4, 32, "float")
+    assert np.abs(exact.dequantize() - w).max() < 1e-6 * np.abs(w).max()
+    rounded = quantize_blocks(w, 4, 32, "uint")
+    assert np.abs(rounded.dequantize() - w).max() > 1e-3 * np.abs(w).max()
+
+
+def _one_input_two_matmuls(tmp_path, k: int, n: int, seed: int):
+    """x [B, T, K] read by two MatMuls (as q|k|v and gate|up read one normed input), weights on a q4_1 grid."""
+    ws = [q4_1_grid(n, k, seed), q4_1_grid(n // 2, k, seed + 1)]
+    inits = [numpy_helper.from_array(np.ascontiguousarray(w.T), f"model.layers.0.mlp.{name}.weight")
+             for w, name in zip(ws, ("gate_proj", "up_proj"))]
+    nodes = [helper.make_node("MatMul", ["x", t.name], [f"y{i}"], name=f"mm{i}") for i, t in enumerate(inits)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None, k])],
+                              [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(2)],
+                              inits)
+    src = tmp_path / "src.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(src))
+    return src, ws
+
+
+@pytest.mark.parametrize("offsets", [True, False])
+def test_offsets_encoding_runs_exactly_in_onnxruntime(tmp_path, offsets):
+    """The rewrite itself (quant.quantize on a two-MatMul graph): with offsets, onnxruntime's result is
+    x @ W^T to float rounding, one block-sum MatMul shared by both readers; uint8 zero points miss."""
+    src, ws = _one_input_two_matmuls(tmp_path, k=96, n=48, seed=6)
+    dst = tmp_path / "q.onnx"
+    options = OnnxExportOptions(quantize="int4", bits_per_weight=4.0, accuracy_level=0, int4_offsets=offsets,
+                                quantize_embeddings=False)
+    details = quantize(src, dst, options, "q.onnx.data", config=None)
+    proto = onnx.load(str(dst))
+    ops = [node.op_type for node in proto.graph.node]
+    assert ops.count("MatMulNBits") == 2 and details["bits"] and set(details["bits"].values()) == {4}
+    x = np.random.default_rng(7).standard_normal((2, 5, 96)).astype(np.float32)
+    got = ort.InferenceSession(str(dst), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    worst = max(float(np.abs(y - x @ w.T).max() / np.abs(x @ w.T).max()) for y, w in zip(got, ws))
+    if offsets:
+        assert ops.count("MatMul") == 3 and ops.count("Add") == 2        # one shared block sum, two offsets
+        assert details["zero_points"] == {"float offsets": 2, "uint8": 0}
+        assert worst < 1e-3, worst                 # fp16 offsets: llama.cpp q4_1's precision
+    else:
+        assert ops.count("MatMul") == 0 and details["zero_points"] == {"float offsets": 0, "uint8": 2}
+        assert worst > 1e-2, worst
 
 
 # ---------------------------------------------------------------- exported folders
