@@ -9,6 +9,7 @@ perplexity and speed tables are made by ``examples/smollm2/measure.py`` (README)
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 
@@ -75,7 +76,10 @@ def test_int4_holds_the_q4_1_grid_of_the_layers(smollm2):
     4-bit blocks (no layer needs 8 bits, whose rounding would only add error); the tied
     embedding and head, which are not on a 4-bit grid, are the int4 folder's loss."""
     q = Manifest.read(smollm2.artifact("onnx-int4")).quantization
-    assert q["zero_points"]["float offsets"] == len(q["bits"]) - 1 and q["zero_points"]["uint8"] == 1
+    layers = json.loads((smollm2.converted / "config.json").read_text())["num_hidden_layers"]
+    grid = {f"model.layers.{i}.{m}.weight" for i in range(layers)
+            for m in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")}
+    assert set(q["float_offsets"]) == grid          # the rest (embedding, all-zero Liquid-Metal gates) uint8
     assert set(q["bits"].values()) == {4} and q["bits_per_weight"] <= q["budget_bits_per_weight"]
 
 

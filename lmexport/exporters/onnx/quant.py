@@ -335,6 +335,7 @@ def quantize(src: Path, dst: Path, options, data_file: str, config, model=None) 
             "bits_per_weight": round(quantized_bytes * 8 / max(1, sum(s.numel for s in sites)), 4),
             "budget_bits_per_weight": None if budget is None else round(budget, 4),
             "zero_points": {"float offsets": len(with_offsets), "uint8": len(sites) - len(with_offsets)},
+            "float_offsets": sorted(with_offsets),
             "embedding": "GatherBlockQuantized" if any(s.gathers for s in sites) else "fp32",
             "tied_lm_head": "stored once" if any(LM_HEAD.name in s.drop and s.gathers for s in sites) else None}
 
