@@ -134,6 +134,8 @@ def cli(ctx, debug: bool, quiet: bool):
     ctx.obj["debug"] = debug
     level = logging.DEBUG if debug else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s" if not debug else "%(levelname)s %(name)s: %(message)s")
+    if not debug:   # torchao (the [executorch] extra), imported by transformers, warns on import about its CUDA kernels
+        logging.getLogger("torchao").setLevel(logging.ERROR)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -117,7 +117,7 @@ def main() -> None:
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(quality, names))
     if not args.skip_bench:                     # one at a time, after the rest
-        for name in ["pytorch", *ONNX]:
+        for name in ["pytorch", *ONNX, *GGUF]:           # GGUF files run in llama.cpp
             target = lm if name == "pytorch" else out / name
             results[name]["bench"] = json.loads(lmexport("bench", target, "--threads", 2, "--device", "cpu",
                                                          "--json"))
@@ -155,7 +155,7 @@ def render(results: dict) -> str:
         lines += ["", f"`lmexport bench ARTIFACT --threads 2` ({results['machine']}; prompt 128 tokens, "
                   "64 new tokens, median of 5 after a warm-up):", "",
                   "| artifact | load s | prefill ms | decode tokens/s | peak RSS MiB |", "|---|---|---|---|---|"]
-        for name in ["pytorch", *ONNX]:
+        for name in ["pytorch", *ONNX, *GGUF]:
             b = results[name]["bench"]
             lines.append(f"| {LABELS[name]} | {b['load_s']:.2f} | {b['prefill_ms']['median']:.0f} | "
                          f"{b['decode_tokens_per_s']['median']:.1f} | {b['peak_rss_mb']:.0f} |")
