@@ -58,15 +58,20 @@ def size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in files) / 1e6
 
 
-def run(*args) -> subprocess.CompletedProcess:
+def run(*args, alone: bool = False) -> subprocess.CompletedProcess:
+    """One lmexport command. Two run at a time (``alone=False``): OpenMP threads then wait passively,
+    or they spin against each other; a benchmark runs alone with the default policy, since passive
+    waiting costs llama.cpp's per-op barriers ~7x its decode speed here (docs/llamacpp.md)."""
     cmd = [sys.executable, "-m", "lmexport.cli", *map(str, args)]
     print("$ lmexport " + " ".join(map(str, args)), file=sys.stderr, flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    if alone:
+        env.pop("OMP_WAIT_POLICY")
     return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
 
 
-def lmexport(*args, ok=(0,)) -> str:
-    done = run(*args)
+def lmexport(*args, ok=(0,), alone: bool = False) -> str:
+    done = run(*args, alone=alone)
     if done.returncode not in ok:
         raise SystemExit(f"lmexport {' '.join(map(str, args))} exited {done.returncode}:\n{done.stdout}{done.stderr}")
     return done.stdout
@@ -120,7 +125,7 @@ def main() -> None:
         for name in ["pytorch", *ONNX, *GGUF]:           # GGUF files run in llama.cpp
             target = lm if name == "pytorch" else out / name
             results[name]["bench"] = json.loads(lmexport("bench", target, "--threads", 2, "--device", "cpu",
-                                                         "--json"))
+                                                         "--json", alone=True))
     (out / "smollm2-results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     tables = render(results)
     (out / "smollm2-results.md").write_text(tables, encoding="utf-8")
