@@ -99,6 +99,8 @@ class OnnxExportOptions:
             problems.append(f"bits per weight {self.bits_per_weight:g} is not in 4..10 (4: every weight at 4 bits)")
         if self.bits_per_weight is not None and self.quantize != "int4":
             problems.append("--bits-per-weight sets the int4 recipe's budget; use it with --quantize int4")
+        if not self.int4_offsets and self.quantize != "int4":
+            problems.append("--integer-zero-points chooses the int4 recipe's zero points; use it with --quantize int4")
         if self.tolerance is not None:
             from lmexport.compare.tolerances import TOLERANCES
             if self.tolerance not in TOLERANCES:

@@ -19,6 +19,8 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from cli_helpers import run_cli
+from conftest import BUNDLED
 from lmexport.exporters.onnx.blockquant import importance, quantize_blocks, weighted_error
 from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
 from lmexport.exporters.onnx.quant import MS_DOMAIN, quantize
@@ -251,3 +253,14 @@ def test_zeroed_state_fails_validation(tied, int8_folder, tmp_path, variant):
     onnx.save_model(proto, str(folder / "model.onnx"))
     report = validate_folder(folder, load_model(model_dir)[0], variant, decode_steps=2)
     assert any(f.startswith(target) for f in report.failures), report.failures
+
+
+def test_int4_only_options_refuse_other_variants(tmp_path):
+    """--integer-zero-points and --bits-per-weight belong to int4: elsewhere one line, exit 2, nothing written."""
+    for extra in (["--quantize", "int8", "--integer-zero-points"], ["--integer-zero-points"],
+                  ["--quantize", "int8", "--bits-per-weight", "6"]):
+        out = tmp_path / "out"
+        done = run_cli("onnx", BUNDLED, "-o", out, *extra)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and len(lines) == 1 and "int4" in lines[0], done.stderr
+        assert not out.exists()
