@@ -60,6 +60,7 @@ DEFAULT_ZERO = 8                  # MatMulNBits' zero point at 4 bits when it ha
 SENSITIVITY_TOKENS = (2, 64)      # int4 planning: the random token ids whose activations rank the weights
 SENSITIVITY_SEED = 1234           # not the validation's seed (0)
 OFFSETS_GAIN = 0.5                # a weight takes float offsets when they at least halve its 4-bit error
+OFFSETS_SAMPLE_ROWS = 64          # ... measured first on its first rows (most weights skip the full float search)
 EXACT = 1e-10                     # a relative output error this small is float rounding: the 4-bit form is exact
 
 
@@ -151,8 +152,17 @@ def four_bit(site: Site, block: int, options) -> Quantized:
     uint = quantize_blocks(site.matrix, 4, block, "uint", search=options.search)
     if not options.int4_offsets or site.gathers:
         return uint
+    sample = site.matrix[:OFFSETS_SAMPLE_ROWS]         # decide on a few rows first: the full search costs a pass
+    if not _offsets_pay(sample, block, options, quantize_blocks(sample, 4, block, "uint", search=options.search)):
+        return uint
     offset = round_offsets(quantize_blocks(site.matrix, 4, block, "float", search=options.search), site.matrix)
-    return offset if weighted_error(site.matrix, offset) < OFFSETS_GAIN * weighted_error(site.matrix, uint) else uint
+    return offset if _offsets_pay(site.matrix, block, options, uint, offset) else uint
+
+
+def _offsets_pay(w: np.ndarray, block: int, options, uint: Quantized, offset: Quantized | None = None) -> bool:
+    if offset is None:
+        offset = round_offsets(quantize_blocks(w, 4, block, "float", search=options.search), w)
+    return weighted_error(w, offset) < OFFSETS_GAIN * weighted_error(w, uint)
 
 
 def q4_k_m_bits(sites: list[Site], config) -> float:
