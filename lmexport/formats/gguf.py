@@ -232,6 +232,8 @@ def choose_type(shape: tuple[int, ...], role: str, outtype: OutType) -> QT | Non
 
 GGUF_MAGIC = 0x46554747          # b"GGUF" little-endian
 _HEADER = np.dtype([("magic", "<u4"), ("version", "<u4"), ("n_tensors", "<u8"), ("n_kv", "<u8")])
+# what gguf.GGUFReader raises on a damaged file that passed check_header
+READ_ERRORS = (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError, OverflowError)
 
 
 def check_header(path: Path) -> None:
@@ -253,7 +255,7 @@ def architecture_and_context(path: Path) -> tuple[str, int | None]:
     check_header(path)
     try:
         reader = gguf.GGUFReader(path)
-    except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError, OverflowError) as exc:
+    except READ_ERRORS as exc:
         raise ArtifactError(f"{path} is not a readable GGUF file ({type(exc).__name__}: {exc})") from None
 
     def value(key: str):

@@ -218,7 +218,7 @@ def open_gguf(path: str | Path) -> GGUFFile:
         fmt.check_header(shard)
         try:
             reader = GGUFReader(shard)
-        except (ValueError, IndexError, KeyError, OSError, UnicodeDecodeError) as exc:
+        except fmt.READ_ERRORS as exc:
             raise ArtifactError(f"{shard} is not a readable GGUF file ({type(exc).__name__}: {exc})") from exc
         if i == 0:
             fields = dict(reader.fields)

@@ -52,12 +52,21 @@ class Quantized:
         w = (self.q.astype(np.float32) - self.zeros.astype(np.float32)[..., None]) * self.scales[..., None]
         return w.reshape(w.shape[0], -1)[:, :self.k or None]
 
+    @property
+    def float_zeros(self) -> bool:
+        """Real-valued zero points (unpacked, the scales' type) rather than packed uint8 ones."""
+        return self.zeros.dtype != np.uint8
+
+    def head(self, rows: int) -> "Quantized":
+        """The first ``rows`` output rows (blocks run along K, so they are those rows' own quantisation)."""
+        return Quantized(self.q[:rows], self.scales[:rows], self.zeros[:rows], self.bits, self.block, self.k)
+
     def packed_q(self) -> np.ndarray:
         return pack_bits(self.q, self.bits)
 
     def packed_zeros(self) -> np.ndarray:
         """uint zeros packed like B along the block axis ([N, ceil(n_blocks*bits/8)]); float as they are."""
-        if self.zeros.dtype != np.uint8:
+        if self.float_zeros:
             return self.zeros
         z = self.zeros
         per = 8 // self.bits

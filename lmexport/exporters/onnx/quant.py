@@ -152,16 +152,20 @@ def four_bit(site: Site, block: int, options) -> Quantized:
     uint = quantize_blocks(site.matrix, 4, block, "uint", search=options.search)
     if not options.int4_offsets or site.gathers:
         return uint
-    sample = site.matrix[:OFFSETS_SAMPLE_ROWS]         # decide on a few rows first: the full search costs a pass
-    if not _offsets_pay(sample, block, options, quantize_blocks(sample, 4, block, "uint", search=options.search)):
-        return uint
-    offset = round_offsets(quantize_blocks(site.matrix, 4, block, "float", search=options.search), site.matrix)
-    return offset if _offsets_pay(site.matrix, block, options, uint, offset) else uint
+    w = site.matrix
+    if len(w) > OFFSETS_SAMPLE_ROWS:         # decide on a few rows first: the full float search costs a pass
+        head = w[:OFFSETS_SAMPLE_ROWS]
+        if not _offsets_pay(head, uint.head(OFFSETS_SAMPLE_ROWS), _with_offsets(head, block, options)):
+            return uint
+    offset = _with_offsets(w, block, options)
+    return offset if _offsets_pay(w, uint, offset) else uint
 
 
-def _offsets_pay(w: np.ndarray, block: int, options, uint: Quantized, offset: Quantized | None = None) -> bool:
-    if offset is None:
-        offset = round_offsets(quantize_blocks(w, 4, block, "float", search=options.search), w)
+def _with_offsets(w: np.ndarray, block: int, options) -> Quantized:
+    return round_offsets(quantize_blocks(w, 4, block, "float", search=options.search), w)
+
+
+def _offsets_pay(w: np.ndarray, uint: Quantized, offset: Quantized) -> bool:
     return weighted_error(w, offset) < OFFSETS_GAIN * weighted_error(w, uint)
 
 
@@ -296,7 +300,7 @@ def quantize(src: Path, dst: Path, options, data_file: str, config, model=None) 
     else:
         log.info("quantizing %d weights to 4 bits (block %d, searched scales)", len(sites), block)
         quantized4 = {s.name: four_bit(s, block, options) for s in sites}
-        offsets = frozenset(n for n, q in quantized4.items() if q.zeros.dtype != np.uint8)
+        offsets = frozenset(n for n, q in quantized4.items() if q.float_zeros)
         log.info("%d of them with float offsets (they hold the blocks at least %gx better than uint8 zero points)",
                  len(offsets), 1 / OFFSETS_GAIN)
         budget = options.bits_per_weight
@@ -339,7 +343,7 @@ def quantize(src: Path, dst: Path, options, data_file: str, config, model=None) 
             set_external_data(tensor, data_file)
     onnx.save_model(proto, str(dst))
     (dst.parent / data_file).chmod(0o644)            # onnx creates it owner-only
-    with_offsets = {s.name for s in sites if bits[s.name] == 4 and quantized4[s.name].zeros.dtype != np.uint8}
+    with_offsets = {s.name for s in sites if bits[s.name] == 4 and quantized4[s.name].float_zeros}
     quantized_bytes = sum(site_bytes(s, bits[s.name], block, s.name in with_offsets) for s in sites)
     return {"bits": {s.name: bits[s.name] for s in sites},
             "bits_per_weight": round(quantized_bytes * 8 / max(1, sum(s.numel for s in sites)), 4),
@@ -354,12 +358,12 @@ def _site_initializers(site: Site, q: Quantized, out: list) -> dict[str, str]:
     names = {"B": f"{site.name}_Q{q.bits}", "scales": f"{site.name}_scales"}
     out.append(numpy_helper.from_array(q.packed_q(), names["B"]))
     out.append(numpy_helper.from_array(q.scales, names["scales"]))
-    if q.zeros.dtype == np.uint8:
-        names["zeros"] = f"{site.name}_zero_points"
-        out.append(numpy_helper.from_array(q.packed_zeros(), names["zeros"]))
-    else:
+    if q.float_zeros:
         names["offsets"] = f"{site.name}_offsets"
         out.append(numpy_helper.from_array(offsets_of(q), names["offsets"]))
+    else:
+        names["zeros"] = f"{site.name}_zero_points"
+        out.append(numpy_helper.from_array(q.packed_zeros(), names["zeros"]))
     return names
 
 
@@ -400,7 +404,7 @@ class BlockSums:
         self.sums: dict[tuple[str, int], onnx.NodeProto] = {}   # (input, K) -> the node computing its sums
         self.after: dict[str, list] = {}                        # MatMulNBits output -> offset MatMul, Add
         self.made: dict[int, str] = {}                          # K -> J's initializer
-        self.cast: dict[str, onnx.NodeProto] = {}               # offsets initializer -> its Cast to fp32
+        self.casts: dict[str, onnx.NodeProto] = {}              # offsets initializer -> its Cast to fp32
 
     def ones(self, k: int) -> str:
         if k not in self.made:
@@ -418,22 +422,22 @@ class BlockSums:
                                                  name=f"{x}_block_sums{k}")
         s = self.sums[(x, k)].output[0]
         base = nbits.name or out
-        if offsets not in self.cast:
-            self.cast[offsets] = helper.make_node("Cast", [offsets], [f"{offsets}_fp32"], name=f"{offsets}_fp32",
-                                                  to=onnx.TensorProto.FLOAT)
-            self.sums[(offsets, -1)] = self.cast[offsets]          # placed first: its input is an initializer
+        if offsets not in self.casts:
+            self.casts[offsets] = helper.make_node("Cast", [offsets], [f"{offsets}_fp32"], name=f"{offsets}_fp32",
+                                                   to=onnx.TensorProto.FLOAT)
         self.after[nbits.output[0]] = [
             helper.make_node("MatMul", [s, f"{offsets}_fp32"], [f"{out}_offset"], name=f"{base}_offset"),
             helper.make_node("Add", [nbits.output[0], f"{out}_offset"], [out], name=f"{base}_add_offset")]
 
     def insert_into(self, graph: onnx.GraphProto) -> None:
-        """Each sum right after the node that makes its input (first, for a graph input); each offset
-        MatMul and Add right after its MatMulNBits: the node list stays topologically sorted."""
+        """The casts of the offsets (initializers) first; each sum right after the node that makes its input
+        (first too, for a graph input); each offset MatMul and Add right after its MatMulNBits: the node
+        list stays topologically sorted."""
         by_input: dict[str, list] = {}
         for (x, _), node in self.sums.items():
             by_input.setdefault(x, []).append(node)
         produced = {o for n in graph.node for o in n.output}
-        ordered = [n for x, nodes in by_input.items() if x not in produced for n in nodes]
+        ordered = list(self.casts.values()) + [n for x, nodes in by_input.items() if x not in produced for n in nodes]
         for node in graph.node:
             ordered.append(node)
             for o in node.output:

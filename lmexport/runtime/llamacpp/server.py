@@ -50,13 +50,6 @@ class ServeOptions:
     extra: list[str] = field(default_factory=list)   # passed to llama-server as they are
 
 
-def gguf_context_length(path: Path) -> tuple[str, int | None]:
-    """(architecture, context length) from the GGUF's metadata; ArtifactError for a bad file."""
-    from lmexport.formats.gguf import architecture_and_context
-
-    return architecture_and_context(path)
-
-
 def check_port(host: str, port: int) -> int:
     """The port to use: ``port`` if nothing listens there (else an InputError), or a free one for 0."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -106,7 +99,9 @@ class LlamaServer:
         """Check the model file and the port, then return the command line (not started)."""
         if not self.model.is_file():
             raise ArtifactError(f"{self.model} not found", hint="write one with `lmexport gguf`")
-        _, n_ctx = gguf_context_length(self.model)
+        from lmexport.formats.gguf import architecture_and_context
+
+        _, n_ctx = architecture_and_context(self.model)
         o = self.options
         if o.parallel < 1:
             raise InputError("--parallel must be at least 1")
