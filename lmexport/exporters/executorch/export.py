@@ -75,7 +75,9 @@ class ExecutorchExportOptions:
             return {"method": "none"}
         return {"method": "8da4w", "linear": {"weight_bits": 4, "group_size": self.group_size,
                                              "activations": "int8, dynamic per token",
-                                             "config": "torchao Int8DynamicActivationIntxWeightConfig"},
+                                             "scales": "searched per group, bf16 (XNNPACK's storage)",
+                                             "offsets": "one fp32 per group, times the group's input sum",
+                                             "tensor": "torchao IntxUnpackedToInt8Tensor"},
                 "embedding": {"bits": self.embedding_bits,
                               "scheme": "int8 rows, one fp32 scale per row" if self.embedding_bits == 8 else "fp32"}}
 
@@ -174,6 +176,11 @@ def _validate(model, ckpt, pte: Path, meta: dict, options: ExecutorchExportOptio
 
 # ---------------------------------------------------------------- the program
 
+def _progress(done: int, total: int) -> None:
+    if done == total or done % max(1, total // 10) == 0:
+        log.info("quantized %d/%d linears", done, total)
+
+
 def max_seq_len(max_context: int) -> int:
     """The most tokens one call takes: one less than the cache, as ExecuTorch's llama export bounds it
     (torch.export refuses the sequence axis reaching the cache length itself)."""
@@ -215,7 +222,7 @@ def build_program(model, options: ExecutorchExportOptions, max_context: int):
     if options.quantize == "8da4w":
         from lmexport.exporters.executorch.quant import quantize_8da4w
         log.info("quantizing linears to 8da4w (group %d)", options.group_size)
-        skipped = quantize_8da4w(view, options.group_size, options.embedding_bits)
+        skipped = quantize_8da4w(view, options.group_size, options.embedding_bits, progress=_progress)
         if skipped:
             log.info("%d linear(s) narrower than a group stay fp32 (%s ...)", len(skipped), skipped[0])
     wrapper = ExecutorchDecoder(view, max_context).eval()
