@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clitools import ROOT, export, lmexport, size_mb  # noqa: E402  (benchmarks/ is not a package)
+from clitools import ROOT, export, lmexport, run, size_mb  # noqa: E402  (benchmarks/ is not a package)
 
 BEGIN, END = "<!-- quant-table:begin -->", "<!-- quant-table:end -->"
 WINDOW, STRIDE = 256, 128
@@ -170,8 +170,12 @@ def measure_model(name: str, rows: list[str], args) -> dict:
         for row, r in results["rows"].items():       # one at a time, after the rest, OMP_WAIT_POLICY unset
             target = folder if row == "pytorch" else work / row
             log(f"{name}: bench {row}")
-            r["bench"] = json.loads(lmexport("bench", target, "--threads", 2, "--device", "cpu", "--json",
-                                             alone=True))
+            done = run("bench", target, "--threads", 2, "--device", "cpu", "--json", alone=True)
+            if done.returncode:                      # e.g. a kind bench does not run: an empty cell, said why
+                r["bench_error"] = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+                log(f"{name}: bench {row} failed: {r['bench_error']}")
+            else:
+                r["bench"] = json.loads(done.stdout)
     return results
 
 
@@ -206,7 +210,8 @@ def render(results: dict) -> str:
             cells += ["" if row == "pytorch" else f"{s['kl_mean']:.2g}",
                       f"{r['size_mb']:.1f}" if "size_mb" in r else ""]
             if bench:
-                cells.append(f"{r['bench']['decode_tokens_per_s']['median']:.1f}" if "bench" in r else "")
+                cells.append(f"{r['bench']['decode_tokens_per_s']['median']:.1f}" if "bench" in r
+                             else "n/a" if "bench_error" in r else "")
             lines.append(f"| {r['label']} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
