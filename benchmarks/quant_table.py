@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import subprocess
@@ -139,7 +138,8 @@ def prepare_model(name: str, work: Path, args) -> dict:
     failed = prepare.prepare_models(bench_work, "medium", [], [], with_optimum=False, validate=False, timeout=3600)
     if failed:
         raise SystemExit(f"building the medium model failed: {failed}")
-    return {"folder": str(bench_work.liquid), "text": None, "tokenizer": None, "vocab": prepare.SHAPES["medium"]["vocab_size"],
+    return {"folder": str(bench_work.liquid), "text": None, "tokenizer": None,
+            "vocab": prepare.SHAPES["medium"]["vocab_size"],
             "text_name": f"{RANDOM_WINDOWS} windows of {WINDOW} random token ids (seed {RANDOM_SEED})"}
 
 
@@ -199,7 +199,8 @@ def render(results: dict) -> str:
         lines += [f"#### {TITLES[name]}", "",
                   f"Scored on {res['model']['text_name']} ({ref['n_targets']:,} scored tokens in {ref['windows']} "
                   "windows).", ""]
-        head = (["perplexity", "vs PyTorch"] if text else []) + ["mean KL", "size MB"] + (["decode tok/s"] if bench else [])
+        head = ((["perplexity", "vs PyTorch"] if text else []) + ["mean KL", "size MB"]
+                + (["decode tok/s"] if bench else []))
         lines += ["| artifact | " + " | ".join(head) + " |", "|---|" + "---:|" * len(head)]
         for row, r in rows.items():
             s = r["score"]

@@ -56,9 +56,10 @@ def test_pytorch_perplexity_is_lmexport_perplexitys(table):
     work, _, _ = table
     ref = json.loads((work / "quant-table.json").read_text())["models"]["bundled"]["rows"]["pytorch"]["score"]
     bundled = ROOT / "examples" / "liquid-metal-tiny"
-    done = subprocess.run([sys.executable, "-m", "lmexport.cli", "perplexity", bundled, "--text",
-                           bundled / "heldout.txt", "--window", "256", "--stride", "128", "--json"], capture_output=True,
-                          text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+    done = subprocess.run([sys.executable, "-m", "lmexport.cli", "perplexity", bundled,
+                           "--text", bundled / "heldout.txt", "--window", "256", "--stride", "128", "--json"],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                          timeout=300)
     assert done.returncode == 0, done.stderr
     assert abs(json.loads(done.stdout)["perplexity"] / ref["perplexity"] - 1) < 1e-6
 
