@@ -32,6 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from clitools import export, lmexport, size_mb  # noqa: E402  (benchmarks/ is not a package)
 HELDOUT = ROOT / "examples" / "smollm2" / "heldout.txt"
 QUESTION = "What is the capital of France?"
 # int8 and int4 are exported with default settings (validated against PyTorch with their presets);
@@ -51,36 +53,6 @@ LABELS = {"pytorch": "PyTorch fp32", "onnx-fp32": "ONNX fp32",
           "onnx-int4-rtn": "ONNX int4, round-to-nearest, all 4 bits", "f16.gguf": "GGUF f16",
           "q8_0.gguf": "GGUF q8_0", "q4_0.gguf": "GGUF q4_0", "q4_1.gguf": "GGUF q4_1",
           "q4_k_m.gguf": "GGUF Q4_K_M"}
-
-
-def size_mb(path: Path) -> float:
-    files = [path] if path.is_file() else [p for p in path.iterdir() if p.name.startswith("model.onnx")]
-    return sum(p.stat().st_size for p in files) / 1e6
-
-
-def run(*args, alone: bool = False) -> subprocess.CompletedProcess:
-    """One lmexport command. Two run at a time (``alone=False``): OpenMP threads then wait passively,
-    or they spin against each other; a benchmark runs alone with the default policy, since passive
-    waiting costs llama.cpp's per-op barriers ~7x its decode speed here (docs/llamacpp.md)."""
-    cmd = [sys.executable, "-m", "lmexport.cli", *map(str, args)]
-    print("$ lmexport " + " ".join(map(str, args)), file=sys.stderr, flush=True)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-    if alone:
-        env.pop("OMP_WAIT_POLICY")
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-
-
-def lmexport(*args, ok=(0,), alone: bool = False) -> str:
-    done = run(*args, alone=alone)
-    if done.returncode not in ok:
-        raise SystemExit(f"lmexport {' '.join(map(str, args))} exited {done.returncode}:\n{done.stdout}{done.stderr}")
-    return done.stdout
-
-
-def export(kind: str, model: Path, target: Path, extra: list[str], reuse: bool) -> dict:
-    if reuse and target.exists():
-        return {"export": "reused"}
-    return {"export": lmexport(kind, model, "-o", target, "--overwrite", *extra)}
 
 
 def main() -> None:

@@ -30,6 +30,12 @@ def open_scorer(path: Path, device: str = "cpu", engine: str = "auto") -> tuple[
 
     ``engine``: "auto" runs a GGUF through its PyTorch rebuild; "llama.cpp" runs it in the patched
     llama.cpp (GGUF files only; llama.cpp's default F16 KV cache, as its own perplexity tool runs)."""
+    eng, kind, context = open_engine(path, device, engine)
+    return fitting(engine_scorer(eng), eng.info.vocab_size), kind, context
+
+
+def open_engine(path: Path, device: str = "cpu", engine: str = "auto"):
+    """(engine, kind, context length): the engine ``open_scorer`` scores with (see there)."""
     kind = artifact_kind(path)
     if engine == "llama.cpp":
         if kind != "gguf":
@@ -39,6 +45,6 @@ def open_scorer(path: Path, device: str = "cpu", engine: str = "auto") -> tuple[
         from lmexport.exporters.gguf.reader import open_gguf
         context = open_gguf(path).config().max_position_embeddings
         eng = open_artifact(path, engine="llama.cpp", n_ctx=context, n_batch=context, n_ubatch=min(512, context))
-        return fitting(engine_scorer(eng), eng.info.vocab_size), "gguf (llama.cpp)", context
+        return eng, "gguf (llama.cpp)", context
     eng = open_artifact(path, engine="pytorch" if kind == "gguf" else None, device=device)
-    return fitting(engine_scorer(eng), eng.info.vocab_size), kind, eng.info.context_length
+    return eng, kind, eng.info.context_length
