@@ -18,13 +18,18 @@ __all__ = ["BenchResult", "Spread", "Workload", "run_bench"]
 
 
 def _model_config(path: Path, kind: str) -> dict:
-    """The config.json of the model (an ONNX folder's is in its lmexport.json, a GGUF's in its metadata), checked."""
+    """The config.json of the model (an ONNX folder's is in its lmexport.json, a GGUF's in its metadata, a .pte's
+    in its sidecar), checked."""
     if kind == "onnx":
         from lmexport.manifest import Manifest
         return Manifest.read(path).config
     if kind == "gguf":
         from lmexport.exporters.gguf.reader import open_gguf
         return open_gguf(path).config().to_dict()
+    if kind == "pte":         # the sidecar's config, its context the program's KV cache
+        from lmexport.exporters.executorch import sidecar
+        meta = sidecar.read(path)
+        return {**meta["source"]["config"], "max_position_embeddings": meta["max_context"]}
     from lmexport.config import LiquidMetalConfig
     from lmexport.errors import ConfigError
     from lmexport.jsonio import read_json_object

@@ -39,7 +39,7 @@ class ExecutorchEngine(EngineBase):
         self.path = Path(path)
         if not self.path.is_file():
             raise InputError(f"{self.path} does not exist", hint="export one with `lmexport executorch`")
-        if device != "cpu":
+        if device not in ("cpu", "auto"):        # auto: the CPU, the only device it has
             raise InputError(f"the ExecuTorch engine runs on the CPU (XNNPACK), not {device}",
                              hint="drop --device")
         self.meta = meta if meta is not None else sidecar.read(self.path)

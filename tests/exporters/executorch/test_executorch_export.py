@@ -221,3 +221,15 @@ def test_bad_input_is_one_line_and_exit_2(programs, tmp_path):
     no_sidecar.write_bytes(existing.read_bytes())
     r = run_cli("generate", no_sidecar, "--prompt", "x")
     assert r.returncode == 2 and "lonely.lmexport.json is missing" in r.stderr
+
+
+def test_bench_runs_a_pte_within_its_cache(programs):
+    """lmexport bench on a .pte: the workload checked against the program's KV cache (--max-context 320)."""
+    pte = programs.bundled("8da4w")
+    r = run_cli("bench", pte, "--prompt-tokens", 16, "--new-tokens", 8, "--repeats", 1, "--threads", 1, "--json")
+    assert r.returncode == 0, r.stderr[-1500:]
+    result = json.loads(r.stdout)
+    assert result["decode_tokens_per_s"]["median"] > 0 and result["prefill_ms"]["median"] > 0
+    too_long = run_cli("bench", pte, "--prompt-tokens", 300, "--new-tokens", 64, "--threads", 1)
+    assert too_long.returncode == 2 and "context of 320 tokens" in too_long.stderr
+    assert "Traceback" not in too_long.stderr
