@@ -18,6 +18,9 @@ wrapper's ``model.`` prefix (so they carry canonical names), graph axes get the 
 the IOSpecs declare, and nodes get readable names from their module scope
 (``/model/layers.3/self_attn/q_proj/MatMul``). With ``pack``, pack.py then merges the
 MatMuls of each declared pack (``/model/layers.3/self_attn/qkv_proj/MatMul`` and ``/Split``).
+Last, the exporter's per-node metadata (module scopes, FX node, Python stack trace with
+the exporting machine's file paths) is dropped: once the names are given it is only
+bytes (a fifth of the bundled int4 folder) and a leak of local paths into a shared file.
 """
 from __future__ import annotations
 
@@ -239,6 +242,7 @@ def trace(model: LiquidMetalForCausalLM, path: Path, inputs: list[IOSpec], outpu
     if pack:
         from lmexport.exporters.onnx.pack import pack_matmuls
         pack_matmuls(program.model, model.config.num_hidden_layers)
+    _drop_node_metadata(program.model)
     log.info("writing %s with external data", path.name)
     save_ir(program.model, path)
     del program, wrapper, view
@@ -351,6 +355,17 @@ def _scope_path(node) -> str:
     path = modules[-1]
     path = path[len(WRAPPER_PREFIX):] if path.startswith(WRAPPER_PREFIX) else ""
     return "/" + re.sub(r"/(\d+)(?=/|$)", r".\1", path.replace(".", "/")) if path else "/model"
+
+
+def _drop_node_metadata(model) -> None:
+    """Clear the metadata the exporter attaches to each node, subgraphs and functions included."""
+    import onnx_ir as ir
+
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        node.metadata_props.clear()
+    for function in model.functions.values():
+        for node in ir.traversal.RecursiveGraphIterator(function):
+            node.metadata_props.clear()
 
 
 def _name_nodes(graph) -> None:

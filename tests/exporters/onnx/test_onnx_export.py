@@ -8,11 +8,14 @@ from __future__ import annotations
 import json
 import os
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
 import torch
+
+import lmexport
 
 from cli_helpers import run_cli
 from lmexport.modeling.checkpoint import load_model
@@ -334,6 +337,9 @@ def test_folder_is_what_the_manifest_says(exports, name, precision):
     names = [n.name for n in proto.graph.node]
     assert any(n.startswith("/model/layers.1/self_attn/") for n in names)
     assert len(set(names)) == len(names)
+    # named from the exporter's scopes, then its per-node metadata (stack traces with local paths) dropped
+    assert not [n.name for n in proto.graph.node if n.metadata_props]
+    assert str(Path(lmexport.__file__).parent).encode() not in (folder / "model.onnx").read_bytes()
 
 
 def test_corrupted_weight_fails_validation(exports, tmp_path):
