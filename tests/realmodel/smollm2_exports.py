@@ -22,7 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 HELDOUT = ROOT / "examples" / "smollm2" / "heldout.txt"
-QUESTION = "What is the capital of France?"
+# SmolLM2-135M's first answer token to this is "The" by a margin of 1.45 logits in PyTorch; to "What is
+# the capital of France?" it was "The" over "L" by 0.06 (int8) and "La" in int4: a coin toss, not a check.
+QUESTION = "Name the capital of France."
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE",
        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
 

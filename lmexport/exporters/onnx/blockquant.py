@@ -18,7 +18,8 @@ and GatherBlockQuantized read:
 
 Layout (MatMulNBits' B for a weight of N outputs and K inputs, blocks along K): q is
 [N, K/block, block] integers, packed low bits first into [N, K/block, block*bits/8]
-uint8; scales [N, K/block] float32; zero points [N, K/block] float32 or
+uint8; scales [N, K/block] float32 (with ``scale_dtype=np.float16``: float32 values that fp16
+holds exactly, so a graph can store them as fp16 and cast); zero points [N, K/block] float32 or
 [N, ceil(K/block * bits / 8)] packed uint8.
 """
 from __future__ import annotations
@@ -104,11 +105,14 @@ def importance(w: np.ndarray, act_sq: np.ndarray | None = None) -> np.ndarray:
 
 
 def quantize_blocks(w: np.ndarray, bits: int, block: int, zero: str = "float",
-                    weights: np.ndarray | None = None, search: bool = True) -> Quantized:
+                    weights: np.ndarray | None = None, search: bool = True,
+                    scale_dtype: type = np.float32) -> Quantized:
     """Quantise w [N, K] to ``bits`` per weight in blocks along K (a partial last block is padded).
 
     ``weights`` [N, K]: the importance of each weight's error (default ``importance(w)``).
-    ``search=False`` is round-to-nearest from each block's range (the baseline the search beats)."""
+    ``search=False`` is round-to-nearest from each block's range (the baseline the search beats).
+    ``scale_dtype=np.float16``: each chosen scale is rounded to fp16 (as q4_0/q4_1/q8_0 store
+    theirs) and the block's codes are rounded again for it, so what is stored is what is returned."""
     if zero not in ("float", "uint"):
         raise ValueError(f"zero must be 'float' or 'uint', not {zero!r}")
     n, k = w.shape
@@ -148,6 +152,8 @@ def quantize_blocks(w: np.ndarray, bits: int, block: int, zero: str = "float",
             for slot, new in zip(best, (err, q, s, z)):
                 slot[better] = new[better]
     _, q, s, z = best
+    if scale_dtype is not np.float32:
+        q, s, z = _round_scales(x, q, s, z, zero, nmax, scale_dtype)
     flat = hi <= lo                                                        # constant block: exact
     if flat.any():
         q[flat] = 0
@@ -155,13 +161,35 @@ def quantize_blocks(w: np.ndarray, bits: int, block: int, zero: str = "float",
             s[flat], z[flat] = 1.0, -lo[flat]
         else:
             # |w| = s * z with z the largest code: w = (0 - z) * s; w >= 0 uses q = z + w/s
-            s[flat] = np.where(lo[flat] != 0, np.abs(lo[flat]) / nmax, 1.0)
+            s[flat] = round_scale(np.where(lo[flat] != 0, np.abs(lo[flat]) / nmax, 1.0), scale_dtype)
             z[flat] = np.where(lo[flat] < 0, nmax, 0)
             q[flat] = np.where(lo[flat] > 0, nmax, 0)[:, None]
     nb = k // block
     zeros = z.astype(np.float32 if zero == "float" else np.uint8).reshape(n, nb)
     return Quantized(q.astype(np.uint8).reshape(n, nb, block), s.astype(np.float32).reshape(n, nb), zeros, bits,
                      block, k - pad)
+
+
+def round_scale(s: np.ndarray, scale_dtype: type = np.float32) -> np.ndarray:
+    """float32 scales rounded to ``scale_dtype`` (kept positive: one that would flush to zero
+    takes the type's smallest positive value), returned as float32."""
+    if scale_dtype is np.float32:
+        return s.astype(np.float32)
+    tiny = np.finfo(scale_dtype).smallest_subnormal
+    r = np.clip(s, tiny, np.finfo(scale_dtype).max).astype(scale_dtype).astype(np.float32)
+    return np.where(r > 0, r, np.float32(tiny))
+
+
+def _round_scales(x, q, s, z, zero, nmax, scale_dtype):
+    """Each block's scale rounded to ``scale_dtype``; its offset (float zero) or integer zero point
+    kept; the codes rounded again for the new scale."""
+    r = round_scale(s, scale_dtype)
+    if zero == "float":
+        m = -s * z                                         # the offset s*(q - z) = s*q + m keeps
+        q = np.clip(np.rint((x - m[:, None]) / r[:, None]), 0, nmax)
+        return q, r, -m / r
+    q = np.clip(np.rint(x / r[:, None] + z[:, None]), 0, nmax)
+    return q, r, z
 
 
 def _refit_offset(x, q, imp, s0, m0):

@@ -71,6 +71,7 @@ class OnnxExportOptions:
     quantize_embeddings: bool = True    # the token embedding in GatherBlockQuantized (a tied head shares it)
     search: bool = True                 # searched scales/zero points (False: round-to-nearest, for comparison)
     int4_offsets: bool = True           # int4: a float offset per block (quant.offsets_of) instead of uint8 zero points
+    scale_dtype: str = "fp16"           # int4/int8: block scales stored as fp16 (cast to fp32 in the graph) or fp32
     validate: bool = True
     decode_steps: int = 8               # validation: decode steps after the prefill
     tolerance: str | None = None        # validation: a preset other than the variant's own
@@ -101,6 +102,8 @@ class OnnxExportOptions:
             problems.append("--bits-per-weight sets the int4 recipe's budget; use it with --quantize int4")
         if not self.int4_offsets and self.quantize != "int4":
             problems.append("--integer-zero-points chooses the int4 recipe's zero points; use it with --quantize int4")
+        if self.scale_dtype not in ("fp16", "fp32"):
+            problems.append(f"scale dtype {self.scale_dtype!r} is not fp16 or fp32")
         if self.tolerance is not None:
             from lmexport.compare.tolerances import TOLERANCES
             if self.tolerance not in TOLERANCES:
@@ -127,6 +130,7 @@ class OnnxExportOptions:
                     "zero_points": "float offsets at 4 bits, uint8 otherwise" if self.quantize == "int4"
                     and self.int4_offsets else "uint8, packed",
                     "scales": "searched" if self.search else "round-to-nearest",
+                    "scale_dtype": self.scale_dtype,
                     "accuracy_level": self.accuracy_level}
         return {"method": "none"}
 

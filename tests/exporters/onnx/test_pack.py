@@ -124,7 +124,7 @@ def test_int4_packed_matches_unpacked_blocks_and_passes_validation(folders):
     old = {t.name: numpy_helper.to_array(t) for t in _graph(unpacked, data=True).initializer}
     for ref in _packs(c):
         suffixes = [x for x in ("_Q4", "_scales", "_zero_points", "_offsets") if ref.name + x in got]
-        assert {"_Q4", "_scales"} <= set(suffixes) and len(suffixes) == 3, suffixes
+        assert {"_Q4", "_scales", "_zero_points"} <= set(suffixes), suffixes     # + "_offsets" where they pay
         for suffix in suffixes:
             if suffix == "_offsets":          # [blocks, out]: the members side by side along the output axis
                 members = [old[m.name + suffix] for m in ref.members]

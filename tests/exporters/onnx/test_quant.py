@@ -6,6 +6,8 @@
 * 4-bit weights with a float offset per block hold a q4_1-style grid (w = d*q + m, any m)
   exactly through MatMulNBits + blocksums(x) @ offsets in onnxruntime, where integer zero
   points cannot;
+* scales are stored in fp16 and cast to fp32 in the graph, which computes the same with the
+  Cast folded by onnxruntime or not; the 8-bit upgrades go to the output head first;
 * a tied model's lm_head is stored once (read back with onnx);
 * a damaged quantised folder (a perturbed weight, a zeroed state) fails validation.
 """
@@ -23,7 +25,7 @@ from cli_helpers import run_cli
 from conftest import BUNDLED
 from lmexport.exporters.onnx.blockquant import importance, quantize_blocks, weighted_error
 from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
-from lmexport.exporters.onnx.quant import MS_DOMAIN, quantize
+from lmexport.exporters.onnx.quant import MS_DOMAIN, Site, plan_bits, quantize, site_bytes
 from lmexport.exporters.onnx.validate import validate_folder
 from lmexport.manifest import Manifest
 from lmexport.modeling.checkpoint import load_model
@@ -117,8 +119,8 @@ def q4_1_grid(n: int, k: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     q = rng.integers(0, 16, (n, k // 32, 32))
     q[..., 0], q[..., 1] = 0, 15
-    d = rng.uniform(0.005, 0.05, (n, k // 32, 1))
-    m = -d * rng.uniform(3.3, 11.7, (n, k // 32, 1))               # m/d is not an integer
+    d = rng.uniform(0.005, 0.05, (n, k // 32, 1)).astype(np.float16).astype(np.float32)   # fp16, as q4_1 stores
+    m = (-d * rng.uniform(3.3, 11.7, (n, k // 32, 1))).astype(np.float16).astype(np.float32)  # m/d not an integer
     return (d * q + m).reshape(n, k).astype(np.float32)
 
 
@@ -162,10 +164,75 @@ def test_offsets_encoding_runs_exactly_in_onnxruntime(tmp_path, offsets):
     if offsets:
         assert ops.count("MatMul") == 3 and ops.count("Add") == 2        # one shared block sum, two offsets
         assert details["zero_points"] == {"float offsets": 2, "uint8": 0}
-        assert worst < 1e-3, worst                 # fp16 offsets: llama.cpp q4_1's precision
+        assert worst < 1e-5, worst                 # fp16 scales and minimums, as q4_1's: held exactly
     else:
         assert ops.count("MatMul") == 0 and details["zero_points"] == {"float offsets": 0, "uint8": 2}
         assert worst > 1e-2, worst
+
+
+@pytest.mark.parametrize("zero", ["uint", "float"])
+def test_fp16_scales_cost_an_ulp_and_are_what_is_stored(zero):
+    w = outlier_matrix(seed=5)
+    half = quantize_blocks(w, 4, 32, zero, scale_dtype=np.float16)
+    full = quantize_blocks(w, 4, 32, zero)
+    assert np.array_equal(half.scales.astype(np.float16).astype(np.float32), half.scales)
+    assert not np.array_equal(full.scales.astype(np.float16).astype(np.float32), full.scales)
+    assert weighted_error(w, half) < 1.01 * weighted_error(w, full)          # codes rounded again for it
+    assert half.q.max() <= 15 and half.zeros.dtype == full.zeros.dtype
+
+
+@pytest.mark.parametrize("scale_dtype", ["fp16", "fp32"])
+def test_scale_dtype_is_stored_and_runs_folded_or_not(tmp_path, scale_dtype):
+    """fp16 scales sit in the file as fp16 behind a Cast; onnxruntime computes the same with its graph
+    optimisations (which fold the Cast) on and off, and what fp32 scales compute to fp16 rounding."""
+    rng = np.random.default_rng(8)
+    ws = [rng.standard_normal((48, 96)).astype(np.float32) * 0.02 for _ in range(2)]
+    inits = [numpy_helper.from_array(np.ascontiguousarray(w.T), f"model.layers.0.mlp.{name}.weight")
+             for w, name in zip(ws, ("gate_proj", "up_proj"))]
+    nodes = [helper.make_node("MatMul", ["x", t.name], [f"y{i}"], name=f"mm{i}") for i, t in enumerate(inits)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 96])],
+                              [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, None) for i in range(2)],
+                              inits)
+    src, dst = tmp_path / "src.onnx", tmp_path / "q.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(src))
+    options = OnnxExportOptions(quantize="int8", accuracy_level=0, scale_dtype=scale_dtype, quantize_embeddings=False)
+    details = quantize(src, dst, options, "q.onnx.data", config=None)
+    proto = onnx.load(str(dst))
+    scales = {t.name: t.data_type for t in proto.graph.initializer if t.name.endswith("_scales")}
+    want = TensorProto.FLOAT16 if scale_dtype == "fp16" else TensorProto.FLOAT
+    assert len(scales) == 2 and set(scales.values()) == {want}
+    assert [n.op_type for n in proto.graph.node].count("Cast") == (2 if scale_dtype == "fp16" else 0)
+    assert details["bits_per_weight"] == (8.75 if scale_dtype == "fp16" else 9.25)   # 8 + scale/32 + zero/32
+    x = rng.standard_normal((3, 96)).astype(np.float32)
+    runs = []
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        runs.append(ort.InferenceSession(str(dst), so, providers=["CPUExecutionProvider"]).run(None, {"x": x}))
+    for a, b, w in zip(*runs, ws):
+        assert np.allclose(a, b, rtol=1e-5, atol=1e-6)
+        assert np.abs(a - x @ w.T).max() < 2e-2 * np.abs(x @ w.T).max()
+
+
+def _site(name: str, n: int, k: int) -> Site:
+    return Site(name, np.zeros((n, k), np.float32), [], [], [name])
+
+
+def test_upgrades_go_to_the_head_first():
+    """The head (here a tied embedding: it dropped lm_head) takes 8 bits before more sensitive layers,
+    then the rest by sensitivity per byte, within the budget."""
+    head = _site(EMBEDDING.name, 256, 64)
+    head.drop.append(LM_HEAD.name)
+    layers = [_site(f"model.layers.{i}.mlp.down_proj.weight", 64, 128) for i in range(3)]
+    sites = [head, *layers]
+    sensitivity = {head.name: 0.001, layers[0].name: 0.05, layers[1].name: 0.01, layers[2].name: 0.02}
+    four = sum(site_bytes(s, 4, 32) for s in sites)
+    numel = sum(s.numel for s in sites)
+    extra = site_bytes(head, 8, 32) - site_bytes(head, 4, 32) + site_bytes(layers[0], 8, 32) - site_bytes(
+        layers[0], 4, 32)
+    bits = plan_bits(sites, 32, (four + extra) * 8 / numel, sensitivity)
+    assert bits == {head.name: 8, layers[0].name: 8, layers[1].name: 4, layers[2].name: 4}
+    assert plan_bits(sites, 32, four * 8 / numel, sensitivity) == {s.name: 4 for s in sites}
 
 
 # ---------------------------------------------------------------- exported folders
@@ -198,7 +265,9 @@ def test_tied_head_is_stored_once(tied):
     table = model.model.embed_tokens.weight.detach().numpy()
     bits = next(a.i for a in head[0].attribute if a.name == "bits")
     q = numpy_helper.to_array(inits[blocks[0]])
-    scales = numpy_helper.to_array(inits[head[0].input[2]])
+    cast = next(n for n in proto.graph.node if n.output[0] == head[0].input[2])   # fp16, cast to fp32
+    scales = numpy_helper.to_array(inits[cast.input[0]])
+    assert cast.op_type == "Cast" and scales.dtype == np.float16
     assert q.shape == (table.shape[0], table.shape[1] // 32, 32 * bits // 8) and scales.shape == q.shape[:2]
     manifest = Manifest.read(folder)
     assert manifest.quantization["tied_lm_head"] == "stored once"
