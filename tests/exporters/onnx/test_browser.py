@@ -135,9 +135,11 @@ def test_browser_chat_keeps_its_state(node, name, tmp_path_factory):
         reply = "".join(chat.send(text))
         assert turn["fed"] == chat.fed, text
         assert turn["text"] == reply
-    # the state matters here: the second turn's new text alone, from zeros, continues otherwise
-    alone = gen.generate([gen.tokenizer.decode(turns[1]["new_ids"])], max_new_tokens=CHAT_TOKENS)[0]
-    assert alone.token_ids != turns[1]["reply_ids"]
+    # the state matters here: a later turn's new text alone, from zeros, continues otherwise (one of
+    # them: a short greedy reply can coincide, as the int4 folder's second turn does since issue 23's fp16 scales)
+    alone = [gen.generate([gen.tokenizer.decode(t["new_ids"])], max_new_tokens=CHAT_TOKENS)[0].token_ids
+             for t in turns[1:]]
+    assert alone != [t["reply_ids"] for t in turns[1:]]
 
 
 def test_browser_refuses_a_folder_too_large_for_the_page(node, tmp_path_factory):
