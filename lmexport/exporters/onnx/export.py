@@ -67,7 +67,7 @@ class OnnxExportOptions:
     fused_ops: bool = True              # opset-23 Attention/RotaryEmbedding/RMSNormalization (onnx_fused)
     block_size: int = 32                # int4/int8: weights per scale and zero point
     accuracy_level: int = 4             # MatMulNBits accuracy_level (4 = int8 compute on CPU)
-    bits_per_weight: float | None = None  # int4: the budget for 8-bit upgrades (None: Q4_K_M's, quant.q4_k_m_bits)
+    bits_per_weight: float | None = None  # int4: the budget for 8-bit upgrades (None: Q4_K_M's, bitplan.q4_k_m_bits)
     quantize_embeddings: bool = True    # the token embedding in GatherBlockQuantized (a tied head shares it)
     search: bool = True                 # searched scales/zero points (False: round-to-nearest, for comparison)
     int4_offsets: bool = True           # int4: a float offset per block (quant.offsets_of) instead of uint8 zero points

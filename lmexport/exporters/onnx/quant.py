@@ -22,7 +22,7 @@ rounding itself costs an fp16 ulp of each scale (the codes are rounded again for
   ~100x slower. ``int4_offsets=False`` keeps uint8 zero points everywhere.
 * int8: every weight at 8 bits (q8_0's bits per weight plus a zero point).
 * int4: every weight at 4 bits, then the most sensitive ones at 8 bits until the file
-  reaches the bits-per-weight budget (``plan_bits``). Sensitivity is measured, not
+  reaches the bits-per-weight budget (bitplan.py: which weights, at how many bits; ``plan_bits``). Sensitivity is measured, not
   guessed (``measure_sensitivity``): the relative error each weight's 4-bit version puts
   on its own output for the activations it sees in a PyTorch forward pass; upgrades go in
   order of that error per extra byte. The default budget is the size llama.cpp's Q4_K_M of the same model has
@@ -42,15 +42,15 @@ perplexity on SmolLM2-135M against +0.3% for 8-bit weights in blocks (issue 23).
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from lmexport.exporters.onnx.bitplan import Site, find_sites, measure_sensitivity, plan_bits, q4_k_m_bits, site_bytes
 from lmexport.exporters.onnx.blockquant import Quantized, quantize_blocks, round_scale, weighted_error
-from lmexport.tensor_names import EMBEDDING, LM_HEAD, lookup, lookup_pack
+from lmexport.tensor_names import LM_HEAD, lookup, lookup_pack
 
 log = logging.getLogger(__name__)
 
@@ -64,11 +64,8 @@ QUANT_SUFFIXES = {
     "_offsets": "4-bit block minimums [in/block, out] fp16, cast to fp32: y = MatMulNBits(x, zero 0) + blocksums(x) @ offsets",
 }
 OFFSET_ZERO = 0                   # the integer zero point a 4-bit block with a float offset gives MatMulNBits
-SENSITIVITY_TOKENS = (2, 64)      # int4 planning: the random token ids whose activations rank the weights
-SENSITIVITY_SEED = 1234           # not the validation's seed (0)
 OFFSETS_GAIN = 0.5                # a weight takes float offsets when they at least halve its 4-bit error
 OFFSETS_SAMPLE_ROWS = 64          # ... measured first on its first rows (most weights skip the full float search)
-EXACT = 1e-10                     # a relative output error this small is float rounding: the 4-bit form is exact
 
 
 def _stores_tensors(name: str) -> bool:
@@ -87,65 +84,7 @@ def canonical_of(name: str) -> tuple[str, str | None] | None:
     return (name, None) if _stores_tensors(name) else None
 
 
-# ---------------------------------------------------------------- what gets quantised
-
-@dataclass
-class Site:
-    """One quantised weight: the stored initializer, its [N, K] matrix, the nodes reading it."""
-    name: str                      # initializer name (canonical or pack); the quantised ones add suffixes
-    matrix: np.ndarray             # [N, K]: rows are outputs (MatMulNBits' layout)
-    matmuls: list                  # MatMul nodes with it as B (its transpose is the [K, N] initializer)
-    gathers: list                  # Gather nodes with it as data (the embedding)
-    drop: list                     # initializers it replaces
-
-    @property
-    def numel(self) -> int:
-        return int(self.matrix.size)
-
-
-def find_sites(graph: onnx.GraphProto, block: int) -> list[Site]:
-    """Every constant MatMul weight and the embedding table, a tied head merged into the embedding."""
-    inits = {t.name: t for t in graph.initializer}
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for i, name in enumerate(node.input):
-            if name in inits:
-                readers.setdefault(name, []).append((node, i))
-    sites: dict[str, Site] = {}
-    for name, uses in readers.items():
-        t = inits[name]
-        if len(t.dims) != 2 or t.data_type != onnx.TensorProto.FLOAT:
-            continue
-        matmul = [n for n, i in uses if n.op_type == "MatMul" and i == 1]
-        gather = [n for n, i in uses if n.op_type == "Gather" and i == 0] if name == EMBEDDING.name else []
-        if len(matmul) + len(gather) != len(uses) or not (matmul or gather):
-            continue                                   # read by something else too: leave it fp32
-        k = t.dims[0] if matmul else t.dims[1]         # MatMul B is [K, N]; the table is [vocab, hidden]
-        if k % block and gather:
-            log.info("leaving %s fp32: its row size %d is not a multiple of the block size %d", name, k, block)
-            continue
-        array = numpy_helper.to_array(t)
-        sites[name] = Site(name, np.ascontiguousarray(array.T if matmul else array), matmul, gather, [name])
-    emb, head = sites.get(EMBEDDING.name), sites.get(LM_HEAD.name)
-    if emb is not None and head is not None and emb.matrix.shape == head.matrix.shape \
-            and np.array_equal(emb.matrix, head.matrix):
-        emb.matmuls += head.matmuls                     # tied: one copy feeds both
-        emb.drop.append(head.name)
-        del sites[head.name]
-        log.info("tied lm_head: stored once, shared with the embedding")
-    return list(sites.values())
-
-
-# ---------------------------------------------------------------- bit widths under a budget
-
-def site_bytes(site: Site, bits: int, block: int, offsets: bool = False, scale_bytes: int = 2) -> int:
-    """Bytes of one site at ``bits``: blocks, scales (``scale_bytes`` each), packed uint8 zero
-    points, and (``offsets``, 4 bits) one fp16 offset per block."""
-    n, k = site.matrix.shape
-    nb = -(-k // block)
-    zeros = n * -(-nb * bits // 8) + (n * nb * 2 if offsets else 0)
-    return n * nb * block * bits // 8 + n * nb * scale_bytes + zeros
-
+# ---------------------------------------------------------------- the 4-bit form of a weight
 
 def four_bit(site: Site, block: int, options) -> Quantized:
     """A site's 4-bit form: float offsets where they pay, else packed uint8 zero points.
@@ -180,126 +119,6 @@ def scale_type(options) -> type:
 
 def _offsets_pay(w: np.ndarray, uint: Quantized, offset: Quantized) -> bool:
     return weighted_error(w, offset) < OFFSETS_GAIN * weighted_error(w, uint)
-
-
-def q4_k_m_bits(sites: list[Site], config) -> float:
-    """Bits per weight of llama.cpp's Q4_K_M for these weights: the mix of llama_tensor_get_type
-    (llama-quant.cpp, read): Q6_K (6.5625 bpw) for the output head (the embedding when tied)
-    and for attn_v / ffn_down in the layers use_more_bits picks (first and last eighth, every
-    third between), Q4_K (4.5) for the rest; a row length that is not a multiple of 256 falls
-    back to Q5_0 (5.5) for Q4_K and Q8_0 (8.5) for Q6_K. Only these weights are counted."""
-    n = config.num_hidden_layers
-
-    def more_bits(i: int) -> bool:
-        return i < n // 8 or i >= 7 * n // 8 or (i - n // 8) % 3 == 2
-
-    total = bits = 0.0
-    for site in sites:
-        for ref, rows, k in _members(site, config):
-            name = ref.name if ref is not None else ""
-            high = ref is not None and (ref.entry.module in ("lm_head", "embedding") or (
-                ref.bid is not None and more_bits(ref.bid)
-                and (name.endswith("v_proj.weight") or name.endswith("down_proj.weight"))))
-            fits = k % 256 == 0
-            bpw = (6.5625 if fits else 8.5) if high else (4.5 if fits else 5.5)
-            bits += bpw * rows * k
-            total += rows * k
-    return bits / total
-
-
-def _members(site: Site, config):
-    """(canonical ref or None, output rows, K) of each tensor a site stores."""
-    n, k = site.matrix.shape
-    pack = lookup_pack(site.name)
-    if pack is not None:
-        return [(ref, end - first, k) for ref, first, end in pack.columns(config)]
-    return [(lookup(site.name), n, k)]
-
-
-def plan_bits(sites: list[Site], block: int, budget_bpw: float, sensitivity: dict[str, float],
-              offsets: frozenset[str] = frozenset(), scale_bytes: int = 2) -> dict[str, int]:
-    """4 bits everywhere, then 8 bits while the total stays within ``budget_bpw`` bits per quantised
-    weight (``offsets``: the sites whose 4-bit form carries float offsets, ``site_bytes``): the output
-    head first (the embedding when tied), as Q4_K_M keeps output.weight at its 6-bit type, then the
-    sites with the most sensitivity per extra byte.
-
-    The head goes first by rule because ``measure_sensitivity`` ranks it too low: its error lands on
-    the logits directly, while a layer's is diluted by the residual stream, and the per-matrix
-    measure cannot see that. Measured on the bundled model at the default budget: head-first
-    +0.43% perplexity (KL 0.0018), by sensitivity alone +0.64% (KL 0.0051), same bytes."""
-    bits = {s.name: 4 for s in sites}
-    limit = budget_bpw * sum(s.numel for s in sites) / 8
-    four = {s.name: site_bytes(s, 4, block, s.name in offsets, scale_bytes) for s in sites}
-    used = sum(four.values())
-    extra = {s.name: site_bytes(s, 8, block, scale_bytes=scale_bytes) - four[s.name] for s in sites}
-    order = sorted(sites, key=lambda s: (not is_head(s), -sensitivity.get(s.name, 0.0) / max(extra[s.name], 1)))
-    for s in order:
-        if sensitivity and sensitivity.get(s.name, 0.0) <= EXACT:
-            continue                        # its 4-bit form is already exact: 8 bits would only round it
-        if used + extra[s.name] <= limit:
-            bits[s.name] = 8
-            used += extra[s.name]
-    return bits
-
-
-def is_head(site: Site) -> bool:
-    """The site holds the output head (lm_head, or the embedding a tied head shares)."""
-    return site.name == LM_HEAD.name or LM_HEAD.name in site.drop
-
-
-def measure_sensitivity(model, sites: list[Site], config, block: int,
-                        quantized: dict[str, Quantized]) -> dict[str, float]:
-    """Per site, the relative error its 4-bit version puts on its own output,
-    ||X (W4 - W)^T||^2 / ||X W^T||^2, with X the inputs that weight really sees in one
-    PyTorch forward pass over fixed random token ids (captured by hooks); the embedding
-    adds the error of the rows gathered, a tied head the error of the logits.
-
-    One forward pass, then a matmul per site: measuring the end-to-end KL per site instead
-    (one forward each) took 3-17 s a weight for SmolLM2-135M on the shared 2-core machine,
-    minutes per export, so the per-matrix output error is what ranks them."""
-    import torch
-
-    inputs: dict[str, torch.Tensor] = {}
-    hooks = []
-    for name, module in model.named_modules():
-        if isinstance(module, (torch.nn.Linear, torch.nn.Embedding)):
-            def keep(mod, args, _name=name):
-                inputs[_name] = args[0].detach().reshape(-1, args[0].shape[-1]) if args[0].is_floating_point() \
-                    else args[0].detach().reshape(-1)
-            hooks.append(module.register_forward_pre_hook(keep))
-    rng = np.random.default_rng(SENSITIVITY_SEED)
-    b, t = SENSITIVITY_TOKENS
-    ids = torch.from_numpy(rng.integers(0, config.vocab_size, (b, t)))
-    try:
-        with torch.no_grad():
-            model(ids, torch.ones_like(ids), torch.arange(t)[None].expand(b, t).contiguous())
-    finally:
-        for h in hooks:
-            h.remove()
-    out = {}
-    for site in sites:
-        w = torch.tensor(site.matrix)                                       # [N, K]
-        dw = torch.from_numpy(quantized[site.name].dequantize()) - w
-        err = 0.0
-        for module in _site_modules(site):
-            x = inputs.get(module)
-            if x is None:
-                continue
-            if not x.is_floating_point():                                 # the embedding: rows gathered
-                err += float(dw[x].square().sum() / w[x].square().sum().clamp_min(1e-30))
-            else:
-                err += float((x @ dw.T).square().sum() / (x @ w.T).square().sum().clamp_min(1e-30))
-        out[site.name] = err
-    return out
-
-
-def _site_modules(site: Site) -> list[str]:
-    """The PyTorch modules whose weights a site stores (a pack's first member: they share the input)."""
-    pack = lookup_pack(site.name)
-    names = [pack.members[0].name] if pack is not None else [site.name]
-    if site.name == EMBEDDING.name and LM_HEAD.name in site.drop:
-        names.append(LM_HEAD.name)
-    return [n.removesuffix(".weight") for n in names]
 
 
 # ---------------------------------------------------------------- the rewrite
@@ -347,7 +166,7 @@ def quantize(src: Path, dst: Path, options, data_file: str, config, model=None) 
     drop = set()
     new_inits = []
     casts = Float32Casts()
-    sums = BlockSums(block, new_inits, casts)
+    sums = BlockSums(block, new_inits)
     for site in sites:
         b = bits[site.name]
         q = quantized4[site.name] if b == 4 else quantize_blocks(site.matrix, b, block, "uint", search=options.search,
@@ -452,8 +271,8 @@ class BlockSums:
     block's rows (works at any rank of x, partial last block included), computed once per input and
     shared by every MatMulNBits reading it (q|k|v and gate|up read one input each)."""
 
-    def __init__(self, block: int, initializers: list, casts: Float32Casts):
-        self.block, self.initializers, self.casts = block, initializers, casts
+    def __init__(self, block: int, initializers: list):
+        self.block, self.initializers = block, initializers
         self.sums: dict[tuple[str, int], onnx.NodeProto] = {}   # (input, K) -> the node computing its sums
         self.after: dict[str, list] = {}                        # MatMulNBits output -> offset MatMul, Add
         self.made: dict[int, str] = {}                          # K -> J's initializer

@@ -25,7 +25,8 @@ from cli_helpers import run_cli
 from conftest import BUNDLED
 from lmexport.exporters.onnx.blockquant import importance, quantize_blocks, weighted_error
 from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
-from lmexport.exporters.onnx.quant import MS_DOMAIN, Site, plan_bits, quantize, site_bytes
+from lmexport.exporters.onnx.bitplan import Site, plan_bits, site_bytes
+from lmexport.exporters.onnx.quant import MS_DOMAIN, quantize
 from lmexport.exporters.onnx.validate import validate_folder
 from lmexport.manifest import Manifest
 from lmexport.modeling.checkpoint import load_model
