@@ -74,7 +74,7 @@ def test_fp32_onnx_export_validates_with_default_settings(smollm2):
 def test_int4_holds_the_q4_1_grid_of_the_layers(smollm2):
     """The fixture's weights are a dequantised Q4_1 GGUF: int4's float offsets hold every layer's
     4-bit blocks (no layer needs 8 bits, whose rounding would only add error); the tied
-    embedding and head, which are not on a 4-bit grid, take the budget's 8 bits (the head first)."""
+    embedding and head, which are not on a 4-bit grid, take the budget's 8 bits (their 4-bit form adds the most KL)."""
     q = Manifest.read(smollm2.artifact("onnx-int4")).quantization
     layers = json.loads((smollm2.converted / "config.json").read_text())["num_hidden_layers"]
     grid = {f"model.layers.{i}.{m}.weight" for i in range(layers)

@@ -22,11 +22,12 @@ rounding itself costs an fp16 ulp of each scale (the codes are rounded again for
   ~100x slower. ``int4_offsets=False`` keeps uint8 zero points everywhere.
 * int8: every weight at 8 bits (q8_0's bits per weight plus a zero point).
 * int4: every weight at 4 bits, then the most sensitive ones at 8 bits until the file
-  reaches the bits-per-weight budget (bitplan.py: which weights, at how many bits; ``plan_bits``). Sensitivity is measured, not
-  guessed (``measure_sensitivity``): the relative error each weight's 4-bit version puts
-  on its own output for the activations it sees in a PyTorch forward pass; upgrades go in
-  order of that error per extra byte. The default budget is the size llama.cpp's Q4_K_M of the same model has
-  (``q4_k_m_bits``), so the folder and that file are compared at equal bytes.
+  reaches the bits-per-weight budget (bitplan.py: which weights, at how many bits; ``plan_bits``).
+  Sensitivity is measured, not guessed (``measure_sensitivity``): the KL each weight's 4-bit
+  version adds to the model's output, a Fisher estimate from a few PyTorch backward passes;
+  upgrades go in order of that KL per extra byte. The default budget is the size llama.cpp's
+  Q4_K_M of the same model has (``q4_k_m_bits``), so the folder and that file are compared at
+  equal bytes.
 
 A tied lm_head is stored once: the embedding's quantised blocks, scales and zero points
 feed both the GatherBlockQuantized (through a Reshape of the blocks to [vocab, bytes per

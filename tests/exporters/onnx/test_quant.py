@@ -7,7 +7,8 @@
   exactly through MatMulNBits + blocksums(x) @ offsets in onnxruntime, where integer zero
   points cannot;
 * scales are stored in fp16 and cast to fp32 in the graph, which computes the same with the
-  Cast folded by onnxruntime or not; the 8-bit upgrades go to the output head first;
+  Cast folded by onnxruntime or not; the 8-bit upgrades go where the 4-bit form adds the most KL
+  per byte, and that KL (a Fisher estimate) is what PyTorch measures;
 * a tied model's lm_head is stored once (read back with onnx);
 * a damaged quantised folder (a perturbed weight, a zeroed state) fails validation.
 """
@@ -22,7 +23,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from cli_helpers import run_cli
-from conftest import BUNDLED
+from conftest import BUNDLED, tiny_config, tiny_model
 from lmexport.exporters.onnx.blockquant import importance, quantize_blocks, weighted_error
 from lmexport.exporters.onnx.export import OnnxExportOptions, export_onnx
 from lmexport.exporters.onnx.bitplan import Site, plan_bits, site_bytes
@@ -219,21 +220,64 @@ def _site(name: str, n: int, k: int) -> Site:
     return Site(name, np.zeros((n, k), np.float32), [], [], [name])
 
 
-def test_upgrades_go_to_the_head_first():
-    """The head (here a tied embedding: it dropped lm_head) takes 8 bits before more sensitive layers,
-    then the rest by sensitivity per byte, within the budget."""
+def test_upgrades_follow_the_kl_per_extra_byte():
+    """8 bits go to the sites whose 4-bit form adds the most KL per extra byte, within the budget; the head
+    (a tied embedding here) has no rule of its own, and a site whose 4-bit form is exact stays at 4."""
     head = _site(EMBEDDING.name, 256, 64)
     head.drop.append(LM_HEAD.name)
     layers = [_site(f"model.layers.{i}.mlp.down_proj.weight", 64, 128) for i in range(3)]
     sites = [head, *layers]
-    sensitivity = {head.name: 0.001, layers[0].name: 0.05, layers[1].name: 0.01, layers[2].name: 0.02}
+    sensitivity = {head.name: 0.001, layers[0].name: 0.05, layers[1].name: 0.0, layers[2].name: 0.02}
     four = sum(site_bytes(s, 4, 32) for s in sites)
     numel = sum(s.numel for s in sites)
-    extra = site_bytes(head, 8, 32) - site_bytes(head, 4, 32) + site_bytes(layers[0], 8, 32) - site_bytes(
-        layers[0], 4, 32)
-    bits = plan_bits(sites, 32, (four + extra) * 8 / numel, sensitivity)
-    assert bits == {head.name: 8, layers[0].name: 8, layers[1].name: 4, layers[2].name: 4}
+    extra = {s.name: site_bytes(s, 8, 32) - site_bytes(s, 4, 32) for s in sites}
+    budget = (four + extra[layers[0].name] + extra[layers[2].name]) * 8 / numel
+    assert plan_bits(sites, 32, budget, sensitivity) == {
+        head.name: 4, layers[0].name: 8, layers[1].name: 4, layers[2].name: 8}
+    everything = (four + sum(extra.values())) * 8 / numel
+    assert plan_bits(sites, 32, everything, sensitivity)[layers[1].name] == 4      # exact at 4 bits
     assert plan_bits(sites, 32, four * 8 / numel, sensitivity) == {s.name: 4 for s in sites}
+
+
+def test_sensitivity_is_the_kl_each_weight_adds():
+    """measure_sensitivity's Fisher estimate against the KL really measured in PyTorch with one weight
+    at a time replaced by its 4-bit form, on other token ids: within 2x wherever the KL is not negligible,
+    and the same weight first."""
+    import torch
+
+    from lmexport.exporters.onnx.bitplan import measure_sensitivity
+
+    model = tiny_model(seed=0)
+    config = tiny_config()
+    params = dict(model.named_parameters())
+    names = [n for n in params if n.endswith("proj.weight") or n == LM_HEAD.name]
+    sites = [Site(n, params[n].detach().numpy().copy(), [], [], [n]) for n in names]
+    four = {s.name: quantize_blocks(s.matrix, 4, 32, "uint") for s in sites}
+    grad_before = {n: p.requires_grad for n, p in params.items()}
+    estimate = measure_sensitivity(model, sites, config, 32, four)
+    assert {n: p.requires_grad for n, p in params.items()} == grad_before      # the model is left as it was
+    assert all(p.grad is None for p in params.values())
+
+    ids = torch.from_numpy(np.random.default_rng(7).integers(0, config.vocab_size, (4, 64)))
+
+    def log_probs():
+        with torch.no_grad():
+            out = model(ids, torch.ones_like(ids), torch.arange(64)[None].expand(4, 64).contiguous())
+        return torch.log_softmax(out.logits, -1)
+
+    reference = log_probs()
+    real = {}
+    for site in sites:
+        with torch.no_grad():
+            params[site.name].copy_(torch.from_numpy(four[site.name].dequantize()))
+        real[site.name] = float((reference.exp() * (reference - log_probs())).sum(-1).mean())
+        with torch.no_grad():
+            params[site.name].copy_(torch.from_numpy(site.matrix))
+    top = max(real.values())
+    for name, kl in real.items():
+        if kl > 0.01 * top:
+            assert 0.5 < estimate[name] / kl < 2, (name, estimate[name], kl)
+    assert max(estimate, key=estimate.get) == max(real, key=real.get)
 
 
 # ---------------------------------------------------------------- exported folders
