@@ -155,8 +155,10 @@ def measure_model(name: str, rows: list[str], args) -> dict:
         target = folder if command is None else work / row
         r: dict = {"label": LABELS[row]}
         if command is not None:
-            if name == "medium" and command == "onnx" and "--no-validate" not in extra:
-                extra = [*extra, "--no-validate"]        # the random model's validation takes minutes
+            if name == "medium" and command in ("onnx", "executorch") and "--no-validate" not in extra:
+                # random weights: the ONNX validation takes minutes, and near-uniform logits make the
+                # 8da4w .pte's top-1 agreement a coin toss (0.565 against the preset's 0.6); KL scores it
+                extra = [*extra, "--no-validate"]
             log(f"{name}: export {row}")
             export(command, folder, target, extra, args.reuse)
             r["size_mb"] = size_mb(target)

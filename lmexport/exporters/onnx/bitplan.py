@@ -151,7 +151,9 @@ def measure_sensitivity(model, sites: list[Site], config, block: int,
     4-bit rounding error and F_ii = E[(d log p(y) / d w_i)^2], y drawn from the model's own output
     (no labels, no data: fixed random token ids). One forward and backward pass per sample; since
     E_y[d log p(y)] = 0 at every position, the square of a pass's summed gradient estimates the sum
-    of the per-position squares without bias.
+    of the per-position squares without bias. The sum is linear in the samples, so each parameter's
+    gradient is folded into its site's total as soon as it accumulates and freed (a hook): neither F
+    nor a full set of gradients is held, only dw^2 in bfloat16 (half the fp32 weights' bytes).
 
     The estimate is end-to-end: an error that lands on the logits (the head) or early in the residual
     stream counts for what it does to the output, which the earlier per-matrix relative output error
@@ -161,16 +163,26 @@ def measure_sensitivity(model, sites: list[Site], config, block: int,
     import torch
 
     params = dict(model.named_parameters())         # a parameter tied in PyTorch is listed once
-    members = {site.name: [n for n in _site_parameters(site) if n in params] for site in sites}
-    fisher = {site.name: torch.zeros(site.matrix.shape) for site in sites}
+    dw = {site.name: (torch.from_numpy(quantized[site.name].dequantize())
+                      - torch.from_numpy(site.matrix)).square().bfloat16() for site in sites}   # dw^2
+    slices, shared = _parameter_slices(sites, params)
+    total = {site.name: 0.0 for site in sites}
+
+    def consume(p: torch.Tensor, name: str) -> None:   # after a backward pass fills p.grad: sum, then free it
+        g2 = p.grad.square()
+        for site, first, end in slices[name]:
+            total[site] += float((g2 * dw[site][first:end].float()).sum())
+        p.grad = None
+
+    hooks = [params[n].register_post_accumulate_grad_hook(lambda p, n=n: consume(p, n))
+             for n in slices if n not in shared]
     rng = np.random.default_rng(SENSITIVITY_SEED)
     draw = torch.Generator().manual_seed(SENSITIVITY_SEED)
     b, t = SENSITIVITY_TOKENS
-    wanted = {n for names in members.values() for n in names}
     grad_was = {n: p.requires_grad for n, p in params.items()}
     try:
         for n, p in params.items():
-            p.requires_grad_(n in wanted)
+            p.requires_grad_(n in slices)
         for _ in range(SENSITIVITY_SAMPLES):
             ids = torch.from_numpy(rng.integers(0, config.vocab_size, (b, t)))
             model.zero_grad(set_to_none=True)
@@ -178,24 +190,41 @@ def measure_sensitivity(model, sites: list[Site], config, block: int,
             logp = torch.log_softmax(logits.float(), -1).reshape(-1, logits.shape[-1])
             y = torch.multinomial(logp.detach().exp(), 1, generator=draw)
             logp.gather(-1, y).sum().backward()
-            for site in sites:
-                grads = [params[n].grad for n in members[site.name]]
-                if not grads or any(g is None for g in grads):
-                    continue
-                if lookup_pack(site.name) is not None:
-                    g = torch.cat(grads, 0)          # a pack: its members' rows in column order
-                else:
-                    g = sum(grads)                   # one matrix, or a table and the equal head it feeds
-                fisher[site.name] += g.square() / SENSITIVITY_SAMPLES
+            for site, names in shared.items():     # one matrix stored for two parameters: their gradients add
+                g = sum(params[n].grad for n in names if params[n].grad is not None)
+                total[site] += float((g.square() * dw[site].float()).sum())
     finally:
+        for hook in hooks:
+            hook.remove()
         model.zero_grad(set_to_none=True)
         for n, p in params.items():
             p.requires_grad_(grad_was[n])
-    out = {}
+    return {name: v / SENSITIVITY_SAMPLES / 2 / (b * t) for name, v in total.items()}
+
+
+def _parameter_slices(sites: list[Site], params: dict) -> tuple[dict, dict]:
+    """({parameter: [(site, first row, end row)]}, {site: parameters}) for the PyTorch parameters the
+    sites store: a pack's members each own their rows; a site stored for two parameters (an embedding
+    and an equal, untied head) is in the second dict, their gradients summed before squaring."""
+    slices: dict[str, list] = {}
+    shared: dict[str, list] = {}
     for site in sites:
-        dw = torch.from_numpy(quantized[site.name].dequantize()) - torch.from_numpy(site.matrix)
-        out[site.name] = float((fisher[site.name] * dw.square()).sum()) / 2 / (b * t)
-    return out
+        names = [n for n in _site_parameters(site) if n in params]
+        if lookup_pack(site.name) is not None:
+            first = 0
+            for n in names:
+                end = first + params[n].shape[0]
+                slices.setdefault(n, []).append((site.name, first, end))
+                first = end
+            assert first == site.matrix.shape[0], (site.name, first, site.matrix.shape)
+        elif len(names) > 1:
+            shared[site.name] = names
+            for n in names:
+                slices.setdefault(n, [])
+        else:
+            for n in names:
+                slices.setdefault(n, []).append((site.name, 0, site.matrix.shape[0]))
+    return slices, shared
 
 
 def _site_parameters(site: Site) -> list[str]:
