@@ -1,5 +1,6 @@
 """Running the lmexport CLI from the measurement scripts (examples/smollm2/measure.py,
-benchmarks/quant_table.py): one command, one export, the size of an artifact."""
+benchmarks/quant_table.py): one command, one export, the size of an artifact, the README block
+a script regenerates."""
 from __future__ import annotations
 
 import os
@@ -40,3 +41,16 @@ def export(kind: str, model: Path, target: Path, extra: list[str], reuse: bool) 
     if reuse and target.exists():
         return {"export": "reused"}
     return {"export": lmexport(kind, model, "-o", target, "--overwrite", *extra)}
+
+
+def replace_block(readme: Path, begin: str, end: str, block: str) -> None:
+    """Replace what lies between the ``begin`` and ``end`` markers of ``readme`` (both kept) with
+    ``block``, atomically; a README without both markers, in order, is an error."""
+    text = readme.read_text(encoding="utf-8")
+    if begin not in text or end not in text or text.index(begin) > text.index(end):
+        raise SystemExit(f"{readme} has no {begin} ... {end} block")
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    tmp = readme.with_name(readme.name + ".tmp")
+    tmp.write_text(f"{head}{begin}\n{block.strip()}\n{end}{tail}", encoding="utf-8")
+    tmp.replace(readme)

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from clitools import ROOT, export, lmexport, run, size_mb  # noqa: E402  (benchmarks/ is not a package)
+from clitools import ROOT, export, lmexport, replace_block, run, size_mb  # noqa: E402  (benchmarks/ is not a package)
 
 BEGIN, END = "<!-- quant-table:begin -->", "<!-- quant-table:end -->"
 WINDOW, STRIDE = 256, 128
@@ -220,17 +220,6 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
-def replace_block(readme: Path, block: str) -> None:
-    text = readme.read_text(encoding="utf-8")
-    if BEGIN not in text or END not in text or text.index(BEGIN) > text.index(END):
-        raise SystemExit(f"{readme} has no {BEGIN} ... {END} block")
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    tmp = readme.with_name(readme.name + ".tmp")
-    tmp.write_text(f"{head}{BEGIN}\n{block.strip()}\n{END}{tail}", encoding="utf-8")
-    tmp.replace(readme)
-
-
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--score-worker":
         job = json.loads(sys.argv[2])
@@ -259,7 +248,7 @@ def main() -> None:
     md = render(results)
     (args.work / "quant-table.md").write_text(md, encoding="utf-8")
     if args.write_readme:
-        replace_block(args.write_readme, md)
+        replace_block(args.write_readme, BEGIN, END, md)
     print(md)
 
 

@@ -17,7 +17,7 @@ KL and size of the same exports are benchmarks/quant_table.py's (README, "What
 quantisation costs"). Heavy: about 25 minutes on 2 cores. The tests assert a small
 subset (tests/realmodel/test_smollm2.py).
 
-    python examples/smollm2/measure.py [--out out/smollm2] [--skip-bench] [--reuse]
+    python examples/smollm2/measure.py [--out out/smollm2] [--skip-bench] [--reuse] [--write-readme [README]]
 """
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from clitools import export, lmexport, size_mb  # noqa: E402  (benchmarks/ is not a package)
+from clitools import export, lmexport, replace_block, size_mb  # noqa: E402  (benchmarks/ is not a package)
+BEGIN, END = "<!-- smollm2-measure:begin -->", "<!-- smollm2-measure:end -->"
 # the tests' question: to "What is the capital of France?" SmolLM2-135M's first answer token is a
 # near tie ("The" over "L" by 0.06 logits in int8), so quantisation flips it by chance
 QUESTION = "Name the capital of France."
@@ -60,6 +61,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "out" / "smollm2")
     parser.add_argument("--skip-bench", action="store_true")
     parser.add_argument("--reuse", action="store_true", help="keep exports already in --out")
+    parser.add_argument("--write-readme", nargs="?", const=ROOT / "README.md", type=Path, metavar="README",
+                        help=f"replace the {BEGIN} block of README (default: the repository's README.md)")
     args = parser.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -97,6 +100,8 @@ def main() -> None:
     (out / "smollm2-results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     tables = render(results)
     (out / "smollm2-results.md").write_text(tables, encoding="utf-8")
+    if args.write_readme:
+        replace_block(args.write_readme, BEGIN, END, tables)
     print(tables)
 
 
