@@ -163,15 +163,15 @@ def measure_sensitivity(model, sites: list[Site], config, block: int,
     import torch
 
     params = dict(model.named_parameters())         # a parameter tied in PyTorch is listed once
-    dw = {site.name: (torch.from_numpy(quantized[site.name].dequantize())
-                      - torch.from_numpy(site.matrix)).square().bfloat16() for site in sites}   # dw^2
+    dw2 = {site.name: torch.from_numpy(np.square(quantized[site.name].dequantize() - site.matrix)).bfloat16()
+           for site in sites}
     slices, shared = _parameter_slices(sites, params)
     total = {site.name: 0.0 for site in sites}
 
     def consume(p: torch.Tensor, name: str) -> None:   # after a backward pass fills p.grad: sum, then free it
         g2 = p.grad.square()
         for site, first, end in slices[name]:
-            total[site] += float((g2 * dw[site][first:end].float()).sum())
+            total[site] += float((g2 * dw2[site][first:end].float()).sum())
         p.grad = None
 
     hooks = [params[n].register_post_accumulate_grad_hook(lambda p, n=n: consume(p, n))
@@ -192,7 +192,7 @@ def measure_sensitivity(model, sites: list[Site], config, block: int,
             logp.gather(-1, y).sum().backward()
             for site, names in shared.items():     # one matrix stored for two parameters: their gradients add
                 g = sum(params[n].grad for n in names if params[n].grad is not None)
-                total[site] += float((g.square() * dw[site].float()).sum())
+                total[site] += float((g.square() * dw2[site].float()).sum())
     finally:
         for hook in hooks:
             hook.remove()
