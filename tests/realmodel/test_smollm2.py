@@ -121,7 +121,20 @@ def test_gguf_export_validates(smollm2, name):
     assert "validated" in done.stdout
 
 
-@pytest.mark.parametrize("name", ["onnx-fp32", "f16.gguf", "q8_0.gguf"])
+def test_pte_export_validates_in_executorch_runtime(smollm2):
+    """The fp32 ExecuTorch program, run in executorch.runtime at export against PyTorch (prefill and
+    decode steps, the fp32 preset), with its sidecar and the tokenizer beside it."""
+    done = smollm2.outputs["model.pte"]
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "validated in executorch.runtime" in done.stdout + done.stderr
+    assert "(fp32 preset)" in done.stdout + done.stderr
+    sidecar = json.loads((smollm2.work / "model.lmexport.json").read_text())
+    assert sidecar["program_file"] == "model.pte" and sidecar["max_context"] == 512
+    assert sidecar["tolerance_preset"] == "fp32" and sidecar["outputs"][0]["shape"][-1] == 49152
+    assert (smollm2.work / "tokenizer.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["onnx-fp32", "f16.gguf", "q8_0.gguf", "model.pte"])
 def test_parity_passes_with_default_settings(smollm2, name):
     done = lmexport("parity", smollm2.converted, smollm2.artifact(name), check=False)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -180,7 +193,7 @@ def test_onnx_greedy_continuation_equals_pytorch(smollm2, converted_model):
     assert done.stdout == prompt + gen.tokenizer.decode(tokens) + "\n"
 
 
-@pytest.mark.parametrize("name", ["onnx-fp32", "onnx-int4"])
+@pytest.mark.parametrize("name", ["onnx-fp32", "onnx-int4", "model.pte"])
 def test_chat_answer_names_paris_and_is_printed_alone(smollm2, name):
     done = lmexport("generate", smollm2.artifact(name), "--chat", "--prompt", QUESTION, "--max-new-tokens", 24)
     answer = done.stdout.strip()

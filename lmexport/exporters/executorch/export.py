@@ -7,8 +7,9 @@ nothing (``atomic_outputs``)::
                             buffers (program.py), XNNPACK-delegated, plus the constant methods
                             ExecuTorch's LLM runner reads (CONSTANT_METHODS)
     model.lmexport.json     the sidecar: IO, state buffers, quantisation, tokenizer, source (sidecar.py)
-    tokenizer.json,         the checkpoint's tokenizer, resolved as for ONNX (the BOS/EOS rule stated);
-    tokenizer_config.json   kept when the same bytes are already there (two variants of one model
+    tokenizer.json,         the checkpoint's tokenizer, resolved as for ONNX (the BOS/EOS rule stated),
+    tokenizer_config.json,  and its other tokenizer files (chat_template.jinja, generation_config.json, ...);
+    ...                     kept when the same bytes are already there (two variants of one model
                             share them), refused without --overwrite when different
 
 The export is validated in ``executorch.runtime`` against PyTorch (a prefill and decode steps,
@@ -111,7 +112,8 @@ def export_executorch(model_dir: str | Path, output: str | Path,
                       overwrite: bool = False) -> ExecutorchExportResult:
     """Read the checkpoint, write the .pte, its sidecar and tokenizer, validate in executorch.runtime."""
     from lmexport.modeling.checkpoint import load_model
-    from lmexport.modeling.tokenizer import has_tokenizer, resolve_tokenizer
+    from lmexport.modeling.folder_files import verify_files
+    from lmexport.modeling.tokenizer import has_tokenizer, resolve_tokenizer, ship_tokenizer_files
 
     output = Path(output)
     if output.suffix != ".pte":
@@ -126,9 +128,10 @@ def export_executorch(model_dir: str | Path, output: str | Path,
                          hint="the ExecuTorch export supports streaming checkpoints (ARCHITECTURE.md)")
     max_context = context_length(config, options)
     tokenizer = resolve_tokenizer(ckpt.path) if has_tokenizer(ckpt.path) else None
+    verify_files(ckpt.tokenizer_files())                  # a bad chat template fails here, not after lowering
     program = build_program(model, options, max_context)
     with tempfile.TemporaryDirectory(prefix=".lmexport-tok-", dir=output.absolute().parent) as staged:
-        token_files = tokenizer.write(Path(staged)) if tokenizer is not None else []
+        token_files = ship_tokenizer_files(Path(staged), tokenizer, ckpt.tokenizer_files())
         token_targets = [(f, output.absolute().parent / f.name) for f in token_files]
         token_targets = [(f, t) for f, t in token_targets if not (t.is_file() and t.read_bytes() == f.read_bytes())]
         targets = [output, side] + [t for _, t in token_targets]
@@ -137,7 +140,8 @@ def export_executorch(model_dir: str | Path, output: str | Path,
             tmps[0].write_bytes(program.buffer)
             meta = sidecar.build(config, options, max_context, program_file=output.name,
                                  program_bytes=tmps[0], weights_hash=ckpt.weights_hash(),
-                                 tokenizer=tokenizer, constant_methods=constant_methods(config, max_context))
+                                 tokenizer=tokenizer, tokenizer_files=[f.name for f in token_files],
+                                 constant_methods=constant_methods(config, max_context))
             tmps[1].write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
             for (src, _), tmp in zip(token_targets, tmps[2:]):
                 tmp.write_bytes(src.read_bytes())

@@ -63,7 +63,7 @@ def state_specs(config, max_context: int) -> list[dict]:
 
 
 def build(config, options, max_context: int, *, program_file: str, program_bytes: Path, weights_hash: str,
-          tokenizer, constant_methods: dict) -> dict:
+          tokenizer, constant_methods: dict, tokenizer_files: list[str] = ()) -> dict:
     import importlib.metadata as md
 
     from lmexport.exporters.executorch.program import INPUTS, OUTPUTS
@@ -80,8 +80,7 @@ def build(config, options, max_context: int, *, program_file: str, program_bytes
     tok = {"files": [], "bos_token_id": config.bos_token_id, "eos_token_ids": list(config.eos_token_ids),
            "pad_token_id": config.pad_token_id if config.pad_token_id is not None else 0}
     if tokenizer is not None:
-        tok.update(files=["tokenizer.json", "tokenizer_config.json"], add_bos=tokenizer.add_bos,
-                   add_eos=tokenizer.add_eos)
+        tok.update(files=list(tokenizer_files), add_bos=tokenizer.add_bos, add_eos=tokenizer.add_eos)
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "program_file": program_file, "method": "forward", "backend": "XnnpackBackend",

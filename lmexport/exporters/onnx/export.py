@@ -33,9 +33,9 @@ from lmexport.atomic import atomic_output, check_output_path
 from lmexport.errors import ExportError, InputError, ValidationError
 from lmexport.manifest import IOSpec, Manifest, file_digest, stored_tensors, variant_name
 from lmexport.config import LiquidMetalConfig
-from lmexport.modeling.folder_files import copy_verified, verify_files
+from lmexport.modeling.folder_files import verify_files
 from lmexport.modeling.modules import CONTEXT_SLOTS
-from lmexport.modeling.tokenizer import ResolvedTokenizer
+from lmexport.modeling.tokenizer import ResolvedTokenizer, ship_tokenizer_files
 from lmexport.tensor_names import EMBEDDING, expected_tensors, lookup, lookup_pack
 
 from lmexport.exporters.onnx import transformersjs
@@ -306,10 +306,7 @@ def write_folder(model, folder: Path, options: OnnxExportOptions, *, source_hash
         raise ExportError(f"probe values missing from the graph: {', '.join(lost[:4])}")
 
     (folder / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n", encoding="utf-8")
-    written = {p.name for p in tokenizer.write(folder)} if tokenizer is not None else set()
-    for src in tokenizer_files:
-        if src.name not in written:
-            copy_verified(src, folder / src.name)
+    ship_tokenizer_files(folder, tokenizer, list(tokenizer_files))
     if options.target == transformersjs.TARGET:
         transformersjs.write_shim(folder)
     manifest = Manifest(

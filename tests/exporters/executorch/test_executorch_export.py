@@ -98,6 +98,24 @@ def test_bundled_fp32_files_and_sidecar(programs):
     assert meta["new_sequence"] == "input_pos = 0"
 
 
+def test_chat_template_file_ships_beside_the_pte(programs, tmp_path):
+    """A checkpoint whose chat template is chat_template.jinja (transformers 5's layout, SmolLM2's) gets it
+    beside the .pte, listed in the sidecar, so `generate --chat` on the .pte renders the same template."""
+    model = make_model_folder(tmp_path / "jinja-model", seed=5, num_hidden_layers=1)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    template = config.pop("chat_template")
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    (model / "chat_template.jinja").write_text(template)
+    out = tmp_path / "pte" / "model.pte"
+    out.parent.mkdir()
+    export_executorch(model, out, ExecutorchExportOptions(max_context=64, decode_steps=2))
+    assert (out.parent / "chat_template.jinja").read_text() == template
+    assert "chat_template.jinja" in sidecar.read(out)["tokenizer"]["files"]
+    done = run_cli("generate", out, "--chat", "--prompt", "hello", "--max-new-tokens", 4)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip()
+
+
 def test_constant_methods_are_what_the_llm_runner_reads(programs):
     with ExecutorchEngine(programs.bundled()) as eng:
         assert eng.constant("get_max_seq_len") == 319
