@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 SENSITIVITY_TOKENS = (2, 64)      # int4 planning: the random token ids whose gradients rank the weights
 SENSITIVITY_SEED = 1234           # not the validation's seed (0)
 SENSITIVITY_SAMPLES = 4           # forward/backward passes, each with its own token ids and sampled outputs
-EXACT = 1e-10                     # a relative output error this small is float rounding: the 4-bit form is exact
+EXACT = 1e-10                     # an estimated KL this small is float rounding: the 4-bit form is exact (a layer
+                                  # on a q4_1 grid measures ~1e-14), and 8 bits would only round it
 
 
 # ---------------------------------------------------------------- what gets quantised
@@ -144,8 +145,7 @@ def plan_bits(sites: list[Site], block: int, budget_bpw: float, sensitivity: dic
     return bits
 
 
-def measure_sensitivity(model, sites: list[Site], config, block: int,
-                        quantized: dict[str, Quantized]) -> dict[str, float]:
+def measure_sensitivity(model, sites: list[Site], config, quantized: dict[str, Quantized]) -> dict[str, float]:
     """Per site, the KL its 4-bit version adds to the model's next-token distribution, estimated to
     second order with the diagonal of the Fisher information: KL ~ 1/2 sum_i F_ii dw_i^2, with dw the
     4-bit rounding error and F_ii = E[(d log p(y) / d w_i)^2], y drawn from the model's own output
@@ -165,7 +165,7 @@ def measure_sensitivity(model, sites: list[Site], config, block: int,
     params = dict(model.named_parameters())         # a parameter tied in PyTorch is listed once
     dw2 = {site.name: torch.from_numpy(np.square(quantized[site.name].dequantize() - site.matrix)).bfloat16()
            for site in sites}
-    slices, shared = _parameter_slices(sites, params)
+    slices, shared = _parameter_slices(sites, params, config)
     total = {site.name: 0.0 for site in sites}
 
     def consume(p: torch.Tensor, name: str) -> None:   # after a backward pass fills p.grad: sum, then free it
@@ -174,15 +174,15 @@ def measure_sensitivity(model, sites: list[Site], config, block: int,
             total[site] += float((g2 * dw2[site][first:end].float()).sum())
         p.grad = None
 
-    hooks = [params[n].register_post_accumulate_grad_hook(lambda p, n=n: consume(p, n))
-             for n in slices if n not in shared]
+    hooks = [params[n].register_post_accumulate_grad_hook(lambda p, n=n: consume(p, n)) for n in slices]
+    wanted = set(slices).union(*shared.values())
     rng = np.random.default_rng(SENSITIVITY_SEED)
     draw = torch.Generator().manual_seed(SENSITIVITY_SEED)
     b, t = SENSITIVITY_TOKENS
     grad_was = {n: p.requires_grad for n, p in params.items()}
     try:
         for n, p in params.items():
-            p.requires_grad_(n in slices)
+            p.requires_grad_(n in wanted)
         for _ in range(SENSITIVITY_SAMPLES):
             ids = torch.from_numpy(rng.integers(0, config.vocab_size, (b, t)))
             model.zero_grad(set_to_none=True)
@@ -202,37 +202,32 @@ def measure_sensitivity(model, sites: list[Site], config, block: int,
     return {name: v / SENSITIVITY_SAMPLES / 2 / (b * t) for name, v in total.items()}
 
 
-def _parameter_slices(sites: list[Site], params: dict) -> tuple[dict, dict]:
+def _parameter_slices(sites: list[Site], params: dict, config) -> tuple[dict, dict]:
     """({parameter: [(site, first row, end row)]}, {site: parameters}) for the PyTorch parameters the
-    sites store: a pack's members each own their rows; a site stored for two parameters (an embedding
-    and an equal, untied head) is in the second dict, their gradients summed before squaring."""
+    sites store. The first are summed as their gradients accumulate: a pack's members own the rows
+    ``PackRef.columns`` gives them, any other site all of its rows. The second are summed after the
+    backward pass: one matrix stored for two parameters (an embedding and an equal head that PyTorch
+    does not tie), whose gradients add before squaring."""
     slices: dict[str, list] = {}
     shared: dict[str, list] = {}
     for site in sites:
+        pack = lookup_pack(site.name)
+        if pack is not None:
+            for ref, first, end in pack.columns(config):
+                if ref.name in params:
+                    slices.setdefault(ref.name, []).append((site.name, first, end))
+            continue
         names = [n for n in _site_parameters(site) if n in params]
-        if lookup_pack(site.name) is not None:
-            first = 0
-            for n in names:
-                end = first + params[n].shape[0]
-                slices.setdefault(n, []).append((site.name, first, end))
-                first = end
-            assert first == site.matrix.shape[0], (site.name, first, site.matrix.shape)
-        elif len(names) > 1:
+        if len(names) > 1:
             shared[site.name] = names
-            for n in names:
-                slices.setdefault(n, [])
-        else:
-            for n in names:
-                slices.setdefault(n, []).append((site.name, 0, site.matrix.shape[0]))
+        elif names:
+            slices.setdefault(names[0], []).append((site.name, 0, site.matrix.shape[0]))
     return slices, shared
 
 
 def _site_parameters(site: Site) -> list[str]:
-    """The PyTorch parameters a site stores: a pack's members in column order, the embedding and the
-    head it feeds when tied, else the site itself."""
-    pack = lookup_pack(site.name)
-    if pack is not None:
-        return [ref.name for ref in pack.members]
+    """The PyTorch parameters an unpacked site stores: the embedding and the head it feeds when
+    tied, else the site itself."""
     if site.name == EMBEDDING.name and LM_HEAD.name in site.drop:
         return [EMBEDDING.name, LM_HEAD.name]
     return [site.name]

@@ -102,8 +102,9 @@ class OnnxExportOptions:
             problems.append("--bits-per-weight sets the int4 recipe's budget; use it with --quantize int4")
         if not self.int4_offsets and self.quantize != "int4":
             problems.append("--integer-zero-points chooses the int4 recipe's zero points; use it with --quantize int4")
-        if self.scale_dtype not in ("fp16", "fp32"):
-            problems.append(f"scale dtype {self.scale_dtype!r} is not fp16 or fp32")
+        from lmexport.exporters.onnx.quant import SCALE_DTYPES
+        if self.scale_dtype not in SCALE_DTYPES:
+            problems.append(f"scale dtype {self.scale_dtype!r} is not one of {', '.join(SCALE_DTYPES)}")
         if self.tolerance is not None:
             from lmexport.compare.tolerances import TOLERANCES
             if self.tolerance not in TOLERANCES:

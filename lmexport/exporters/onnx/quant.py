@@ -64,6 +64,7 @@ QUANT_SUFFIXES = {
     "_zero_points": "MatMulNBits zero points, packed uint8 [out, ceil(in/block * bits/8)]",
     "_offsets": "4-bit block minimums [in/block, out] fp16, cast to fp32: y = MatMulNBits(x, zero 0) + blocksums(x) @ offsets",
 }
+SCALE_DTYPES = {"fp16": np.float16, "fp32": np.float32}   # --scale-dtype -> the stored scales' type
 OFFSET_ZERO = 0                   # the integer zero point a 4-bit block with a float offset gives MatMulNBits
 OFFSETS_GAIN = 0.5                # a weight takes float offsets when they at least halve its 4-bit error
 OFFSETS_SAMPLE_ROWS = 64          # ... measured first on its first rows (most weights skip the full float search)
@@ -115,7 +116,7 @@ def _with_offsets(w: np.ndarray, block: int, options) -> Quantized:
 
 def scale_type(options) -> type:
     """The numpy type the scales are stored in (``options.scale_dtype``)."""
-    return {"fp16": np.float16, "fp32": np.float32}[options.scale_dtype]
+    return SCALE_DTYPES[options.scale_dtype]
 
 
 def _offsets_pay(w: np.ndarray, uint: Quantized, offset: Quantized) -> bool:
@@ -160,7 +161,7 @@ def quantize(src: Path, dst: Path, options, data_file: str, config, model=None) 
                      budget, floor)
         if model is not None and budget > floor:
             log.info("measuring each weight's 4-bit sensitivity in PyTorch (%d weights)", len(sites))
-            sensitivity = measure_sensitivity(model, sites, config, block, quantized4)
+            sensitivity = measure_sensitivity(model, sites, config, quantized4)
         else:
             sensitivity = {}
         bits = plan_bits(sites, block, budget, sensitivity, offsets, scale_bytes)

@@ -254,7 +254,7 @@ def test_sensitivity_is_the_kl_each_weight_adds():
     sites = [Site(n, params[n].detach().numpy().copy(), [], [], [n]) for n in names]
     four = {s.name: quantize_blocks(s.matrix, 4, 32, "uint") for s in sites}
     grad_before = {n: p.requires_grad for n, p in params.items()}
-    estimate = measure_sensitivity(model, sites, config, 32, four)
+    estimate = measure_sensitivity(model, sites, config, four)
     assert {n: p.requires_grad for n, p in params.items()} == grad_before      # the model is left as it was
     assert all(p.grad is None for p in params.values())
 
@@ -278,6 +278,28 @@ def test_sensitivity_is_the_kl_each_weight_adds():
         if kl > 0.01 * top:
             assert 0.5 < estimate[name] / kl < 2, (name, estimate[name], kl)
     assert max(estimate, key=estimate.get) == max(real, key=real.get)
+
+
+def test_a_shared_table_counts_both_gradients_as_pytorch_tying_does():
+    """One stored table for an embedding and an equal head that PyTorch keeps as two parameters: its
+    estimate is the tied model's, whose one parameter accumulates both gradients (summed, then squared)."""
+    import torch
+
+    from lmexport.exporters.onnx.bitplan import measure_sensitivity
+
+    estimates = []
+    for tie in (False, True):
+        model = tiny_model(seed=0, tie_word_embeddings=tie)
+        params = dict(model.named_parameters())
+        if not tie:
+            with torch.no_grad():
+                params[LM_HEAD.name].copy_(params[EMBEDDING.name])
+        table = Site(EMBEDDING.name, params[EMBEDDING.name].detach().numpy().copy(), [], [],
+                     [EMBEDDING.name, LM_HEAD.name])
+        four = {table.name: quantize_blocks(table.matrix, 4, 32, "uint")}
+        estimates.append(measure_sensitivity(model, [table], tiny_config(tie_word_embeddings=tie), four)[table.name])
+    untied, tied = estimates
+    assert tied > 0 and untied == pytest.approx(tied, rel=1e-3)
 
 
 # ---------------------------------------------------------------- exported folders
