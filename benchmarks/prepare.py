@@ -18,6 +18,8 @@
   ``convert_hf_to_gguf.py`` of the vendored llama.cpp) of ``llama/`` to f16, then llama.cpp's
   quantizer (``lmexport llamacpp quantize --type q4_k_m``): the file users download;
 * ``gguf/liquid-{q4_0,q4_k_m}.gguf``: ``lmexport gguf`` of ``liquid/`` (the liquidmetal architecture);
+* ``pte-{fp32,8da4w}/model.pte``: ``lmexport executorch`` of ``liquid/`` (the [executorch] extra; the
+  KV cache at the config's 2048 tokens);
 * ``venv-optimum/`` (beside the shape folders): its own virtual environment (optimum-onnx pins
   transformers<4.58). The llama.cpp rows run in this checkout's environment on the patched
   llama-cpp-python that ``lmexport llamacpp build`` installs (cached wheel; AMX code paths off,
@@ -72,6 +74,8 @@ GGUF_FILES = {
     "liquid-q4_0": ("liquid", "lmexport", "q4_0"),
     "liquid-q4_k_m": ("liquid", "lmexport", "q4_k_m"),
 }
+# ExecuTorch rows: name -> lmexport executorch options.
+PTE_VARIANTS = {"fp32": [], "8da4w": ["--quantize", "8da4w"]}
 OPTIMUM_REQUIREMENTS = ["optimum-onnx[onnxruntime]"]
 
 
@@ -117,6 +121,9 @@ class Work:
     def gguf(self, name: str) -> Path:
         return self.root / "gguf" / f"{name}.gguf"
 
+    def pte(self, variant: str) -> Path:
+        return self.root / f"pte-{variant}" / "model.pte"
+
     def python(self, venv: Path) -> Path:
         return venv / "bin" / "python"
 
@@ -142,7 +149,8 @@ def build_llama(out: Path, shape: str, seed: int = 0) -> None:
 
 
 def prepare_models(work: Work, shape: str, onnx_variants: list[str], gguf_names: list[str], *,
-                   with_optimum: bool, validate: bool, timeout: float) -> dict[str, str]:
+                   with_optimum: bool, validate: bool, timeout: float,
+                   pte_variants: list[str] = ()) -> dict[str, str]:
     """Build what is missing; return {artifact: reason} for every step that failed."""
     work.logs.mkdir(parents=True, exist_ok=True)
     failed: dict[str, str] = {}
@@ -169,6 +177,14 @@ def prepare_models(work: Work, shape: str, onnx_variants: list[str], gguf_names:
             continue
         step(f"onnx-{variant}", work.onnx(variant), f"lmexport onnx {variant}",
              [lm, "onnx", str(work.liquid), "-o", str(work.onnx(variant)), *ONNX_VARIANTS[variant],
+              *([] if validate else ["--no-validate"])])
+    for variant in pte_variants:
+        if "liquid" in failed:
+            failed[f"pte-{variant}"] = "the converted checkpoint was not built"
+            continue
+        work.pte(variant).parent.mkdir(exist_ok=True)
+        step(f"pte-{variant}", work.pte(variant), f"lmexport executorch {variant}",
+             [lm, "executorch", str(work.liquid), "-o", str(work.pte(variant)), *PTE_VARIANTS[variant],
               *([] if validate else ["--no-validate"])])
     work.gguf("x").parent.mkdir(exist_ok=True)
     for name in gguf_names:

@@ -30,7 +30,7 @@ TARGETS = [
 ]
 # Rows whose speed must not fall behind the previous run's (compared as x PyTorch fp32 of each run).
 NO_SLOWER = ("onnx-fp32", "onnx-int8")
-# A change and the row without it, measured in the same run: (description, after, before)
+# A change and the row without it, or one engine over another, measured in the same run: (description, after, before)
 BEFORE_AFTER = [
     ("int4: q|k|v and gate|up packed / one MatMul per weight (`--no-pack-matmuls`)", "onnx-int4", "onnx-int4-nopack"),
     ("int4: huge pages (the CLI's default) / 4 KiB pages (`LMEXPORT_HUGE_PAGES=0`)", "onnx-int4",
@@ -39,6 +39,9 @@ BEFORE_AFTER = [
     ("int4: round-to-nearest, all 4 bits / default", "onnx-int4-rtn", "onnx-int4"),
     ("fp32: fused ops / plain ops (`--no-fused-ops --opset 18`)", "onnx-fp32", "onnx-fp32-plain"),
     ("int4: fused ops / plain ops (`--no-fused-ops --opset 18`)", "onnx-int4", "onnx-int4-plain"),
+    # one model on the phone's engine against the laptop's two (issue 28: no target, measured)
+    ("ExecuTorch 8da4w (XNNPACK) / lmexport ONNX int4", "executorch-8da4w", "onnx-int4"),
+    ("ExecuTorch 8da4w (XNNPACK) / llama.cpp liquidmetal Q4_K_M", "executorch-8da4w", "llamacpp-liquid-q4_k_m"),
 ]
 HUGE_SHARE = 0.5   # a row whose weights are at least this much in huge pages is bounded by that bandwidth
 
@@ -240,7 +243,8 @@ def render(s: dict) -> str:
             lines.append(f"| {n['row']} | {n['now']:.2f}x | {n['previous']:.2f}x (commit {n['commit']}) | {ok} |")
     if s.get("before_after"):
         lines += ["", "## Before and after, same run", "",
-                  "A change over the row without it, from the medians above: decode rate ratio, prefill speed-up "
+                  "A change over the row without it (or one engine over another), from the medians above: decode "
+                  "rate ratio, prefill speed-up "
                   "(before ms / after ms), load time ratio (after s / before s) and KL ratio (after / before; "
                   "below 1 is closer to fp32).", "",
                   "| change | decode | prefill | load time | KL |", "|---|---:|---:|---:|---:|"]

@@ -46,15 +46,19 @@ GGUF_LABELS = {
     "liquid-q4_k_m": "llama.cpp liquidmetal Q4_K_M (lmexport gguf, llama.cpp's quantizer)",
 }
 ALL_ROWS = ("pytorch-fp32", "pytorch-bf16", *(f"onnx-{v}" for v in prepare.ONNX_VARIANTS), "onnx-int4-4k-pages",
-            "optimum-fp32", *(f"llamacpp-{g}" for g in prepare.GGUF_FILES))
+            "optimum-fp32", *(f"llamacpp-{g}" for g in prepare.GGUF_FILES),
+            *(f"executorch-{v}" for v in prepare.PTE_VARIANTS))
 PROFILED = ("int4", "int4-nopack", "int4-b128")     # ONNX variants --profile looks inside
 ONNX_LABELS = {"fp32-plain": "fp32, plain ops (before fusion)", "int4-plain": "int4, plain ops (before fusion)",
                "int4-b128": "int4, block 128", "int4-nopack": "int4, one MatMul per weight (before packing)",
                "int4-rtn": "int4, round-to-nearest, all 4 bits"}
+PTE_LABELS = {"fp32": "lmexport ExecuTorch fp32 (XNNPACK, executorch.runtime)",
+              "8da4w": "lmexport ExecuTorch 8da4w (XNNPACK, executorch.runtime)"}
 # Off by default (each is a question answered once, see RESULTS.md history): fp16, the plain-op graphs,
-# bf16 PyTorch, the plain Llama in f16.
+# bf16 PyTorch, the plain Llama in f16, the fp32 ExecuTorch program (its 1.1B export needs more memory than
+# the 24 GB these machines have beside the rest; the 8da4w row is the phone's).
 DEFAULT_ROWS = tuple(r for r in ALL_ROWS if r not in ("onnx-fp16", "onnx-fp32-plain", "onnx-int4-plain",
-                                                      "pytorch-bf16", "llamacpp-llama-f16"))
+                                                      "pytorch-bf16", "llamacpp-llama-f16", "executorch-fp32"))
 # `lmexport bench` on an ONNX folder asks for huge pages itself (lmexport/runtime/hugepages.py);
 # this row turns that off, so the same run shows the before and after.
 SMALL_PAGES_ENV = {"LMEXPORT_HUGE_PAGES": "0"}
@@ -118,6 +122,12 @@ def make_rows(args, work: prepare.Work) -> list[Row]:
                         lambda out, worker=worker: [*worker, "--out", str(out), *wl],
                         lambda path=path: weights.gguf_bytes(path), needs=f"gguf-{name}",
                         quality=lambda npy, worker=worker: [*worker, "--logits", str(npy), *th]))
+    for v in prepare.PTE_VARIANTS:
+        path = work.pte(v)
+        rows.append(Row(f"executorch-{v}", PTE_LABELS[v], path,
+                        lambda out, path=path: [lm, "bench", str(path), "--json", *wl],
+                        lambda path=path: weights.pte_bytes(path), needs=f"pte-{v}",
+                        quality=lambda npy, path=path: [*lm_worker, str(path), "--logits", str(npy), *th]))
     wanted = set(args.rows)
     return [r for r in rows if r.key in wanted]
 
@@ -236,8 +246,9 @@ def main(argv=None) -> None:
         failed.update({f"gguf-{g}": failed["llamacpp-build"] for g in gguf_names
                        if prepare.GGUF_FILES[g][1] == "llama.cpp" or prepare.GGUF_FILES[g][2].endswith("_k_m")})
         gguf_names = [g for g in gguf_names if f"gguf-{g}" not in failed]
+    pte_variants = [r.split("-", 1)[1] for r in args.rows if r.startswith("executorch-")]
     failed.update(prepare.prepare_models(work, args.shape, onnx_variants, gguf_names,
-                                         with_optimum="optimum-fp32" in rows_wanted,
+                                         pte_variants=pte_variants, with_optimum="optimum-fp32" in rows_wanted,
                                          validate=args.validate_exports, timeout=args.build_timeout))
     prepared = time.time()
     log.info("prepared in %.0f s", prepared - started)

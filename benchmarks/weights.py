@@ -77,6 +77,19 @@ def gguf_bytes(path: Path) -> int:
     return sum(int(t.n_bytes) for t in reader.tensors if t.name != GGUF_EMBEDDING)
 
 
+def pte_bytes(path: Path) -> int:
+    """An ExecuTorch program: the file less its embedding table (the sidecar says how it is stored:
+    int8 rows with an fp32 scale each, or fp32). The KV cache is planned at load, not stored."""
+    from lmexport.exporters.executorch import sidecar
+
+    meta = sidecar.read(path)
+    config = meta["source"]["config"]
+    vocab, hidden = int(config["vocab_size"]), int(config["hidden_size"])
+    bits = (meta.get("quantization", {}).get("embedding") or {}).get("bits", 32)
+    table = vocab * hidden + vocab * 4 if bits == 8 else vocab * hidden * 4
+    return path.stat().st_size - table
+
+
 def main() -> None:  # python benchmarks/weights.py PATH...: print bytes per token of each
     import sys
 
@@ -86,6 +99,8 @@ def main() -> None:  # python benchmarks/weights.py PATH...: print bytes per tok
             n = gguf_bytes(p)
         elif p.suffix == ".onnx":
             n = onnx_bytes(p)
+        elif p.suffix == ".pte":
+            n = pte_bytes(p)
         else:
             n = safetensors_bytes(p)
         print(f"{n / 1e9:.3f} GB  {p}")

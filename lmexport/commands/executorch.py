@@ -45,7 +45,7 @@ def executorch(model_dir, output, quantize, group_size, embedding_bits, max_cont
         import executorch as _  # noqa: F401
     except ImportError:
         raise InputError("`lmexport executorch` needs the executorch package, which this installation lacks",
-                         hint="pip install 'lmexport[executorch]' (or bash scripts/setup_executorch.sh)") from None
+                         hint="pip install torch==2.13.0 'lmexport[executorch]' (torch pinned to its CPU build)") from None
     from lmexport.exporters.executorch.export import ExecutorchExportOptions, export_executorch
 
     options = ExecutorchExportOptions(quantize=quantize, group_size=group_size, embedding_bits=int(embedding_bits),

@@ -30,7 +30,7 @@ ENGINE = "executorch"
 
 def runtime_missing_message() -> str:
     return ("running a .pte needs the executorch package (its runtime), which this installation lacks: "
-            "pip install 'lmexport[executorch]' (or bash scripts/setup_executorch.sh)")
+            "pip install torch==2.13.0 'lmexport[executorch]' (torch pinned to its CPU build)")
 
 
 class ExecutorchEngine(EngineBase):
@@ -45,6 +45,8 @@ class ExecutorchEngine(EngineBase):
         self.meta = meta if meta is not None else sidecar.read(self.path)
         try:
             from executorch.runtime import Runtime
+            # registers ExecuTorch's LLM kernels (llama::update_cache, llama::custom_sdpa) that the program calls
+            import executorch.extension.llm.custom_ops.custom_ops  # noqa: F401
         except ImportError:
             raise InputError(runtime_missing_message()) from None
         if threads is not None:
@@ -85,7 +87,13 @@ class ExecutorchEngine(EngineBase):
     def reset(self, batch: int) -> None:
         while len(self._methods) < batch:
             program = self.program if not self._methods else self._load()
-            self._methods.append(program.load_method(self.method_name))
+            try:
+                self._methods.append(program.load_method(self.method_name))
+            except RuntimeError as exc:
+                raise ArtifactError(f"executorch.runtime cannot load the {self.method_name!r} method of {self.path}: "
+                                    f"{str(exc).splitlines()[0]}",
+                                    hint="its kernels are missing from this executorch (the sidecar names the version "
+                                         "it was exported with); re-export it with `lmexport executorch`") from None
         self._next = [0] * batch
 
     def _run(self, row: int, tokens: np.ndarray, start: int) -> np.ndarray:

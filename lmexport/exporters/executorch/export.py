@@ -196,7 +196,7 @@ def constant_methods(config, max_context: int) -> dict:
     eos = config.eos_token_ids
     out = {"get_max_seq_len": max_seq_len(max_context), "get_max_context_len": max_context,
            "get_vocab_size": config.vocab_size, "get_n_layers": config.num_hidden_layers,
-           "use_kv_cache": True, "use_sdpa_with_kv_cache": False, "enable_dynamic_shape": True}
+           "use_kv_cache": True, "use_sdpa_with_kv_cache": True, "enable_dynamic_shape": True}
     if config.bos_token_id is not None:
         out["get_bos_id"] = config.bos_token_id
     if eos:

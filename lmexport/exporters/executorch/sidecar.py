@@ -44,17 +44,12 @@ def sidecar_path(pte: str | Path) -> Path:
 
 
 def state_specs(config, max_context: int) -> list[dict]:
-    from lmexport.exporters.executorch.program import INIT_PATTERNS, STATE_BUFFERS
-    from lmexport.modeling.modules import CONTEXT_SLOTS
+    from lmexport.exporters.executorch.program import INIT_PATTERNS, STATE_BUFFERS, state_shapes
 
-    c = config
-    shapes = {"key": [1, c.num_key_value_heads, max_context, c.head_dim],
-              "value": [1, c.num_key_value_heads, max_context, c.head_dim],
-              "conv": [1, c.hidden_size, c.conv_state_width],
-              "context": [1, len(CONTEXT_SLOTS), c.hidden_size]}
+    shapes = state_shapes(config, max_context)
     out = []
     for kind, template in STATE_BUFFERS.items():
-        for i in range(c.num_hidden_layers):
+        for i in range(config.num_hidden_layers):
             buffer = template.format(layer=i)
             init = "zeros" if any(p.rstrip("_") in buffer for p in INIT_PATTERNS) else "none"
             out.append({"role": kind, "layer": i, "buffer": buffer, "shape": shapes[kind],
