@@ -72,9 +72,10 @@ class OffsetLinear(nn.Module):
         return self.core.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k = x.shape[-1]
-        blocks = x.reshape(-1, k // self.group, self.group, 1)                        # [rows, K/g, g, 1]
-        means = blocks.mean(dim=(2, 3), keepdim=True).reshape(*x.shape[:-1], k // self.group)
+        nb = x.shape[-1] // self.group
+        # views by -1 (a view whose size is a symbol, as reshape writes it, does not lower to XNNPACK)
+        blocks = x.contiguous().view(-1, nb, self.group, 1)                           # [rows, K/g, g, 1]
+        means = blocks.mean(dim=(2, 3), keepdim=True).view(x.shape[0], -1, nb)       # [B, T, K/g]
         return self.core(x) + nn.functional.linear(means, self.scaled_offsets)
 
 

@@ -221,6 +221,50 @@ def test_generate_and_perplexity_commands_on_a_pte(programs):
     assert abs(g["perplexity"] / w["perplexity"] - 1) < 1e-4
 
 
+RUNNER_SCRIPT = """
+import sys
+import executorch.extension.llm.custom_ops.custom_ops  # the LLM kernels, as llama_main links them
+from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
+pte, tokenizer, prompt, new, bos, out = sys.argv[1:7]
+pieces = []
+runner = TextLLMRunner(pte, tokenizer)
+runner.generate(prompt, GenerationConfig(echo=False, max_new_tokens=int(new), temperature=0.0, num_bos=int(bos)),
+                token_callback=pieces.append)
+open(out, "w", encoding="utf-8").write("".join(pieces))    # the runner prints its own stats on stdout
+"""
+
+
+def llm_runner_text(pte, prompt: str, new: int, out) -> str:
+    """Greedy text from ExecuTorch's own C++ TextLLMRunner (extension/llm/runner: the runner behind
+    llama_main and the Android and iOS demo apps, here through its Python bindings) with the
+    tokenizer.json written beside the program; BOS as lmexport's tokenizer adds it."""
+    import subprocess
+    import sys
+
+    from lmexport.runtime.tokenizer import TextTokenizer
+
+    tok = TextTokenizer.from_folder(pte.parent)
+    with_bos = tok.encode(prompt)
+    bos = int(len(with_bos) > len(tok.encode(prompt, add_special_tokens=False)))
+    done = subprocess.run([sys.executable, "-c", RUNNER_SCRIPT, str(pte), str(pte.parent / "tokenizer.json"),
+                           prompt, str(new), str(bos), str(out)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return out.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("quantize", ["none", "8da4w"])
+def test_executorchs_llm_runner_generates_what_lmexport_generate_does(programs, quantize, tmp_path):
+    """The program runs in ExecuTorch's runner (its constant methods, the prompt in one call, then one
+    token per call) and gives lmexport generate's greedy text, token for token."""
+    pte = programs.bundled(quantize)
+    prompt = "def read_file(path):"
+    ours = run_cli("generate", pte, "--prompt", prompt, "--max-new-tokens", "24")
+    assert ours.returncode == 0, ours.stderr[-1500:]
+    theirs = llm_runner_text(pte, prompt, 24, tmp_path / "runner.txt")
+    assert len(theirs) > 8
+    assert ours.stdout.rstrip("\n") == prompt + theirs.rstrip("\n")
+
+
 # ---------------------------------------------------------------- bad input
 
 def test_bad_input_is_one_line_and_exit_2(programs, tmp_path):
