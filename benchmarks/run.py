@@ -55,8 +55,7 @@ ONNX_LABELS = {"fp32-plain": "fp32, plain ops (before fusion)", "int4-plain": "i
 PTE_LABELS = {"fp32": "lmexport ExecuTorch fp32 (XNNPACK, executorch.runtime)",
               "8da4w": "lmexport ExecuTorch 8da4w (XNNPACK, executorch.runtime)"}
 # Off by default (each is a question answered once, see RESULTS.md history): fp16, the plain-op graphs,
-# bf16 PyTorch, the plain Llama in f16, the fp32 ExecuTorch program (its 1.1B export needs more memory than
-# the 24 GB these machines have beside the rest; the 8da4w row is the phone's).
+# bf16 PyTorch, the plain Llama in f16, the fp32 ExecuTorch program (the phone's program is the 8da4w one).
 DEFAULT_ROWS = tuple(r for r in ALL_ROWS if r not in ("onnx-fp16", "onnx-fp32-plain", "onnx-int4-plain",
                                                       "pytorch-bf16", "llamacpp-llama-f16", "executorch-fp32"))
 # `lmexport bench` on an ONNX folder asks for huge pages itself (lmexport/runtime/hugepages.py);

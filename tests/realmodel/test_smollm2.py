@@ -193,6 +193,19 @@ def test_onnx_greedy_continuation_equals_pytorch(smollm2, converted_model):
     assert done.stdout == prompt + gen.tokenizer.decode(tokens) + "\n"
 
 
+def test_executorchs_llm_runner_generates_what_lmexport_generate_does(smollm2, tmp_path):
+    """SmolLM2's fp32 program in ExecuTorch's own C++ TextLLMRunner with the tokenizer.json beside it
+    (the HF tokenizer of pytorch-tokenizers, as on a phone): lmexport generate's greedy text."""
+    from llm_runner import llm_runner_text
+
+    pte = smollm2.artifact("model.pte")
+    prompt = "The capital of France is"
+    ours = lmexport("generate", pte, "--prompt", prompt, "--max-new-tokens", 16)
+    theirs = llm_runner_text(pte, prompt, 16, tmp_path / "runner.txt")
+    assert len(theirs.strip()) > 8
+    assert ours.stdout.rstrip("\n") == prompt + theirs.rstrip("\n")
+
+
 @pytest.mark.parametrize("name", ["onnx-fp32", "onnx-int4", "model.pte"])
 def test_chat_answer_names_paris_and_is_printed_alone(smollm2, name):
     done = lmexport("generate", smollm2.artifact(name), "--chat", "--prompt", QUESTION, "--max-new-tokens", 24)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from cli_helpers import run_cli
+from llm_runner import llm_runner_text
 from conftest import BUNDLED
 
 try:
@@ -219,37 +220,6 @@ def test_generate_and_perplexity_commands_on_a_pte(programs):
     g, w = json.loads(got.stdout), json.loads(want.stdout)
     assert g["kind"] == "pte" and g["n_targets"] == w["n_targets"] == 299
     assert abs(g["perplexity"] / w["perplexity"] - 1) < 1e-4
-
-
-RUNNER_SCRIPT = """
-import sys
-import executorch.extension.llm.custom_ops.custom_ops  # the LLM kernels, as llama_main links them
-from executorch.extension.llm.runner import GenerationConfig, TextLLMRunner
-pte, tokenizer, prompt, new, bos, out = sys.argv[1:7]
-pieces = []
-runner = TextLLMRunner(pte, tokenizer)
-runner.generate(prompt, GenerationConfig(echo=False, max_new_tokens=int(new), temperature=0.0, num_bos=int(bos)),
-                token_callback=pieces.append)
-open(out, "w", encoding="utf-8").write("".join(pieces))    # the runner prints its own stats on stdout
-"""
-
-
-def llm_runner_text(pte, prompt: str, new: int, out) -> str:
-    """Greedy text from ExecuTorch's own C++ TextLLMRunner (extension/llm/runner: the runner behind
-    llama_main and the Android and iOS demo apps, here through its Python bindings) with the
-    tokenizer.json written beside the program; BOS as lmexport's tokenizer adds it."""
-    import subprocess
-    import sys
-
-    from lmexport.runtime.tokenizer import TextTokenizer
-
-    tok = TextTokenizer.from_folder(pte.parent)
-    with_bos = tok.encode(prompt)
-    bos = int(len(with_bos) > len(tok.encode(prompt, add_special_tokens=False)))
-    done = subprocess.run([sys.executable, "-c", RUNNER_SCRIPT, str(pte), str(pte.parent / "tokenizer.json"),
-                           prompt, str(new), str(bos), str(out)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    return out.read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("quantize", ["none", "8da4w"])
