@@ -15,11 +15,13 @@ import click
 @click.option("--group-size", type=int, default=32, show_default=True, help="8da4w: weights per int4 scale.")
 @click.option("--embedding-bits", type=click.Choice(["8", "32"]), default="8", show_default=True,
               help="8da4w: the embedding table as int8 rows (8) or fp32 (32).")
+@click.option("--head-bits", type=click.Choice(["8", "4"]), default="8", show_default=True,
+              help="8da4w: lm_head as int8 per output row (8) or int4 groups like the other linears (4).")
 @click.option("--max-context", type=click.IntRange(2), default=None,
               help="KV cache length, the largest position + 1 (default: the model's, at most 2048).")
 @click.option("--no-validate", is_flag=True, help="Skip the comparison with PyTorch in executorch.runtime.")
 @click.option("--overwrite", is_flag=True, help="Replace the output files if they exist.")
-def executorch(model_dir, output, quantize, group_size, embedding_bits, max_context, no_validate, overwrite):
+def executorch(model_dir, output, quantize, group_size, embedding_bits, head_bits, max_context, no_validate, overwrite):
     """Export a Liquid-Metal checkpoint to an ExecuTorch program (.pte), lowered to XNNPACK.
 
     The program follows ExecuTorch's LLM runner contract: forward(tokens [1, T], input_pos [1])
@@ -49,6 +51,7 @@ def executorch(model_dir, output, quantize, group_size, embedding_bits, max_cont
     from lmexport.exporters.executorch.export import ExecutorchExportOptions, export_executorch
 
     options = ExecutorchExportOptions(quantize=quantize, group_size=group_size, embedding_bits=int(embedding_bits),
+                                      head_bits=int(head_bits),
                                       max_context=max_context, validate=not no_validate)
     result = export_executorch(model_dir, output, options, overwrite=overwrite)
     m = result.report

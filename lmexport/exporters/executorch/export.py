@@ -31,6 +31,7 @@ from lmexport.errors import ExportError, InputError, ValidationError
 
 from lmexport.exporters.executorch import sidecar
 from lmexport.exporters.executorch.program import INIT_PATTERNS, ExecutorchDecoder
+from lmexport.exporters.executorch.quant import EMBEDDING_BITS, HEAD_BITS
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class ExecutorchExportOptions:
     quantize: str = "none"            # "none" (fp32) | "8da4w"
     group_size: int = 32              # 8da4w: weights per int4 scale
     embedding_bits: int = 8           # 8da4w: 8 (int8 rows) | 32 (fp32 table)
+    head_bits: int = 8                # 8da4w: lm_head as 8 (int8 per row, 8da8w) | 4 (8da4w like the rest)
     max_context: int | None = None    # KV cache length (default: the config's, at most DEFAULT_MAX_CONTEXT)
     validate: bool = True
     decode_steps: int = 4             # validation: decode steps after the prefill
@@ -53,8 +55,10 @@ class ExecutorchExportOptions:
             problems.append(f"quantize {self.quantize!r} is not one of {', '.join(QUANTIZATIONS)}")
         if self.group_size not in GROUP_SIZES:
             problems.append(f"group size {self.group_size} is not one of {', '.join(map(str, GROUP_SIZES))}")
-        if self.embedding_bits not in (8, 32):
-            problems.append(f"embedding bits {self.embedding_bits} is not 8 or 32")
+        if self.embedding_bits not in EMBEDDING_BITS:
+            problems.append(f"embedding bits {self.embedding_bits} is not one of {', '.join(map(str, EMBEDDING_BITS))}")
+        if self.head_bits not in HEAD_BITS:
+            problems.append(f"head bits {self.head_bits} is not one of {', '.join(map(str, HEAD_BITS))}")
         if self.max_context is not None and self.max_context < 2:
             problems.append(f"max context {self.max_context} is below 2 tokens")
         if self.decode_steps < 1:
@@ -79,6 +83,9 @@ class ExecutorchExportOptions:
                                              "scales": "searched per group, bf16 (XNNPACK's storage)",
                                              "offsets": "one fp32 per group, times the group's input sum",
                                              "tensor": "torchao IntxUnpackedToInt8Tensor"},
+                "lm_head": ({"weight_bits": 8, "scales": "one fp32 per output row, symmetric",
+                             "activations": "int8, dynamic per token"} if self.head_bits == 8
+                            else {"weight_bits": 4, "as": "linear"}),
                 "embedding": {"bits": self.embedding_bits,
                               "scheme": "int8 rows, one fp32 scale per row" if self.embedding_bits == 8 else "fp32"}}
 
@@ -148,7 +155,6 @@ def export_executorch(model_dir: str | Path, output: str | Path,
             report = None
             if options.validate:
                 report = _validate(model, ckpt, tmps[0], meta, options)
-    log.info("wrote %s", output)
     return ExecutorchExportResult(output, side, meta, report)
 
 
@@ -169,8 +175,6 @@ def _validate(model, ckpt, pte: Path, meta: dict, options: ExecutorchExportOptio
         per_call, _ = compare_calls(TorchEngine(ckpt.path, model=model), engine, ids, mask, options.decode_steps)
     metrics = overall(per_call)
     failures = check(metrics, tol)
-    log.info("validated in executorch.runtime: max |logit diff| %.3g, top-1 %.3f, KL %.3g (%s preset)",
-             metrics.max_abs, metrics.top1, metrics.kl_mean, options.preset)
     if failures:
         raise ValidationError(f"the ExecuTorch program does not match PyTorch ({options.preset} tolerances); "
                               "nothing was written", failures,
@@ -226,7 +230,8 @@ def build_program(model, options: ExecutorchExportOptions, max_context: int):
     if options.quantize == "8da4w":
         from lmexport.exporters.executorch.quant import quantize_8da4w
         log.info("quantizing linears to 8da4w (group %d)", options.group_size)
-        skipped = quantize_8da4w(view, options.group_size, options.embedding_bits, progress=_progress)
+        skipped = quantize_8da4w(view, options.group_size, options.embedding_bits, options.head_bits,
+                                 progress=_progress)
         if skipped:
             log.info("%d linear(s) narrower than a group stay fp32 (%s ...)", len(skipped), skipped[0])
     wrapper = ExecutorchDecoder(view, max_context).eval()
@@ -235,7 +240,8 @@ def build_program(model, options: ExecutorchExportOptions, max_context: int):
     try:
         with torch.no_grad(), quiet("torch.export", "torch._export", "torch.fx", "executorch", "torchao"):
             exported = torch.export.export(wrapper, example_inputs(), dynamic_shapes=({1: seq}, {}), strict=False)
-            log.info("lowering to XNNPACK")
+            log.info("lowering %d layers to XNNPACK (the longest step, in ExecuTorch's partitioner: "
+                     "10-30 s a layer on a 2-core machine)", model.config.num_hidden_layers)
             edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()],
                                                compile_config=EdgeCompileConfig(_check_ir_validity=False),
                                                constant_methods=constant_methods(model.config, max_context))

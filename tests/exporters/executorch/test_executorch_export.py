@@ -159,6 +159,7 @@ def test_bundled_8da4w_within_its_preset(programs):
     assert q.stat().st_size < 0.4 * fp32.stat().st_size
     meta = sidecar.read(q)
     assert meta["quantization"]["method"] == "8da4w" and meta["quantization"]["linear"]["group_size"] == 32
+    assert meta["quantization"]["lm_head"]["weight_bits"] == 8         # the default --head-bits
     report = run_parity(BUNDLED, q, steps=4, batch_size=3)
     assert report.preset == "8da4w"
     assert report.passed, report.failures

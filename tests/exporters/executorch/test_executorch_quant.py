@@ -18,7 +18,8 @@ except ImportError:
         raise
     pytest.skip("torchao is not installed (pip install 'lmexport[executorch]')", allow_module_level=True)
 
-from lmexport.exporters.executorch.quant import CODE_MAX, CODE_MIN, offset_linear, split_blocks
+from lmexport.exporters.executorch.quant import (CODE_MAX, CODE_MIN, OffsetLinear, int8_linear, offset_linear,
+                                                 quantize_8da4w, split_blocks)
 
 GROUP = 32
 
@@ -85,3 +86,38 @@ def test_offset_linear_computes_the_split_weight():
     rel = float((got - want).norm() / want.norm())
     assert 0 < rel < 2e-2                                   # int8 activations of the core only
     assert float((got - plain).norm() / plain.norm()) < 2e-2
+
+
+def test_int8_head_holds_each_row_to_half_a_step():
+    """8da8w: symmetric int8 codes with one scale per output row, int8 activations per token."""
+    w = q4_1_grid(40, 96, seed=5)
+    w[7] *= 50                                               # a row far larger than the rest keeps its own scale
+    head = torch.nn.Linear(96, 40, bias=False)
+    with torch.no_grad():
+        head.weight.copy_(torch.from_numpy(w))
+    layer = int8_linear(head)
+    qw = layer.weight
+    assert qw.qdata.dtype == torch.int8 and int(qw.qdata.abs().max()) == 127 and tuple(qw.scale.shape) == (40, 1)
+    back = (qw.qdata.float() * qw.scale).numpy()
+    assert (np.abs(back - w) <= qw.scale.numpy() / 2 + 1e-7).all()
+    x = torch.randn(3, 96)
+    with torch.no_grad():
+        got, want = layer(x), x @ torch.from_numpy(back).T
+    assert 0 < float((got - want).norm() / want.norm()) < 5e-2     # the int8 rounding of the activations
+
+
+@pytest.mark.parametrize("head_bits", [8, 4])
+def test_head_bits_choose_the_heads_format(head_bits):
+    from conftest import BUNDLED
+    from lmexport.modeling.checkpoint import load_model
+
+    model, _ = load_model(BUNDLED)
+    skipped = quantize_8da4w(model, GROUP, 8, head_bits)
+    assert all(".se.fc2" in name for name in skipped)
+    assert isinstance(model.model.layers[0].mlp.down_proj, OffsetLinear)
+    if head_bits == 8:
+        assert isinstance(model.lm_head, torch.nn.Linear) and model.lm_head.weight.qdata.dtype == torch.int8
+        assert tuple(model.lm_head.weight.block_size) == (1, model.config.hidden_size)
+    else:
+        assert isinstance(model.lm_head, OffsetLinear)
+        assert tuple(model.lm_head.core.weight.block_size) == (1, GROUP)
