@@ -66,7 +66,7 @@ EXPORTS = {   # artifact name -> the command that makes it (model folder first)
     "q8_0.gguf": ("gguf", "{converted}", "-o", "{out}", "--outtype", "q8_0"),
     "llama-q8_0.gguf": ("gguf", "{original}", "-o", "{out}", "--outtype", "q8_0", "--arch", "llama"),
     # the ExecuTorch program (fp32, XNNPACK; validated in executorch.runtime against PyTorch): ~4 minutes
-    # here, nearly all in ExecuTorch's partitioning; the 8da4w one takes ~12 and is benchmarks/quant_table.py's
+    # here, nearly all in ExecuTorch's partitioning; the 8da4w one takes ~10.5 and is benchmarks/quant_table.py's
     "model.pte": ("executorch", "{converted}", "-o", "{out}", "--max-context", "512"),
 }
 
