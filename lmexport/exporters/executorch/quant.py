@@ -166,10 +166,10 @@ def quantize_8da4w(model, group_size: int = 32, embedding_bits: int = 8, head_bi
     """Quantize ``model`` (a LiquidMetalForCausalLM) in place; returns the linears left in fp32.
     ``progress(done, total)`` is called after each linear."""
     untie(model)
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
     if head_bits == 8:
         model.lm_head = int8_linear(model.lm_head)
-    linears = [(name, m) for name, m in model.named_modules()
-               if isinstance(m, nn.Linear) and not (head_bits == 8 and name == "lm_head")]
+        linears = [(name, m) for name, m in linears if name != "lm_head"]
     skipped = [name for name, m in linears if m.in_features % group_size != 0]
     todo = [(name, m) for name, m in linears if m.in_features % group_size == 0]
     for i, (name, linear) in enumerate(todo):

@@ -18,6 +18,8 @@ except ImportError:
         raise
     pytest.skip("torchao is not installed (pip install 'lmexport[executorch]')", allow_module_level=True)
 
+from conftest import BUNDLED
+from lmexport.modeling.checkpoint import load_model
 from lmexport.exporters.executorch.quant import (CODE_MAX, CODE_MIN, OffsetLinear, int8_linear, offset_linear,
                                                  quantize_8da4w, split_blocks)
 
@@ -108,9 +110,6 @@ def test_int8_head_holds_each_row_to_half_a_step():
 
 @pytest.mark.parametrize("head_bits", [8, 4])
 def test_head_bits_choose_the_heads_format(head_bits):
-    from conftest import BUNDLED
-    from lmexport.modeling.checkpoint import load_model
-
     model, _ = load_model(BUNDLED)
     skipped = quantize_8da4w(model, GROUP, 8, head_bits)
     assert all(".se.fc2" in name for name in skipped)
